@@ -1,0 +1,5 @@
+import sys
+
+from sqcompile.cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""The storage format of one quantized linear weight: packed codes, per-row LUT, CSR sparse part.
+
+This module is the single definition of the layout (docs/format.md describes it in prose). The quantizer
+writes it, the official-checkpoint importer converts to it, the PyTorch reference and the TVM kernels read it.
+It depends on numpy only, so that the thin runtime can use it too.
+
+Layout of ``qweight`` (uint32, shape ``[N, packed_words(K, bits)]``), for a weight ``W[N, K]`` (out, in):
+  * each row holds its own codes along K, K zero-padded to a multiple of ``GROUP`` (128) codes, so that a
+    row is a whole number of 16-byte vectors at every bit width (a GPU thread loads 128 codes with
+    ``bits`` 128-bit loads);
+  * codes come in blocks of 32 codes = ``bits`` words, least significant bits first;
+  * 2 and 4 bits: word j of a block holds codes ``j*32/bits .. (j+1)*32/bits - 1``, ``bits`` bits each;
+  * 3 bits: word 0 holds the low 2 bits of codes 0-15, word 1 the low 2 bits of codes 16-31, word 2 the
+    high bit of codes 0-31. No code straddles two words, so every code is decoded by shifts and masks of
+    one or two words.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_BITS = (2, 3, 4)
+GROUP = 128  # codes per padding unit along K
+BLOCK = 32  # codes per block of `bits` words
+
+
+def check_bits(bits: int) -> int:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+    return bits
+
+
+def padded_k(k: int) -> int:
+    return -(-k // GROUP) * GROUP
+
+
+def packed_words(k: int, bits: int) -> int:
+    """uint32 words per row of ``qweight`` for ``k`` input features."""
+    return padded_k(k) // BLOCK * check_bits(bits)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack integer codes ``[N, K]`` (values < 2**bits) into ``qweight`` ``[N, packed_words(K, bits)]``."""
+    check_bits(bits)
+    codes = np.asarray(codes)
+    n, k = codes.shape
+    if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
+        raise ValueError(f"codes out of range for {bits} bits")
+    c = np.zeros((n, padded_k(k)), dtype=np.uint32)
+    c[:, :k] = codes
+    blocks = c.reshape(n, -1, BLOCK)  # [N, nblocks, 32]
+    if bits == 3:
+        lo = blocks & 3
+        hi = blocks >> 2
+        shifts2 = (2 * np.arange(16, dtype=np.uint32))
+        w0 = (lo[..., :16] << shifts2).sum(-1, dtype=np.uint64)
+        w1 = (lo[..., 16:] << shifts2).sum(-1, dtype=np.uint64)
+        w2 = (hi << np.arange(32, dtype=np.uint32)).sum(-1, dtype=np.uint64)
+        words = np.stack([w0, w1, w2], axis=-1)
+    else:
+        per_word = 32 // bits
+        sub = blocks.reshape(n, -1, bits, per_word)
+        shifts = (bits * np.arange(per_word, dtype=np.uint32))
+        words = (sub << shifts).sum(-1, dtype=np.uint64)
+    return words.astype(np.uint32).reshape(n, -1)
+
+
+def unpack_codes(qweight: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``[N, K]`` uint8 codes."""
+    check_bits(bits)
+    qweight = np.asarray(qweight, dtype=np.uint32)
+    n, w = qweight.shape
+    if w != packed_words(k, bits):
+        raise ValueError(f"qweight has {w} words per row, expected {packed_words(k, bits)} for K={k}, {bits} bits")
+    words = qweight.reshape(n, -1, bits)  # [N, nblocks, bits]
+    if bits == 3:
+        s2 = 2 * np.arange(16, dtype=np.uint32)
+        lo = np.concatenate([(words[..., 0:1] >> s2) & 3, (words[..., 1:2] >> s2) & 3], axis=-1)
+        hi = (words[..., 2:3] >> np.arange(32, dtype=np.uint32)) & 1
+        codes = lo | (hi << 2)
+    else:
+        per_word = 32 // bits
+        shifts = bits * np.arange(per_word, dtype=np.uint32)
+        codes = (words[..., None] >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(n, -1)[:, :k].astype(np.uint8)
+
+
+@dataclass
+class CSR:
+    """The sparse part: exact corrections added on top of the dense LUT product.
+
+    ``val[i]`` is the weight minus the LUT value its dense code decodes to, so dense + sparse reproduces the
+    kept weight exactly (to fp16). The quantizer gives kept positions the code of the LUT entry nearest
+    zero, as the official SqueezeLLM checkpoints do.
+    """
+
+    rowptr: np.ndarray  # int32 [N + 1]
+    col: np.ndarray  # int32 [nnz]
+    val: np.ndarray  # float16 [nnz]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.shape[0])
+
+    @staticmethod
+    def empty(n: int) -> "CSR":
+        return CSR(np.zeros(n + 1, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float16))
+
+    @staticmethod
+    def from_coo(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> "CSR":
+        order = np.lexsort((cols, rows))
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        rowptr = np.zeros(n + 1, np.int64)
+        np.add.at(rowptr, rows.astype(np.int64) + 1, 1)
+        return CSR(np.cumsum(rowptr).astype(np.int32), cols.astype(np.int32), vals.astype(np.float16))
+
+    def to_dense(self, n: int, k: int) -> np.ndarray:
+        out = np.zeros((n, k), np.float32)
+        rows = np.repeat(np.arange(n), np.diff(self.rowptr))
+        out[rows, self.col] = self.val.astype(np.float32)
+        return out
+
+    def validate(self, n: int, k: int) -> None:
+        if self.rowptr.shape != (n + 1,) or self.rowptr[0] != 0 or self.rowptr[-1] != self.nnz:
+            raise ValueError("CSR row pointers are inconsistent with the number of nonzeros")
+        if np.any(np.diff(self.rowptr) < 0):
+            raise ValueError("CSR row pointers decrease")
+        if self.nnz and (self.col.min() < 0 or self.col.max() >= k):
+            raise ValueError("CSR column index out of range")
+        if self.val.shape != self.col.shape:
+            raise ValueError("CSR values and columns differ in length")
+
+
+@dataclass
+class QuantizedWeight:
+    """One quantized ``nn.Linear`` weight ``[out_features, in_features]`` (bias, if any, stays separate)."""
+
+    bits: int
+    out_features: int
+    in_features: int
+    qweight: np.ndarray  # uint32 [N, packed_words(K, bits)]
+    lut: np.ndarray  # float16 [N, 2**bits]
+    sparse: CSR
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        n, k = self.out_features, self.in_features
+        if self.qweight.dtype != np.uint32 or self.qweight.shape != (n, packed_words(k, self.bits)):
+            raise ValueError(f"qweight must be uint32 {[n, packed_words(k, self.bits)]}, "
+                             f"got {self.qweight.dtype} {list(self.qweight.shape)}")
+        if self.lut.dtype != np.float16 or self.lut.shape != (n, 1 << self.bits):
+            raise ValueError(f"lut must be float16 {[n, 1 << self.bits]}, got {self.lut.dtype} {list(self.lut.shape)}")
+        self.sparse.validate(n, k)
+
+    def codes(self) -> np.ndarray:
+        return unpack_codes(self.qweight, self.bits, self.in_features)
+
+    def dequantize_dense(self) -> np.ndarray:
+        """The LUT part alone, float32 ``[N, K]``."""
+        lut = self.lut.astype(np.float32)
+        return np.take_along_axis(lut, self.codes().astype(np.int64), axis=1)
+
+    def dequantize(self) -> np.ndarray:
+        """Dense + sparse, float32 ``[N, K]``: the weight the quantized model computes with."""
+        return self.dequantize_dense() + self.sparse.to_dense(self.out_features, self.in_features)
+
+    @property
+    def nbytes(self) -> int:
+        s = self.sparse
+        return self.qweight.nbytes + self.lut.nbytes + s.rowptr.nbytes + s.col.nbytes + s.val.nbytes
+
+    # Tensor names inside a safetensors file: "<module>.<suffix>".
+    SUFFIXES = ("qweight", "lut", "sp_rowptr", "sp_col", "sp_val")
+
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}.qweight": self.qweight,
+            f"{prefix}.lut": self.lut,
+            f"{prefix}.sp_rowptr": self.sparse.rowptr,
+            f"{prefix}.sp_col": self.sparse.col,
+            f"{prefix}.sp_val": self.sparse.val,
+        }
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, np.ndarray], prefix: str, bits: int, out_features: int,
+                     in_features: int) -> "QuantizedWeight":
+        q = QuantizedWeight(
+            bits, out_features, in_features,
+            qweight=np.ascontiguousarray(tensors[f"{prefix}.qweight"]),
+            lut=np.ascontiguousarray(tensors[f"{prefix}.lut"]),
+            sparse=CSR(np.ascontiguousarray(tensors[f"{prefix}.sp_rowptr"]),
+                       np.ascontiguousarray(tensors[f"{prefix}.sp_col"]),
+                       np.ascontiguousarray(tensors[f"{prefix}.sp_val"])),
+        )
+        q.validate()
+        return q
