@@ -1,0 +1,91 @@
+"""The packed layout: round trips at every bit width, the documented bit positions, CSR, safetensors."""
+import numpy as np
+import pytest
+
+from sqcompile.quant import format as fmt
+
+
+def reference_code(qweight: np.ndarray, bits: int, n: int, k: int) -> int:
+    """Decode one code bit by bit from the prose of docs/format.md (independent of unpack_codes)."""
+    block, j = divmod(k, 32)
+    words = qweight[n, block * bits:(block + 1) * bits]
+    if bits == 3:
+        lo_word, lo_pos = (words[0], j) if j < 16 else (words[1], j - 16)
+        lo = (int(lo_word) >> (2 * lo_pos)) & 3
+        return lo | (((int(words[2]) >> j) & 1) << 2)
+    per = 32 // bits
+    return (int(words[j // per]) >> (bits * (j % per))) & ((1 << bits) - 1)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("k", [1, 31, 32, 100, 128, 200, 576])
+def test_pack_round_trip(bits, k):
+    rng = np.random.default_rng(k * bits)
+    codes = rng.integers(0, 1 << bits, size=(5, k)).astype(np.uint8)
+    q = fmt.pack_codes(codes, bits)
+    assert q.dtype == np.uint32 and q.shape == (5, fmt.packed_words(k, bits))
+    assert q.shape[1] * 32 % (128 * bits) == 0  # whole 128-code groups: 16-byte aligned rows
+    np.testing.assert_array_equal(fmt.unpack_codes(q, bits, k), codes)
+    for n, kk in zip(rng.integers(0, 5, 20), rng.integers(0, k, 20)):
+        assert reference_code(q, bits, n, kk) == codes[n, kk]
+
+
+def test_pack_rejects_bad_input():
+    with pytest.raises(ValueError, match="out of range"):
+        fmt.pack_codes(np.full((1, 4), 8), 3)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        fmt.pack_codes(np.zeros((1, 4)), 5)
+    with pytest.raises(ValueError, match="words per row"):
+        fmt.unpack_codes(np.zeros((1, 3), np.uint32), 3, 200)
+
+
+def random_weight(bits=3, n=6, k=100, nnz=9, seed=0) -> fmt.QuantizedWeight:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 1 << bits, size=(n, k))
+    lut = np.sort(rng.normal(size=(n, 1 << bits)), 1).astype(np.float16)
+    flat = rng.choice(n * k, nnz, replace=False)
+    sparse = fmt.CSR.from_coo(n, flat // k, flat % k, rng.normal(size=nnz))
+    return fmt.QuantizedWeight(bits, n, k, fmt.pack_codes(codes, bits), lut, sparse)
+
+
+def test_csr_from_coo_and_dense():
+    rows, cols = np.array([2, 0, 2, 1]), np.array([5, 1, 0, 3])
+    vals = np.array([1.5, -2.0, 3.25, 0.5])
+    csr = fmt.CSR.from_coo(4, rows, cols, vals)
+    np.testing.assert_array_equal(csr.rowptr, [0, 1, 2, 4, 4])
+    np.testing.assert_array_equal(csr.col, [1, 3, 0, 5])
+    dense = np.zeros((4, 6), np.float32)
+    dense[rows, cols] = vals
+    np.testing.assert_array_equal(csr.to_dense(4, 6), dense)
+    csr.validate(4, 6)
+    with pytest.raises(ValueError, match="column index"):
+        csr.validate(4, 5)
+    with pytest.raises(ValueError, match="inconsistent"):
+        fmt.CSR(np.array([0, 1, 2], np.int32), csr.col, csr.val).validate(2, 6)
+
+
+def test_dequantize_is_lut_plus_sparse():
+    q = random_weight()
+    q.validate()
+    codes = q.codes()
+    want = q.lut.astype(np.float32)[np.arange(6)[:, None], codes] + q.sparse.to_dense(6, 100)
+    np.testing.assert_array_equal(q.dequantize(), want)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_safetensors_round_trip_is_bit_identical(tmp_path, bits):
+    from safetensors.numpy import load_file, save_file
+
+    q = random_weight(bits)
+    save_file(q.tensors("layer.proj"), str(tmp_path / "w.safetensors"))
+    back = fmt.QuantizedWeight.from_tensors(load_file(str(tmp_path / "w.safetensors")), "layer.proj", bits, 6, 100)
+    for name, a in q.tensors("x").items():
+        b = back.tensors("x")[name]
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_validate_names_the_problem():
+    q = random_weight()
+    q.lut = q.lut.astype(np.float32)
+    with pytest.raises(ValueError, match="lut must be float16"):
+        q.validate()

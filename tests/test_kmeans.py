@@ -1,0 +1,82 @@
+"""Weighted per-row k-means against scikit-learn and the exact 1-D optimum."""
+import numpy as np
+import pytest
+import torch
+
+from sqcompile.quant.kmeans import assign_nearest, exact_kmeans_1d, weighted_kmeans_1d, weighted_sse
+
+
+def rows(seed: int, n: int = 24, k: int = 96):
+    """Fat-tailed values and fat-tailed weights, like weights and their Fisher information."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_t(4, size=(n, k)), rng.exponential(size=(n, k)) ** 2
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_no_worse_than_sklearn_and_near_exact(bits):
+    from sklearn.cluster import KMeans
+
+    x, w = rows(bits)
+    res = weighted_kmeans_1d(torch.tensor(x), torch.tensor(w), 2 ** bits, iters=50, seed=0)
+    ours = weighted_sse(torch.tensor(x), torch.tensor(w), res.centroids)
+    assert torch.allclose(ours, res.sse, rtol=1e-9, atol=1e-9)  # prefix-sum SSE == direct SSE
+    sk = exact = 0.0
+    for i in range(x.shape[0]):
+        km = KMeans(n_clusters=2 ** bits, n_init="auto", max_iter=50, random_state=i)
+        km.fit(x[i, :, None], sample_weight=w[i])
+        sk += weighted_sse(torch.tensor(x[i:i + 1]), torch.tensor(w[i:i + 1]),
+                           torch.tensor(km.cluster_centers_.T)).item()
+        exact += exact_kmeans_1d(x[i], w[i], 2 ** bits)[1]
+    total = ours.sum().item()
+    assert exact <= total * (1 + 1e-9)  # nothing beats the optimum
+    assert total <= sk, (total, sk)
+    assert total <= 1.15 * exact
+
+
+def test_exact_solution_is_optimal_on_small_rows():
+    """The DP against brute force over all contiguous partitions of a tiny sorted row."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=9), rng.uniform(0.1, 2, size=9)
+    xs, ws = x[np.argsort(x)], w[np.argsort(x)]
+    best = np.inf
+    for cuts in combinations(range(1, 9), 2):
+        parts = np.split(np.arange(9), cuts)
+        best = min(best, sum(float((ws[p] * (xs[p] - np.average(xs[p], weights=ws[p])) ** 2).sum()) for p in parts))
+    assert exact_kmeans_1d(x, w, 3)[1] == pytest.approx(best, rel=1e-12)
+
+
+def test_deterministic_and_chunk_independent():
+    x, w = (torch.tensor(a) for a in rows(7, n=40))
+    a = weighted_kmeans_1d(x, w, 8, seed=3)
+    b = weighted_kmeans_1d(x, w, 8, seed=3)
+    assert torch.equal(a.centroids, b.centroids)
+    c = weighted_kmeans_1d(x, w, 8, seed=4)
+    assert not torch.equal(a.centroids, c.centroids)
+    assert torch.all(a.centroids[:, 1:] >= a.centroids[:, :-1])
+
+
+def test_zero_weight_entries_do_not_pull_centroids():
+    x = torch.tensor([[0.0, 0.1, 0.2, 1.0, 1.1, 100.0]])
+    w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    c = weighted_kmeans_1d(x, w, 2).centroids[0]
+    assert torch.allclose(c, torch.tensor([0.1, 1.05], dtype=torch.float64))
+    # a row of all-zero weights falls back to uniform weights
+    c0 = weighted_kmeans_1d(x[:, :5], torch.zeros(1, 5), 2).centroids[0]
+    assert torch.allclose(c0, torch.tensor([0.1, 1.05], dtype=torch.float64))
+
+
+def test_assign_nearest_matches_argmin():
+    x, _ = rows(3)
+    lut = torch.sort(torch.randn(x.shape[0], 8, dtype=torch.float64), 1).values
+    got = assign_nearest(torch.tensor(x), lut)
+    want = (torch.tensor(x)[:, :, None] - lut[:, None, :]).abs().argmin(-1)
+    assert torch.equal(got, want)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        weighted_kmeans_1d(torch.zeros(2, 3), torch.zeros(2, 4), 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_kmeans_1d(torch.zeros(2, 3), -torch.ones(2, 3), 2)
