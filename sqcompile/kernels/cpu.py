@@ -1,0 +1,69 @@
+"""The llvm rule: one parallel task per output row, decoding the row once and reusing it for every x row.
+
+Decoding a row into float32 costs one table lookup per weight; it is shared by all ``m`` rows of x, so
+prefill costs little more than the dot products. The sparse part is added into the decoded row, so it is
+exact and needs no second pass. The dot product keeps ``LANES`` float32 partial sums so LLVM vectorizes it.
+"""
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .layout import BLOCK, code_at, rows_dim, packed_words, padded_k
+
+LANES = 8
+
+
+def cpu_lut_matmul(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dtype: str) -> tirx.PrimFunc:
+    kp, words, table = padded_k(k), packed_words(k, bits), 1 << bits
+    nblocks, kvec = kp // BLOCK, k // LANES * LANES
+
+    @T.macro
+    def row_dot(x, q, lut, y, rowptr, col, val, m_rows, i):
+        w = T.alloc_buffer((kp,), "float32", scope="local")
+        blk = T.alloc_buffer((bits,), "uint32", scope="local")
+        for b in range(nblocks):
+            for j in range(bits):
+                blk[j] = q[i, b * bits + j]
+            for c in range(BLOCK):
+                w[b * BLOCK + c] = T.Cast("float32", lut[i, code_at(lambda j: blk[j], bits, c)])
+        if sparse:
+            for s in range(rowptr[i + 1] - rowptr[i]):
+                w[col[rowptr[i] + s]] = w[col[rowptr[i] + s]] + T.Cast("float32", val[rowptr[i] + s])
+        for r in range(m_rows):
+            acc = T.alloc_buffer((LANES,), "float32", scope="local")
+            for v in T.vectorized(LANES):
+                acc[v] = T.float32(0)
+            for ko in range(kvec // LANES):
+                for v in T.vectorized(LANES):
+                    acc[v] = acc[v] + T.Cast("float32", x[r, ko * LANES + v]) * w[ko * LANES + v]
+            for t in range(k - kvec):
+                acc[0] = acc[0] + T.Cast("float32", x[r, kvec + t]) * w[kvec + t]
+            for v in range(1, LANES):
+                acc[0] = acc[0] + acc[v]
+            y[r, i] = T.Cast(act_dtype, acc[0])
+
+    rows = rows_dim(m)
+
+    if sparse:
+        @T.prim_func
+        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
+                 rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            nnz = T.int64()
+            x = T.match_buffer(x_h, (rows, k), act_dtype)
+            col = T.match_buffer(col_h, (nnz,), "int32")
+            val = T.match_buffer(val_h, (nnz,), "float16")
+            y = T.match_buffer(y_h, (rows, n), act_dtype)
+            for i in T.parallel(n):
+                row_dot(x, q, lut, y, rowptr, col, val, rows, i)
+    else:
+        @T.prim_func
+        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
+                 y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            x = T.match_buffer(x_h, (rows, k), act_dtype)
+            y = T.match_buffer(y_h, (rows, n), act_dtype)
+            for i in T.parallel(n):
+                row_dot(x, q, lut, y, None, None, None, rows, i)
+    return func

@@ -1,0 +1,74 @@
+"""Schedule knobs of the CUDA rules: a schedule is these numbers plus the rule's fixed decisions.
+
+Pure Python (no TVM), so tuning records can be read and written anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+SHARED_LIMIT = 48 * 1024  # static shared memory a kernel may use without an opt-in launch attribute
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class GemvKnobs:
+    """Decode GEMV (m = 1): ``threads_k`` threads (a multiple of 32) split one row's 32-code blocks;
+    ``rows_y`` such thread groups per CUDA block; each thread keeps ``rows_inner`` rows in flight;
+    a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers."""
+
+    threads_k: int = 128
+    rows_y: int = 1
+    rows_inner: int = 2
+    steps: int = 8
+
+    @property
+    def rows_per_block(self) -> int:
+        return self.rows_y * self.rows_inner * self.steps
+
+    def validate(self) -> None:
+        if self.threads_k % 32 or self.threads_k <= 0:
+            raise ValueError(f"threads_k must be a positive multiple of 32, got {self.threads_k}")
+        if self.threads_k * self.rows_y > MAX_THREADS:
+            raise ValueError(f"{self.threads_k * self.rows_y} threads per block exceed {MAX_THREADS}")
+        if min(self.rows_y, self.rows_inner, self.steps) < 1:
+            raise ValueError(f"rows_y, rows_inner and steps must be >= 1: {self}")
+
+
+@dataclass(frozen=True)
+class GemmKnobs:
+    """Prefill GEMM: a CUDA block computes a ``tile_m x tile_n`` output tile with one thread per
+    ``micro_m x micro_n`` piece, stepping along K one 32-code block at a time: the weight tile is
+    dequantized into shared memory once per block and reused by all ``tile_m`` rows of x."""
+
+    tile_m: int = 64
+    tile_n: int = 64
+    micro_m: int = 4
+    micro_n: int = 4
+
+    @property
+    def threads(self) -> int:
+        return (self.tile_m // self.micro_m) * (self.tile_n // self.micro_n)
+
+    def validate(self) -> None:
+        if min(self.tile_m, self.tile_n, self.micro_m, self.micro_n) < 1:
+            raise ValueError(f"GEMM knobs must be positive: {self}")
+        if self.tile_m % self.micro_m or self.tile_n % self.micro_n:
+            raise ValueError(f"tiles must be whole multiples of the micro tiles: {self}")
+        if not 32 <= self.threads <= MAX_THREADS or self.threads % 32:
+            raise ValueError(f"GEMM knobs give {self.threads} threads per block (want a multiple of 32 "
+                             f"up to {MAX_THREADS}): {self}")
+
+
+def knobs_from_dict(kind: str, values: dict) -> GemvKnobs | GemmKnobs:
+    cls = {"gemv": GemvKnobs, "gemm": GemmKnobs}[kind]
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {kind} knobs {sorted(unknown)}; known: {sorted(names)}")
+    knobs = cls(**values)
+    knobs.validate()
+    return knobs
+
+
+def knobs_to_dict(knobs: GemvKnobs | GemmKnobs) -> dict:
+    return asdict(knobs)

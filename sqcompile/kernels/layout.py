@@ -1,0 +1,38 @@
+"""TIR expressions that decode one code of the packed layout (``sqcompile.quant.format``).
+
+A 32-code block is ``bits`` uint32 words. ``word(j)`` returns the block's j-th word as a TIR expression (a
+buffer load, usually of a register copy); ``c`` is the code's position in the block, a Python int when the
+caller unrolls (so shifts fold to constants) or a TIR index otherwise.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from tvm import tirx
+
+
+from ..quant.format import BLOCK, GROUP, check_bits, packed_words, padded_k
+
+__all__ = ["BLOCK", "GROUP", "code_at", "packed_words", "padded_k", "rows_dim"]
+
+Word = Callable[[object], tirx.Expr]
+
+
+def _u32(v) -> tirx.Expr:
+    return tirx.const(v, "uint32") if isinstance(v, int) else tirx.Cast("uint32", v)
+
+
+def code_at(word: Word, bits: int, c) -> tirx.Expr:
+    """The uint32 code at position ``c`` (0..31) of a block whose words ``word(0..bits-1)`` returns."""
+    check_bits(bits)
+    if bits == 3:  # low 2 bits of codes 0-15 / 16-31 in words 0 / 1, high bits of all 32 in word 2
+        lo = (word(c // 16) >> _u32(c % 16 * 2)) & tirx.const(3, "uint32")
+        hi = (word(2) >> _u32(c)) & tirx.const(1, "uint32")
+        return lo | (hi << tirx.const(2, "uint32"))
+    per_word = 32 // bits
+    return (word(c // per_word) >> _u32(c % per_word * bits)) & tirx.const((1 << bits) - 1, "uint32")
+
+
+def rows_dim(m: int | None) -> int | tirx.Var:
+    """The row count of x and y: ``m``, or a symbolic int64 (as Relax shapes are) when ``m`` is None."""
+    return tirx.Var("m", "int64") if m is None else m

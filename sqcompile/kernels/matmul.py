@@ -1,0 +1,52 @@
+"""``lut_matmul``: the scheduled TIR PrimFunc for one quantized linear, chosen by target and row count."""
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+
+from ..quant.format import check_bits
+from .cpu import cpu_lut_matmul
+from .gemm_cuda import cuda_lut_gemm
+from .gemv_cuda import cuda_lut_gemv
+from .knobs import GemmKnobs, GemvKnobs
+
+ACT_DTYPES = ("float16", "float32")
+
+
+def target_arch(target: tvm.target.Target) -> str:
+    """``sm_XY`` of a CUDA target (``sm_90a`` counts as ``sm_90``)."""
+    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    if not arch.startswith("sm_"):
+        raise ValueError(f"CUDA target {target} names no arch such as sm_90")
+    return arch.rstrip("a")
+
+
+def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dtype: str,
+               target: tvm.target.Target, knobs: GemvKnobs | GemmKnobs | None = None) -> tirx.PrimFunc:
+    """y[m, n] = sum_k x[m, k] * (lut[n, code[n, k]] + sparse[n, k]), scheduled for ``target``.
+
+    Params: x [m, k] act_dtype, qweight uint32 [n, packed_words(k, bits)], lut float16 [n, 2**bits], if
+    ``sparse`` rowptr int32 [n+1], col int32 [nnz], val float16 [nnz], then y [m, n] act_dtype. ``m=None``
+    makes the row count symbolic (prefill), ``m=1`` is the decode GEMV. Accumulation is float32.
+    ``knobs`` overrides the CUDA schedule; by default the tuning records of the target's arch decide.
+    """
+    check_bits(bits)
+    if n <= 0 or k <= 0 or (m is not None and m <= 0):
+        raise ValueError(f"lut_matmul needs positive sizes, got n={n} k={k} m={m}")
+    if act_dtype not in ACT_DTYPES:
+        raise ValueError(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
+    kind = target.kind.name
+    if kind == "llvm":
+        func = cpu_lut_matmul(n, k, bits, m, sparse, act_dtype)
+    elif kind == "cuda":
+        from ..targets.tuning import lookup
+        if m == 1:
+            knobs = knobs or lookup(target_arch(target), "gemv", n, k, bits, sparse) or GemvKnobs()
+            func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
+        else:
+            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
+            func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
+    else:
+        raise ValueError(f"no lut_matmul rule for target kind {kind!r} (have llvm and cuda)")
+    name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}"
+    return func.with_attr({"global_symbol": name, "tirx.is_scheduled": True})

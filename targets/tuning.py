@@ -1,0 +1,94 @@
+"""Per-architecture tuning records: the best schedule knobs measured on a GPU, per kernel shape.
+
+``targets/records/<arch>.json`` holds ``{"arch", "device", "records": [Record, ...]}``. ``lookup`` returns the
+record of the exact shape, else the one of the nearest shape of the same kind and bit width (log-distance
+in N and K), else None (the rule's default knobs then apply). Pure Python: no TVM needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from sqcompile.kernels.knobs import GemmKnobs, GemvKnobs, knobs_from_dict
+
+RECORDS_DIR = Path(__file__).with_name("records")
+KINDS = ("gemv", "gemm")
+
+
+@dataclass
+class Record:
+    kind: str  # "gemv" | "gemm"
+    n: int
+    k: int
+    bits: int
+    sparse: bool
+    knobs: dict
+    us: float  # median time of the best knobs
+    default_us: float | None = None  # median time of the default knobs, same run
+    m: int | None = None  # rows of x measured (gemm)
+
+    def matches(self, kind: str, bits: int) -> bool:
+        return self.kind == kind and self.bits == bits
+
+
+@dataclass
+class Records:
+    arch: str
+    device: str = ""
+    records: list[Record] = field(default_factory=list)
+
+    def add(self, rec: Record) -> None:
+        key = (rec.kind, rec.n, rec.k, rec.bits, rec.sparse)
+        self.records = [r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) != key] + [rec]
+
+
+def records_path(arch: str, folder: Path | None = None) -> Path:
+    if not arch.startswith("sm_"):
+        raise ValueError(f"arch must look like sm_90, got {arch!r}")
+    return (folder or RECORDS_DIR) / f"{arch}.json"
+
+
+def load(arch: str, folder: Path | None = None) -> Records:
+    path = records_path(arch, folder)
+    if not path.is_file():
+        return Records(arch)
+    data = json.loads(path.read_text())
+    return Records(data["arch"], data.get("device", ""), [Record(**r) for r in data["records"]])
+
+
+def save(recs: Records, folder: Path | None = None) -> Path:
+    """Write atomically (temp file beside the target, then rename)."""
+    path = records_path(recs.arch, folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recs.records.sort(key=lambda r: (r.kind, r.bits, r.sparse, r.n, r.k))
+    body = {"arch": recs.arch, "device": recs.device, "records": [asdict(r) for r in recs.records]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+@lru_cache(maxsize=None)
+def _cached(arch: str) -> Records:
+    return load(arch)
+
+
+def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool) -> GemvKnobs | GemmKnobs | None:
+    """Knobs for a shape from the committed records of ``arch``, or None when there are none."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    candidates = [r for r in _cached(arch).records if r.matches(kind, bits)]
+    if not candidates:
+        return None
+
+    def distance(r: Record) -> tuple[float, bool]:
+        return abs(math.log(r.n / n)) + abs(math.log(r.k / k)), r.sparse != sparse
+
+    return knobs_from_dict(kind, min(candidates, key=distance).knobs)

@@ -1,0 +1,78 @@
+"""LUT-dequant matmul kernels against a float64 reference (llvm here; scripts/gpu_check_kernels.py runs the
+CUDA rules on a GPU), plus build-only checks of the CUDA rules and the tuning records."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from sqcompile.kernels import GemmKnobs, GemvKnobs, lut_matmul  # noqa: E402
+from sqcompile.kernels.reference import kernel_args, random_weight, reference, rel_error  # noqa: E402
+
+LLVM = tvm.target.Target("llvm")
+CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+
+
+def run_llvm(n, k, bits, m_static, m_rows, sparse, act_dtype, seed):
+    rng = np.random.default_rng(seed)
+    w = random_weight(n, k, bits, 0.02 if sparse else 0.0, rng)
+    x = rng.standard_normal((m_rows, k)).astype(act_dtype)
+    func = lut_matmul(n, k, bits, m=m_static, sparse=sparse, act_dtype=act_dtype, target=LLVM)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=LLVM)
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.full((m_rows, n), np.nan, act_dtype), dev)  # poisoned: unwritten -> NaN
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in kernel_args(x, w, sparse)], y)
+    return rel_error(y.numpy(), reference(x, w))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("m_static,m_rows", [(1, 1), (None, 5)])
+def test_llvm_matches_float64(bits, sparse, m_static, m_rows):
+    err = run_llvm(37, 300, bits, m_static, m_rows, sparse, "float16", seed=bits * 10 + sparse)
+    assert err < 1e-2
+
+
+def test_llvm_float32_activations_and_aligned_shape():
+    assert run_llvm(64, 256, 3, None, 2, True, "float32", seed=7) < 1e-5
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="bits"):
+        lut_matmul(8, 8, 5, m=1, sparse=False, act_dtype="float16", target=LLVM)
+    with pytest.raises(ValueError, match="act_dtype"):
+        lut_matmul(8, 8, 3, m=1, sparse=False, act_dtype="int8", target=LLVM)
+    with pytest.raises(ValueError, match="shared memory"):
+        lut_matmul(8, 8, 3, m=1, sparse=False, act_dtype="float16", target=CUDA,
+                   knobs=GemvKnobs(threads_k=1024, rows_y=1, rows_inner=4, steps=8))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        GemvKnobs(threads_k=48).validate()
+
+
+@pytest.mark.parametrize("m", [1, None])
+def test_cuda_rules_are_marked_scheduled(m):
+    func = lut_matmul(100, 1000, 3, m=m, sparse=True, act_dtype="float16", target=CUDA)
+    assert func.attrs["tirx.is_scheduled"]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
+    import subprocess
+    import sys
+
+    from sqcompile.kernels.cuda_host import check_no_source, cuda_build_env
+    code = (
+        "import tvm, sys\n"
+        "from sqcompile.kernels import lut_matmul\n"
+        "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90'}, host={'kind': 'llvm'})\n"
+        "mod = tvm.IRModule({'gemv': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t),\n"
+        "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t)})\n"
+        "with t:\n"
+        "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
+    )
+    out = tmp_path / "k.so"
+    subprocess.run([sys.executable, "-c", code, str(out)], env=cuda_build_env(), check=True, timeout=600)
+    check_no_source(out)
