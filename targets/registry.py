@@ -1,0 +1,78 @@
+"""Named compilation targets: ``llvm`` (this CPU) and ``cuda`` with an ``--arch`` (sm_80, sm_86, sm_89, sm_90).
+
+A :class:`TargetDef` says everything the build needs about a target: the TVM Target, the activation dtype
+the model is traced in, the schedule passes for the kernels TVM legalizes itself (dlight rules), the device
+the runtime must find, and where the per-architecture tuning records live. Importing this module does not
+import TVM, so the runtime can check an artifact's target without the compiler.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+TARGET_NAMES = ("llvm", "cuda")
+RECORDS_DIR = Path(__file__).with_name("records")
+
+
+@dataclass(frozen=True)
+class TargetDef:
+    name: str  # "llvm" | "cuda"
+    arch: str  # CUDA: sm_XX; llvm: the LLVM CPU name (mcpu), "generic" for any x86-64
+
+    @property
+    def device(self) -> str:
+        """The TVM runtime device type the compiled module runs on."""
+        return "cuda" if self.name == "cuda" else "cpu"
+
+    @property
+    def act_dtype(self) -> str:
+        """Activation and KV-cache dtype: fp32 on the CPU (exact match with PyTorch), fp16 on GPUs."""
+        return "float16" if self.name == "cuda" else "float32"
+
+    @property
+    def records_path(self) -> Path:
+        """Tuning records of this architecture (written by ``sqcompile tune``; may not exist)."""
+        return RECORDS_DIR / f"{self.arch}.json"
+
+    def tvm_target(self):
+        import tvm
+
+        if self.name == "cuda":
+            return tvm.target.Target({"kind": "cuda", "arch": self.arch}, host=self._llvm_host())
+        return tvm.target.Target(self._llvm_host())
+
+    def _llvm_host(self) -> dict:
+        host = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+        if self.name == "llvm" and self.arch != "generic":
+            host["mcpu"] = self.arch
+        return host
+
+    def schedule_passes(self) -> list:
+        """Passes that schedule the TIR functions legalized from ordinary Relax ops (not our kernels)."""
+        from tvm.s_tir import dlight as dl
+
+        if self.name == "cuda":
+            return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                            dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+        return []
+
+
+def host_cpu() -> str:
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def get_target(name: str, arch: str | None = None) -> TargetDef:
+    """The named target; ``arch`` is required for cuda and defaults to this host's CPU for llvm."""
+    if name not in TARGET_NAMES:
+        raise ValueError(f"unknown target {name!r}: choose one of {', '.join(TARGET_NAMES)}")
+    if name == "cuda":
+        if arch is None:
+            raise ValueError(f"--target cuda needs --arch, one of {', '.join(CUDA_ARCHS)}")
+        if arch not in CUDA_ARCHS:
+            raise ValueError(f"unknown CUDA arch {arch!r}: choose one of {', '.join(CUDA_ARCHS)}")
+        return TargetDef(name, arch)
+    return TargetDef(name, arch or host_cpu())
