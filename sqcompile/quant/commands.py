@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--bits", type=int, default=3, help="code bits: 2, 3 or 4 (default 3)")
     q.add_argument("--sparsity", type=float, default=0.45,
                    help="percent of each matrix kept exact in the sparse part; 0 = dense only (default 0.45)")
-    q.add_argument("--sensitive", type=float, default=0.05,
-                   help="percent chosen by sensitivity, part of --sparsity (default 0.05)")
+    q.add_argument("--sensitive", type=float, default=None,
+                   help="percent chosen by sensitivity, part of --sparsity (default 0.05, at most --sparsity)")
     q.add_argument("--no-fisher", action="store_true", help="plain k-means: no sensitivity weighting")
     q.add_argument("--calib", default=None,
                    help="calibration text: file, folder of .txt or hf:NAME[:CONFIG[:SPLIT]] (default: Austen)")
@@ -55,7 +55,8 @@ def quantize_command(args: argparse.Namespace) -> int:
     from .pipeline import run_quantize
     from .quantize import QuantizeOptions
 
-    options = QuantizeOptions(bits=args.bits, sparsity=args.sparsity, sensitive=args.sensitive,
+    sensitive = min(0.05, args.sparsity) if args.sensitive is None else args.sensitive
+    options = QuantizeOptions(bits=args.bits, sparsity=args.sparsity, sensitive=sensitive,
                               use_fisher=not args.no_fisher, calibration=args.calib,
                               calib_windows=args.calib_windows, calib_length=args.calib_length,
                               seed=args.seed, iters=args.iters, include_head=args.include_head,

@@ -5,16 +5,30 @@ between neighbouring centroids. Sorting each row once and keeping prefix sums of
 Lloyd step into ``k - 1`` binary searches plus ``k`` differences of prefix sums per row: ``O(k log n)``
 instead of the ``O(k n)`` distance matrix of a general k-means. All rows advance together as tensors.
 
+On the CPU the per-row work runs in a small C kernel (``kmeans1d.c``, compiled once with the system C
+compiler into the cache folder): batched tensor ops pay a sweep over all rows for every tiny step, which
+dominates on a few shared cores. The batched torch version runs on GPUs and wherever no C compiler exists;
+both do the same algorithm with their own random streams, so each is deterministic for a seed.
+
 ``exact_kmeans_1d`` is the globally optimal solution (dynamic programming over the sorted values); it is the
 reference the tests and the benchmark compare against.
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import logging
 import math
+import os
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,7 +39,7 @@ class KMeansResult:
 
 
 def weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int = 50, n_init: int = 3,
-                       seed: int = 0, rows_per_chunk: int = 1024) -> KMeansResult:
+                       seed: int = 0, rows_per_chunk: int = 4096, backend: str = "auto") -> KMeansResult:
     """Weighted Lloyd k-means of each row of ``x`` [N, K] with sample weights ``w`` [N, K] >= 0.
 
     Each row is clustered from ``n_init`` greedy k-means++ seedings (as scikit-learn seeds, drawn from a
@@ -34,20 +48,29 @@ def weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int = 50
     little next to the sort. Empty clusters keep their centroid. Entries of weight zero neither seed nor
     pull a centroid (the quantizer uses that to exclude the sparse part); a row whose weights are all zero
     is clustered with uniform weights. Rows go in chunks of ``rows_per_chunk`` to bound memory.
+    ``backend``: "c", "torch" or "auto" (C for CPU tensors when the kernel builds, torch otherwise).
     """
     if x.shape != w.shape or x.dim() != 2:
         raise ValueError(f"x and w must be 2-D of the same shape, got {tuple(x.shape)} and {tuple(w.shape)}")
     if k < 1 or n_init < 1:
         raise ValueError(f"k and n_init must be positive, got k={k}, n_init={n_init}")
+    lib = None
+    if backend in ("auto", "c") and x.device.type == "cpu":
+        lib = _c_library()
+        if lib is None and backend == "c":
+            raise RuntimeError("the C k-means kernel could not be built (see the log)")
+    elif backend not in ("auto", "torch", "c"):
+        raise ValueError(f"unknown k-means backend {backend!r}")
     gen = torch.Generator().manual_seed(seed)
-    parts = [_kmeans_chunk(x[i:i + rows_per_chunk], w[i:i + rows_per_chunk], k, iters, n_init, gen)
+    parts = [_kmeans_chunk(x[i:i + rows_per_chunk], w[i:i + rows_per_chunk], k, iters, n_init, gen, lib,
+                           seed * 1_000_003 + i)
              for i in range(0, x.shape[0], rows_per_chunk)]
     return KMeansResult(torch.cat([p.centroids for p in parts]), torch.cat([p.sse for p in parts]),
                         max((p.iterations for p in parts), default=0))
 
 
 def _kmeans_chunk(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, n_init: int,
-                  gen: torch.Generator) -> KMeansResult:
+                  gen: torch.Generator, lib, c_seed: int) -> KMeansResult:
     xs, order = torch.sort(x.double(), dim=1)
     ws = w.double().gather(1, order)
     if torch.any(ws < 0) or not torch.all(torch.isfinite(ws)):
@@ -55,6 +78,8 @@ def _kmeans_chunk(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, n_init: 
     ws = torch.where(ws.sum(1, keepdim=True) > 0, ws, torch.ones_like(ws))
     zero = torch.zeros(xs.shape[0], 1, dtype=torch.float64, device=xs.device)
     prefix = [torch.cat([zero, (ws * xs ** p).cumsum(1)], 1) for p in range(3)]  # sums of w, w x, w x^2
+    if lib is not None:
+        return _kmeans_c(lib, xs, prefix, k, iters, n_init, c_seed)
     best: KMeansResult | None = None
     for _ in range(n_init):
         run = _lloyd(xs, prefix, _kmeanspp(xs, prefix, k, gen), iters)
@@ -130,15 +155,82 @@ def _kmeanspp(xs: torch.Tensor, prefix: list[torch.Tensor], k: int, gen: torch.G
 
 
 def _lloyd(xs: torch.Tensor, prefix: list[torch.Tensor], c: torch.Tensor, iters: int) -> KMeansResult:
+    """Lloyd steps until no centroid moves (or ``iters``). A row whose centroids did not move is at a fixed
+    point for good; once half the working rows are there, they leave the working set (one compaction
+    copies the arrays, so it waits until it halves the work)."""
+    done = c.clone()
+    rows = torch.arange(xs.shape[0], device=xs.device)  # working row -> row of xs
+    work_xs, work_prefix = xs, prefix
     it = 0
     for it in range(1, iters + 1):
-        _, (sw, swx, _) = _segments(xs, prefix, c[:, None, :])
+        _, (sw, swx, _) = _segments(work_xs, work_prefix, c[:, None, :])
         new = torch.where(sw[:, 0] > 0, swx[:, 0] / sw[:, 0].clamp(min=1e-300), c).sort(dim=1).values
-        if torch.equal(new, c):
-            break
+        moved = (new != c).any(1)
         c = new
-    _, sums = _segments(xs, prefix, c[:, None, :])
-    return KMeansResult(c, _cost(c[:, None, :], sums)[:, 0].sum(1), it)
+        n_moved = int(moved.sum())
+        if n_moved == 0:
+            break
+        if 2 * n_moved <= rows.numel():
+            done[rows[~moved]] = c[~moved]
+            keep = moved.nonzero()[:, 0]
+            rows, c = rows[keep], c[keep]
+            work_xs, work_prefix = xs[rows], [p[rows] for p in prefix]
+    done[rows] = c
+    _, sums = _segments(xs, prefix, done[:, None, :])
+    return KMeansResult(done, _cost(done[:, None, :], sums)[:, 0].sum(1), it)
+
+
+def _kmeans_c(lib, xs: torch.Tensor, prefix: list[torch.Tensor], k: int, iters: int, n_init: int,
+              seed: int) -> KMeansResult:
+    rows, n = xs.shape
+    centroids = torch.empty(rows, k, dtype=torch.float64)
+    sse = torch.empty(rows, dtype=torch.float64)
+    its = torch.empty(rows, dtype=torch.int32)
+    arrays = [t.contiguous() for t in (xs, *prefix)]
+    rc = lib.kmeans1d(*(t.data_ptr() for t in arrays), rows, n, k, iters, n_init, seed % 2 ** 64,
+                      torch.get_num_threads(), centroids.data_ptr(), sse.data_ptr(), its.data_ptr())
+    if rc != 0:
+        raise ValueError(f"C k-means rejected k={k}, n={n}")
+    return KMeansResult(centroids, sse, int(its.max()) if rows else 0)
+
+
+_C_SOURCE = Path(__file__).with_name("kmeans1d.c")
+_c_lib: list = []  # [library or None] once tried
+
+
+def _c_library():
+    """The compiled C kernel (built once per source version into the cache folder), None if impossible."""
+    if _c_lib:
+        return _c_lib[0]
+    lib = None
+    try:
+        from ..models import cache_dir
+
+        source = _C_SOURCE.read_bytes()
+        target = cache_dir() / "kernels" / f"kmeans1d-{hashlib.sha256(source).hexdigest()[:16]}.so"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+            os.close(fd)
+            cc = os.environ.get("CC", "cc")
+            cmd = [cc, "-O3", "-fPIC", "-shared", "-fopenmp", str(_C_SOURCE), "-o", tmp, "-lm"]
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(target))
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.kmeans1d.argtypes = [p, p, p, p, i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_uint64, ctypes.c_int, p, p, p]
+        lib.kmeans1d.restype = ctypes.c_int
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        log.warning("C k-means kernel unavailable, using the torch version: %s", detail)
+        lib = None
+    _c_lib.append(lib)
+    return lib
 
 
 def assign_nearest(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:

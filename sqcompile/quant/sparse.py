@@ -51,10 +51,10 @@ def select_sparse(weight: torch.Tensor, fisher: torch.Tensor | None, sparsity: f
 
 
 def _range_factor(flat: torch.Tensor, threshold: float) -> float:
-    """The ``r`` of the paper's range threshold that gives ``threshold`` (quartiles on a sample of at most
-    2**24 values, the limit of ``torch.quantile``)."""
-    sample = flat if flat.numel() <= 1 << 24 else flat[:: -(-flat.numel() // (1 << 24))]
-    q1, q3 = (float(v) for v in torch.quantile(sample, torch.tensor([0.25, 0.75], device=flat.device)))
+    """The ``r`` of the paper's range threshold that gives ``threshold``."""
+    n = flat.numel()
+    q1 = float(torch.kthvalue(flat.cpu(), max(1, round(0.25 * n))).values)
+    q3 = float(torch.kthvalue(flat.cpu(), max(1, round(0.75 * n))).values)
     iqr = q3 - q1
     if iqr <= 0:
         return float("nan")
