@@ -1,0 +1,226 @@
+"""Run an artifact with the TVM runtime alone: load, verify, prefill, decode, sample, stream.
+
+The KV cache is one preallocated buffer ``[max_len, kv_heads, head_dim]`` per layer and K/V. Each call
+passes zero-copy views of the first ``ctx`` rows; the compiled module writes the new rows in place
+(``passes/kv_cache_inplace.py``), so a decode step touches ``O(ctx)`` memory, never ``O(max_len)``. The
+engine remembers which tokens the cache holds and, on the next request, prefills only what differs (a chat
+turn re-uses the conversation so far).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .loader import import_tvm, load_cuda_runtime
+from .manifest import LIBRARY_FILE, WEIGHTS_FILE, ArtifactError, Manifest
+from .sampling import Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0  # tokens of the request
+    prefilled_tokens: int = 0  # of those, the ones not already in the KV cache
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Decode steps per second (the first generated token comes from prefill)."""
+        steps = max(self.generated_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+    def summary(self) -> str:
+        return (f"prefill {self.prefilled_tokens} tokens at {self.prefill_tokens_per_s:.1f} tok/s, "
+                f"decode {self.generated_tokens} tokens at {self.decode_tokens_per_s:.1f} tok/s")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens or the context limit)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Engine:
+    """``Engine(artifact).generate(prompt)``; ``.stream(prompt)`` yields text pieces; ``.logits(ids)``."""
+
+    def __init__(self, artifact: str | Path, *, max_len: int | None = None):
+        self.path = Path(artifact).expanduser()
+        self.manifest = Manifest.read(self.path)
+        self.manifest.verify_files(self.path)
+        spec = self.manifest.model
+        self.max_len = int(spec["max_len"]) if max_len is None else int(max_len)
+        if not 2 <= self.max_len <= int(spec["max_len"]):
+            raise ValueError(f"max_len must be between 2 and the artifact's {spec['max_len']}, got {max_len}")
+        self.tvm = tvm = import_tvm()
+        self.device = self._open_device()
+        self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(self.path / LIBRARY_FILE)), self.device)
+        self.params = self._load_weights()
+        kv_shape = (self.max_len, int(spec["num_kv_heads"]), int(spec["head_dim"]))
+        self.kv = [tvm.runtime.empty(kv_shape, spec["dtype"], self.device) for _ in range(2 * int(spec["num_layers"]))]
+        self.cached: list[int] = []  # tokens whose K/V rows the cache holds, in order
+        self.tokenizer = self._load_tokenizer()
+        gen = self.manifest.generation
+        self.stop_token_ids = set(gen.get("stop_token_ids") or [])
+        self.last_stats = GenerationStats()
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def _open_device(self):
+        target = self.manifest.target
+        if target["device"] == "cuda":
+            load_cuda_runtime(self.tvm)
+            dev = self.tvm.cuda(0)
+            if not dev.exist:
+                raise ArtifactError(f"the artifact was built for CUDA {target['arch']}, but no CUDA GPU is present")
+            self.manifest.verify_target("cuda", "sm_" + str(dev.compute_version).replace(".", ""))
+            return dev
+        self.manifest.verify_target("cpu", None)
+        return self.tvm.cpu(0)
+
+    def _load_weights(self) -> list:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(self.path / WEIGHTS_FILE))
+        names = self.manifest.entry_functions["prefill"]["params"]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise ArtifactError(f"{self.path / WEIGHTS_FILE} lacks weights {missing[:5]}")
+        return [self.tvm.runtime.tensor(tensors[n], self.device) for n in names]
+
+    def _load_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        path = self.path / "tokenizer" / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(f"{self.path} has no tokenizer/tokenizer.json")
+        return Tokenizer.from_file(str(path))
+
+    # -- model calls -----------------------------------------------------------------------------------------
+    def _run(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Feed ``ids`` at positions ``start..``; the cache rows before ``start`` must be valid. -> logits [T, V]."""
+        t = len(ids)
+        ctx = start + t
+        if ctx > self.max_len:
+            raise ValueError(f"context of {ctx} tokens exceeds max_len {self.max_len}")
+        tvm = self.tvm
+        func = self.vm["decode"] if t == 1 else self.vm["prefill"]
+        views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
+        ids_t = tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
+        pos_t = tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
+        out = func(ids_t, pos_t, *views, *self.params)
+        logits = out[0] if not hasattr(out, "numpy") else out
+        return logits.numpy()[0].astype(np.float32, copy=False)
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """float32 ``[T, vocab]`` logits of every position of ``ids`` (int64 ``[T]``), from an empty cache."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("logits() needs at least one token")
+        self.cached = []
+        out = self._run(ids, 0)
+        self.cached = ids.tolist()
+        return out
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render the model's chat template (Jinja, as transformers does) for ``messages``."""
+        template = self.manifest.generation.get("chat_template")
+        if not template:
+            raise ValueError("this model has no chat template: use a plain prompt")
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        bos, eos = self.manifest.generation.get("bos_token_id"), sorted(self.stop_token_ids)
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=self.tokenizer.id_to_token(bos) if bos is not None else "",
+            eos_token=self.tokenizer.id_to_token(eos[0]) if eos else "")
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 128,
+                     sampling: SamplingParams | None = None, stop_token_ids: set[int] | None = None
+                     ) -> Iterator[int]:
+        """Yield generated token ids one by one; ``self.last_stats`` is updated as they come."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if len(prompt_ids) >= self.max_len:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; max_len is {self.max_len}")
+        sampler = Sampler(sampling or SamplingParams())
+        stops = self.stop_token_ids if stop_token_ids is None else stop_token_ids
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        # Re-use the cached prefix; always feed at least the last prompt token to get its logits.
+        keep = 0
+        while keep < min(len(self.cached), len(prompt_ids) - 1) and self.cached[keep] == prompt_ids[keep]:
+            keep += 1
+        self.cached = self.cached[:keep]
+        t = time.perf_counter()
+        logits = self._run(np.asarray(prompt_ids[keep:]), keep)[-1]
+        self.cached = list(prompt_ids)
+        stats.prefilled_tokens = len(prompt_ids) - keep
+        stats.prefill_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        for step in range(max_new_tokens):
+            token = sampler(logits)
+            stats.generated_tokens += 1
+            yield token
+            if token in stops or step == max_new_tokens - 1 or len(self.cached) >= self.max_len:
+                break
+            logits = self._run(np.asarray([token]), len(self.cached))[-1]
+            self.cached.append(token)
+            stats.decode_seconds = time.perf_counter() - t
+
+    def stream(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
+               *, chat: bool = False) -> Iterator[str]:
+        """Yield the generated text piece by piece (whole characters; stop tokens are not shown)."""
+        return self.stream_ids(self._prompt_ids(prompt, chat), max_new_tokens, sampling)
+
+    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 128,
+                   sampling: SamplingParams | None = None) -> Iterator[str]:
+        generated: list[int] = []
+        shown = ""
+        for token in self.generate_ids(prompt_ids, max_new_tokens, sampling):
+            if token in self.stop_token_ids:
+                break
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+
+    def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
+                 *, chat: bool = False) -> Generation:
+        ids = list(self.generate_ids(self._prompt_ids(prompt, chat), max_new_tokens, sampling))
+        stopped = bool(ids) and ids[-1] in self.stop_token_ids
+        text_ids = ids[:-1] if stopped else ids
+        return Generation(self.tokenizer.decode(text_ids, skip_special_tokens=True), ids,
+                          "stop" if stopped else "length", self.last_stats)
+
+    def _prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        if chat:
+            return self.encode(self.apply_chat_template([{"role": "user", "content": prompt}]),
+                               add_special_tokens=False)
+        return self.encode(prompt)
