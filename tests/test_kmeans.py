@@ -12,12 +12,13 @@ def rows(seed: int, n: int = 24, k: int = 96):
     return rng.standard_t(4, size=(n, k)), rng.exponential(size=(n, k)) ** 2
 
 
+@pytest.mark.parametrize("backend", ["c", "torch"])
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_no_worse_than_sklearn_and_near_exact(bits):
+def test_no_worse_than_sklearn_and_near_exact(bits, backend):
     from sklearn.cluster import KMeans
 
     x, w = rows(bits)
-    res = weighted_kmeans_1d(torch.tensor(x), torch.tensor(w), 2 ** bits, iters=50, seed=0)
+    res = weighted_kmeans_1d(torch.tensor(x), torch.tensor(w), 2 ** bits, iters=50, seed=0, backend=backend)
     ours = weighted_sse(torch.tensor(x), torch.tensor(w), res.centroids)
     assert torch.allclose(ours, res.sse, rtol=1e-9, atol=1e-9)  # prefix-sum SSE == direct SSE
     sk = exact = 0.0
@@ -47,23 +48,25 @@ def test_exact_solution_is_optimal_on_small_rows():
     assert exact_kmeans_1d(x, w, 3)[1] == pytest.approx(best, rel=1e-12)
 
 
-def test_deterministic_and_chunk_independent():
+@pytest.mark.parametrize("backend", ["c", "torch"])
+def test_deterministic(backend):
     x, w = (torch.tensor(a) for a in rows(7, n=40))
-    a = weighted_kmeans_1d(x, w, 8, seed=3)
-    b = weighted_kmeans_1d(x, w, 8, seed=3)
+    a = weighted_kmeans_1d(x, w, 8, seed=3, backend=backend)
+    b = weighted_kmeans_1d(x, w, 8, seed=3, backend=backend)
     assert torch.equal(a.centroids, b.centroids)
-    c = weighted_kmeans_1d(x, w, 8, seed=4)
+    c = weighted_kmeans_1d(x, w, 8, seed=4, backend=backend)
     assert not torch.equal(a.centroids, c.centroids)
     assert torch.all(a.centroids[:, 1:] >= a.centroids[:, :-1])
 
 
-def test_zero_weight_entries_do_not_pull_centroids():
+@pytest.mark.parametrize("backend", ["c", "torch"])
+def test_zero_weight_entries_do_not_pull_centroids(backend):
     x = torch.tensor([[0.0, 0.1, 0.2, 1.0, 1.1, 100.0]])
     w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
-    c = weighted_kmeans_1d(x, w, 2).centroids[0]
+    c = weighted_kmeans_1d(x, w, 2, backend=backend).centroids[0]
     assert torch.allclose(c, torch.tensor([0.1, 1.05], dtype=torch.float64))
     # a row of all-zero weights falls back to uniform weights
-    c0 = weighted_kmeans_1d(x[:, :5], torch.zeros(1, 5), 2).centroids[0]
+    c0 = weighted_kmeans_1d(x[:, :5], torch.zeros(1, 5), 2, backend=backend).centroids[0]
     assert torch.allclose(c0, torch.tensor([0.1, 1.05], dtype=torch.float64))
 
 
@@ -73,6 +76,14 @@ def test_assign_nearest_matches_argmin():
     got = assign_nearest(torch.tensor(x), lut)
     want = (torch.tensor(x)[:, :, None] - lut[:, None, :]).abs().argmin(-1)
     assert torch.equal(got, want)
+
+
+def test_more_centroids_than_distinct_values():
+    x = torch.tensor([[1.0, 1.0, 2.0, 2.0, 2.0]])
+    for backend in ("c", "torch"):
+        res = weighted_kmeans_1d(x, torch.ones_like(x), 8, backend=backend)
+        assert res.sse.item() == pytest.approx(0.0, abs=1e-12)
+        assert set(res.centroids[0].tolist()) <= {1.0, 2.0}
 
 
 def test_bad_input():
