@@ -39,11 +39,11 @@ class KMeansResult:
 
 
 def weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int = 50, n_init: int = 3,
-                       seed: int = 0, rows_per_chunk: int = 4096, backend: str = "auto") -> KMeansResult:
+                       seed: int = 0, rows_per_chunk: int = 2048, backend: str = "auto") -> KMeansResult:
     """Weighted Lloyd k-means of each row of ``x`` [N, K] with sample weights ``w`` [N, K] >= 0.
 
-    Each row is clustered from ``n_init`` greedy k-means++ seedings (as scikit-learn seeds, drawn from a
-    CPU generator seeded with ``seed``, so results do not depend on the device) and keeps its best result:
+    Each row is clustered from ``n_init`` greedy k-means++ seedings (as scikit-learn seeds; random draws
+    come from ``seed`` alone, never from the device or thread count) and keeps its best result:
     with fat-tailed Fisher weights one seeding often lands in a poor local optimum, and the restarts cost
     little next to the sort. Empty clusters keep their centroid. Entries of weight zero neither seed nor
     pull a centroid (the quantizer uses that to exclude the sparse part); a row whose weights are all zero
