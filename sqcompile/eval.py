@@ -84,12 +84,7 @@ def load_for_eval(spec: str | None, rtn_bits: int | None = None, rtn_group: int 
         except ImportError as e:
             raise RuntimeError(f"evaluating an artifact needs sqcompile.runtime.Engine, which is not available: {e}") from e
         engine = Engine(str(path))
-        tokenizer = getattr(engine, "tokenizer", None)
-        if tokenizer is None and (path / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        return engine.logits, tokenizer, f"artifact:{path}"
+        return engine.logits, engine.tokenizer, f"artifact:{path}"
     if path is not None and (path / "quant_config.json").is_file():
         if rtn_bits:
             raise ValueError("--rtn applies to a float model, not to an already quantized folder")
