@@ -11,6 +11,7 @@ from tvm import relax
 from sqcompile.quant.format import QuantizedWeight
 from sqcompile.targets import TargetDef
 
+from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
 from .kv_cache_inplace import KVCacheInplace
 from .rewrite_quantized_linear import KernelFactory, RewriteQuantizedLinear
@@ -22,6 +23,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
     return [
         RewriteQuantizedLinear(quantized, target.tvm_target(), kernel),
         KVCacheInplace(),
+        FoldWeightTranspose(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         fuse_elementwise(),

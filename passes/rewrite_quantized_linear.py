@@ -105,9 +105,6 @@ class _Rewriter(PyExprMutator):
             else:
                 params.append(p)
         body = self.visit_expr(func.body)
-        left = sorted({v.name for v in relax.analysis.free_vars(body) if v in self.packed})
-        if left:
-            raise ValueError(f"quantized weights used by something other than a matmul: {left[:5]}")
         return relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
 
     def rewrite(self) -> tvm.IRModule:
@@ -128,5 +125,10 @@ class RewriteQuantizedLinear:
         self.kernel = kernel or _default_kernel
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        mod = _Rewriter(mod, self.quantized, self.kernel, self.target).rewrite()
-        return relax.transform.DeadCodeElimination()(mod)
+        mod = relax.transform.DeadCodeElimination()(_Rewriter(mod, self.quantized, self.kernel, self.target).rewrite())
+        for gvar, func in mod.functions.items():
+            left = sorted(v.name for v in relax.analysis.free_vars(func)) if isinstance(func, relax.Function) else []
+            if left:
+                raise ValueError(f"{gvar.name_hint}: quantized weights used by something other than a matmul "
+                                 f"(e.g. a tied embedding): {left[:5]}")
+        return mod
