@@ -1,0 +1,104 @@
+"""`sqcompile build` on a tiny random QDIR: artifact layout, manifest, atomic writes, and compiled logits and
+greedy tokens equal to the PyTorch reference of the same quantized weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tvm")
+
+from conftest import make_tiny_model  # noqa: E402
+from sqcompile import driver  # noqa: E402
+from sqcompile.kernels.reference import random_weight  # noqa: E402
+
+
+def make_tiny_qdir(folder, tokenizer, bits: int = 3, density: float = 0.01, arch: str = "llama"):
+    """A QDIR whose linears carry random codes, LUTs and CSR parts (format-exact, no quantizer run)."""
+    from transformers import AutoModelForCausalLM
+
+    from sqcompile.quant.quantize import average_bits
+    from sqcompile.quant.storage import QuantConfig, save_quantized
+
+    hf = make_tiny_model(folder / "hf", arch, seed=1, tokenizer=tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    rng = np.random.default_rng(bits)
+    weights = {name: random_weight(m.out_features, m.in_features, bits, density, rng)
+               for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    for q in weights.values():  # keep activations in a sane range
+        q.lut[:] = (q.lut.astype(np.float32) * 0.05).astype(np.float16)
+        q.sparse.val[:] = (q.sparse.val.astype(np.float32) * 0.05).astype(np.float16)
+    config = QuantConfig(bits=bits, sparsity=100 * density, sensitive=0.0,
+                         modules={n: {"in_features": q.in_features, "out_features": q.out_features,
+                                      "nnz": q.sparse.nnz} for n, q in weights.items()},
+                         average_bits=average_bits(weights))
+    return save_quantized(folder / "qdir", model, tokenizer, weights, config)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory, tiny_tokenizer_obj):
+    root = tmp_path_factory.mktemp("build")
+    qdir = make_tiny_qdir(root, tiny_tokenizer_obj)
+    return qdir, driver.build(str(qdir), root / "artifact", max_len=96).artifact
+
+
+def test_artifact_layout_and_manifest(tiny_artifact):
+    _, art = tiny_artifact
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["format"] == "sqcompile-artifact" and manifest["format_version"] == 1
+    assert manifest["target"]["name"] == "llvm" and manifest["quantization"]["bits"] == 3
+    assert set(manifest["entry_functions"]) == {"prefill", "decode"}
+    params = manifest["entry_functions"]["decode"]["params"]
+    assert "model.layers.0.self_attn.q_proj.qweight" in params and "model.layers.0.self_attn.q_proj.weight" not in params
+    for name in ("model.so", "weights.safetensors", "tokenizer/tokenizer.json"):
+        assert name in manifest["files"] and (art / name).is_file()
+    assert not [p for p in art.parent.iterdir() if p.name.startswith(".artifact.")]  # no temp leftovers
+
+
+def test_logits_and_greedy_match_pytorch_reference(tiny_artifact):
+    from sqcompile.quant import load_quantized
+    from sqcompile.runtime import Engine
+
+    qdir, art = tiny_artifact
+    ref_model = load_quantized(qdir).model
+    engine = Engine(art)
+    ids = np.random.default_rng(5).integers(0, ref_model.config.vocab_size, 40)
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(ids)[None]).logits[0].numpy()
+    got = engine.logits(ids)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
+    prompt = ids[:6].tolist()
+    with torch.no_grad():
+        hf = ref_model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)[0, 6:].tolist()
+    ours = list(engine.generate_ids(prompt, 24, stop_token_ids=set()))
+    assert ours == hf
+
+
+def test_failed_build_leaves_no_artifact(tmp_path, tiny_artifact, monkeypatch):
+    qdir, _ = tiny_artifact
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed halfway")
+
+    monkeypatch.setattr(driver, "export_library", boom)
+    with pytest.raises(RuntimeError, match="killed halfway"):
+        driver.build(str(qdir), tmp_path / "art", max_len=32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path, tiny_artifact):
+    qdir, _ = tiny_artifact
+    (tmp_path / "art").mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        driver.build(str(qdir), tmp_path / "art", max_len=32)
+
+
+def test_unknown_target_and_arch_are_refused(tmp_path, tiny_artifact):
+    qdir, _ = tiny_artifact
+    with pytest.raises(ValueError, match="sm_75"):
+        driver.build(str(qdir), tmp_path / "a", target="cuda", arch="sm_75")
+    with pytest.raises(ValueError, match="needs --arch"):
+        driver.build(str(qdir), tmp_path / "b", target="cuda")
