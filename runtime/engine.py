@@ -81,7 +81,11 @@ class Engine:
     def _open_device(self):
         target = self.manifest.target
         if target["device"] == "cuda":
-            load_cuda_runtime(self.tvm)
+            try:
+                load_cuda_runtime(self.tvm)
+            except OSError as e:
+                raise ArtifactError(f"the artifact was built for CUDA {target['arch']}, but the CUDA runtime "
+                                    f"cannot load here: {e}") from e
             dev = self.tvm.cuda(0)
             if not dev.exist:
                 raise ArtifactError(f"the artifact was built for CUDA {target['arch']}, but no CUDA GPU is present")
