@@ -102,3 +102,55 @@ def test_unknown_target_and_arch_are_refused(tmp_path, tiny_artifact):
         driver.build(str(qdir), tmp_path / "a", target="cuda", arch="sm_75")
     with pytest.raises(ValueError, match="needs --arch"):
         driver.build(str(qdir), tmp_path / "b", target="cuda")
+
+
+def format_exact_quantize(model, bits: int, sparsity: float) -> dict:
+    """Per-row uniform LUT + the largest |w| kept exact: the SqueezeLLM storage format without its k-means
+    (seconds instead of minutes; compiled-vs-reference equality does not depend on the codes' quality)."""
+    from sqcompile.quant.format import CSR, QuantizedWeight, pack_codes
+
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or name == "lm_head":
+            continue
+        w = m.weight.detach().float().numpy()
+        n, k = w.shape
+        nnz = int(round(sparsity / 100 * w.size))
+        flat = np.argpartition(-np.abs(w).ravel(), nnz)[:nnz] if nnz else np.zeros(0, np.int64)
+        dense = w.copy()
+        dense.ravel()[flat] = 0
+        lut = np.linspace(dense.min(1), dense.max(1), 1 << bits, axis=1).astype(np.float16)
+        codes = np.abs(dense[:, :, None] - lut[:, None, :].astype(np.float32)).argmin(-1)
+        rows, cols = flat // k, flat % k
+        vals = (w[rows, cols] - lut[rows, codes[rows, cols]].astype(np.float32)).astype(np.float16)
+        out[name] = QuantizedWeight(bits, n, k, pack_codes(codes, bits), lut, CSR.from_coo(n, rows, cols, vals))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits,sparsity", [(3, 0.0), (3, 0.45), (4, 0.0), (4, 0.45)])
+def test_smollm2_greedy_32_tokens_identical(smollm2_dir, tmp_path, bits, sparsity):
+    """Real SmolLM2 weights and tokenizer, reduced to 4 layers so that CI stays fast (see the report)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqcompile.quant.quantize import average_bits
+    from sqcompile.quant.reference import replace_linears
+    from sqcompile.quant.storage import QuantConfig, save_quantized
+    from sqcompile.runtime import Engine
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    model.model.layers = model.model.layers[:4]
+    model.config.num_hidden_layers = 4
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    weights = format_exact_quantize(model, bits, sparsity)
+    config = QuantConfig(bits=bits, sparsity=sparsity, sensitive=0.0, average_bits=average_bits(weights),
+                         modules={n: {"in_features": q.in_features, "out_features": q.out_features,
+                                      "nnz": q.sparse.nnz} for n, q in weights.items()})
+    qdir = save_quantized(tmp_path / "qdir", model, tokenizer, weights, config)
+    art = driver.build(str(qdir), tmp_path / "art", max_len=64).artifact
+    prompt = tokenizer("The capital of France is").input_ids
+    replace_linears(model, weights)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, len(prompt):].tolist()
+    assert list(Engine(art).generate_ids(prompt, 32, stop_token_ids=set())) == ref
