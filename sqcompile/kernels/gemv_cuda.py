@@ -3,8 +3,9 @@
 Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
   * x is read once per CUDA block into float32 registers: thread ``tx`` owns the 32-code blocks
     ``tx, tx + threads_k, ...`` of every row, so its slice of x is the same for all rows of the block;
-  * codes are read row-major with consecutive threads on consecutive blocks (coalesced); every row's words
-    are loaded for ``rows_inner`` rows before any arithmetic, to keep many loads in flight;
+  * codes are read row-major with consecutive threads on consecutive blocks (coalesced); a thread loads the
+    words of ``rows_inner`` rows at once, and the ``steps`` batches are unrolled with the next batch's loads
+    issued before the current batch's arithmetic (register double buffering), to keep many loads in flight;
   * the per-row LUTs of the block's rows sit in shared memory as float32; all lanes of a warp read the same
     row's table, whose 2**bits words lie in distinct banks, so lookups never conflict;
   * the sparse part is fused: the row's nonzeros are split over its ``threads_k`` threads;
@@ -20,6 +21,7 @@ from .knobs import SHARED_LIMIT, GemvKnobs
 from .layout import BLOCK, code_at, packed_words, padded_k
 
 FULL_MASK = 0xFFFFFFFF
+X_VEC = 8  # x elements per vector load (16 bytes of fp16)
 
 
 def gemv_shared_bytes(bits: int, knobs: GemvKnobs) -> int:
@@ -43,16 +45,48 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     red_iters = -(-rpb // warps)
 
     @T.macro
+    def load_words(q, wr, bx, ty, tx, s, buf):
+        for r in T.unroll(ri):
+            for j in T.unroll(it):
+                for w in T.unroll(bits):
+                    # Clamped, not guarded: a branch per load keeps the compiler from issuing them together.
+                    # A clamped block meets x = 0; a clamped row is computed but never stored.
+                    wr[((buf * ri + r) * it + j) * bits + w] = q[T.min(bx * rpb + (s * ry + ty) * ri + r, n - 1),
+                                                                 T.min(j * tk + tx, nblocks - 1) * bits + w]
+
+    @T.macro
+    def dot_rows(x, lut_s, red, wr, xr, acc, rowptr, col, val, bx, ty, tx, s, buf):
+        for r in T.unroll(ri):
+            acc[r] = T.float32(0)
+            for j in T.unroll(it):
+                for c in T.unroll(BLOCK):
+                    acc[r] = acc[r] + xr[j * BLOCK + c] * lut_s[
+                        ((s * ry + ty) * ri + r) * table
+                        + T.Cast("int32", code_at(lambda w: wr[((buf * ri + r) * it + j) * bits + w], bits, c))]
+            if sparse:
+                if bx * rpb + (s * ry + ty) * ri + r < n:
+                    for e in range(T.ceildiv(rowptr[bx * rpb + (s * ry + ty) * ri + r + 1]
+                                             - rowptr[bx * rpb + (s * ry + ty) * ri + r], tk)):
+                        if rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx < rowptr[
+                                bx * rpb + (s * ry + ty) * ri + r + 1]:
+                            acc[r] = acc[r] + T.Cast(
+                                "float32", val[rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx]
+                            ) * T.Cast("float32", x[0, col[rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx]])
+            red[((s * ry + ty) * ri + r) * tk + tx] = acc[r]
+
+    @T.macro
     def body(x, q, lut, y, rowptr, col, val):
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
             for ty in T.thread_binding(ry, thread="threadIdx.y"):
                 for tx in T.thread_binding(tk, thread="threadIdx.x"):
                     lut_s = T.alloc_buffer((rpb * table,), "float32", scope="shared")
                     red = T.alloc_buffer((rpb * tk,), "float32", scope="shared")
+                    xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
                     xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
-                    wr = T.alloc_buffer((ri * it * bits,), "uint32", scope="local")
+                    wr = T.alloc_buffer((2 * ri * it * bits,), "uint32", scope="local")
                     acc = T.alloc_buffer((ri,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
+                    load_words(q, wr, bx, ty, tx, 0, 0)
                     for e in range(lut_iters):
                         if e * nthreads + ty * tk + tx < rpb * table:
                             if bx * rpb + (e * nthreads + ty * tk + tx) // table < n:
@@ -60,39 +94,23 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                     "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
                                                    (e * nthreads + ty * tk + tx) % table])
                     for j in T.unroll(it):
+                        if (j * tk + tx + 1) * BLOCK <= k:
+                            for c in T.unroll(BLOCK // X_VEC):
+                                for v in T.vectorized(X_VEC):
+                                    xh[j * BLOCK + c * X_VEC + v] = x[0, (j * tk + tx) * BLOCK + c * X_VEC + v]
+                        else:
+                            for c in T.unroll(BLOCK):
+                                if (j * tk + tx) * BLOCK + c < k:
+                                    xh[j * BLOCK + c] = x[0, (j * tk + tx) * BLOCK + c]
+                                else:
+                                    xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
                         for c in T.unroll(BLOCK):
-                            if (j * tk + tx) * BLOCK + c < k:
-                                xr[j * BLOCK + c] = T.Cast("float32", x[0, (j * tk + tx) * BLOCK + c])
-                            else:
-                                xr[j * BLOCK + c] = T.float32(0)
+                            xr[j * BLOCK + c] = T.Cast("float32", xh[j * BLOCK + c])
                     T.tvm_storage_sync("shared")
-                    for s in range(steps):
-                        for r in T.unroll(ri):
-                            for j in T.unroll(it):
-                                for w in T.unroll(bits):
-                                    if bx * rpb + (s * ry + ty) * ri + r < n and j * tk + tx < nblocks:
-                                        wr[(r * it + j) * bits + w] = q[bx * rpb + (s * ry + ty) * ri + r,
-                                                                         (j * tk + tx) * bits + w]
-                                    else:
-                                        wr[(r * it + j) * bits + w] = T.uint32(0)
-                        for r in T.unroll(ri):
-                            acc[r] = T.float32(0)
-                            for j in T.unroll(it):
-                                for c in T.unroll(BLOCK):
-                                    acc[r] = acc[r] + xr[j * BLOCK + c] * lut_s[
-                                        ((s * ry + ty) * ri + r) * table
-                                        + T.Cast("int32", code_at(lambda w: wr[(r * it + j) * bits + w], bits, c))]
-                            if sparse:
-                                if bx * rpb + (s * ry + ty) * ri + r < n:
-                                    for e in range(T.ceildiv(rowptr[bx * rpb + (s * ry + ty) * ri + r + 1]
-                                                             - rowptr[bx * rpb + (s * ry + ty) * ri + r], tk)):
-                                        if rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx < rowptr[
-                                                bx * rpb + (s * ry + ty) * ri + r + 1]:
-                                            acc[r] = acc[r] + T.Cast(
-                                                "float32", val[rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx]
-                                            ) * T.Cast("float32", x[0, col[rowptr[bx * rpb + (s * ry + ty) * ri + r]
-                                                                            + e * tk + tx]])
-                            red[((s * ry + ty) * ri + r) * tk + tx] = acc[r]
+                    for s in T.unroll(steps):
+                        if s + 1 < steps:
+                            load_words(q, wr, bx, ty, tx, s + 1, (s + 1) % 2)
+                        dot_rows(x, lut_s, red, wr, xr, acc, rowptr, col, val, bx, ty, tx, s, s % 2)
                     T.tvm_storage_sync("shared")
                     for e in range(red_iters):
                         if e * warps + (ty * tk + tx) // 32 < rpb:

@@ -13,13 +13,14 @@ MAX_THREADS = 1024
 @dataclass(frozen=True)
 class GemvKnobs:
     """Decode GEMV (m = 1): ``threads_k`` threads (a multiple of 32) split one row's 32-code blocks;
-    ``rows_y`` such thread groups per CUDA block; each thread keeps ``rows_inner`` rows in flight;
+    ``rows_y`` such thread groups per CUDA block; each thread loads ``rows_inner`` rows at once and runs
+    ``steps`` such batches (unrolled, the next batch's loads in flight during the current one's arithmetic);
     a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers."""
 
     threads_k: int = 128
     rows_y: int = 1
-    rows_inner: int = 2
-    steps: int = 8
+    rows_inner: int = 4
+    steps: int = 2
 
     @property
     def rows_per_block(self) -> int:

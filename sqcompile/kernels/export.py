@@ -1,0 +1,129 @@
+"""Build candidate CUDA kernels on the build host (no GPU needed) into an export folder for measuring.
+
+``export_candidates(folder, arch, configs)`` writes ``kernels.so`` (one nvcc fatbin for ``arch``, every
+candidate a function) and ``manifest.json``. The build runs in a subprocess whose environment carries the
+stub driver (``cuda_host``), so that the module embeds the fatbin and no CUDA source.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .knobs import SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to_dict
+
+log = logging.getLogger(__name__)
+
+LLAMA7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (12288, 4096), (22016, 4096))
+PREFILL = (512, 11008, 4096)  # m, n, k
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str  # "gemv" | "gemm"
+    n: int
+    k: int
+    bits: int
+    sparse: bool
+    m: int  # rows of x to measure with (the gemm kernel itself takes any m)
+
+
+def gemv_space(n: int, k: int, bits: int) -> list[GemvKnobs]:
+    """The GEMV search space for one shape; the untuned default comes first."""
+    from .gemv_cuda import gemv_shared_bytes
+    nblocks = -(-k // 128) * 4
+    out = [GemvKnobs()]
+    for tk, ry, ri, steps in itertools.product((64, 128, 256), (1, 2), (2, 4, 8), (1, 2, 4)):
+        kn = GemvKnobs(threads_k=tk, rows_y=ry, rows_inner=ri, steps=steps)
+        rpb = kn.rows_per_block
+        if tk > -(-nblocks // 32) * 32 or tk * ry > 512 or -(-nblocks // tk) * ri > 16 or -(-n // rpb) < 132:
+            continue  # idle threads, too many threads, too many registers, or too few blocks to fill the GPU
+        if kn not in out and gemv_shared_bytes(bits, kn) <= SHARED_LIMIT:
+            out.append(kn)
+    return out
+
+
+def gemm_space() -> list[GemmKnobs]:
+    return [GemmKnobs(), GemmKnobs(64, 64, 8, 4), GemmKnobs(128, 64, 8, 4), GemmKnobs(64, 128, 4, 8),
+            GemmKnobs(128, 128, 8, 8)]
+
+
+def benchmark_configs(space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
+    """Llama-2-7B decode shapes at 3 and 4 bits, dense and sparse, plus the prefill GEMM."""
+    out = []
+    for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
+        space = gemv_space(n, k, bits)
+        out.append((Config("gemv", n, k, bits, sparse, 1), space[:space_limit] if space_limit else space))
+    m, n, k = PREFILL
+    for bits in (3, 4):
+        out.append((Config("gemm", n, k, bits, False, m), gemm_space()))
+    return out
+
+
+def check_configs() -> list[tuple[Config, list]]:
+    """Odd shapes (K and N not multiples of 128) for the correctness check, default knobs + one variant."""
+    out = []
+    for (n, k), bits in itertools.product(((1000, 1000), (333, 4160), (4096, 11008)), (2, 3, 4)):
+        out.append((Config("gemv", n, k, bits, True, 1), [GemvKnobs(), GemvKnobs(64, 2, 1, 4)]))
+        out.append((Config("gemm", n, k, bits, True, 37), [GemmKnobs()]))
+    return out
+
+
+def _name(cfg: Config, i: int) -> str:
+    return f"{cfg.kind}_{'s' if cfg.sparse else 'd'}{cfg.bits}_n{cfg.n}_k{cfg.k}_c{i}"
+
+
+def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
+    """In-process build; the caller made CUDA builds possible (``cuda_host.prepare_cuda_build``)."""
+    import tvm
+
+    from .matmul import lut_matmul
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+    funcs, manifest = {}, {"arch": arch, "configs": []}
+    for cfg, space in configs:
+        cands = []
+        for i, kn in enumerate(space):
+            name = _name(cfg, i)
+            f = lut_matmul(cfg.n, cfg.k, cfg.bits, m=1 if cfg.kind == "gemv" else None, sparse=cfg.sparse,
+                           act_dtype="float16", target=target, knobs=kn)
+            funcs[name] = f.with_attr("global_symbol", name)
+            cands.append({"name": name, "knobs": knobs_to_dict(kn), "default": i == 0})
+        manifest["configs"].append({**cfg.__dict__, "candidates": cands})
+    log.info("building %d kernels for %s", len(funcs), arch)
+    with target:
+        ex = tvm.compile(tvm.IRModule(funcs), target=target)
+    folder.mkdir(parents=True, exist_ok=True)
+    ex.export_library(str(folder / "kernels.so"))
+    from .cuda_host import check_no_source
+    check_no_source(folder / "kernels.so")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def export_candidates(folder: Path, arch: str, which: str = "benchmark", space_limit: int | None = None) -> Path:
+    """Build in a subprocess with the CUDA build environment; write ``folder`` atomically."""
+    from .cuda_host import cuda_build_env
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    cmd = [sys.executable, "-m", "sqcompile.kernels.export", str(tmp), arch, which, str(space_limit or 0)]
+    subprocess.run(cmd, env=cuda_build_env(), check=True)
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
+    cfgs = {"benchmark": lambda: benchmark_configs(limit), "check": check_configs,
+            "explore": lambda: [c for c in benchmark_configs(None, LLAMA7B_SHAPES[:3]) if not c[0].sparse
+                                and c[0].kind == "gemv"]}[which_]()
+    build(out, arch_, cfgs)
