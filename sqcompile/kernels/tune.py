@@ -1,0 +1,67 @@
+"""``sqcompile tune``: search the CUDA schedule knobs per shape and store the best as tuning records.
+
+Where a GPU is present: ``sqcompile tune --arch sm_90`` exports candidates, measures them and imports the
+results. Where the build host has none, the same in three steps:
+    sqcompile tune --arch sm_90 --export DIR          # build host: candidate kernels (nvcc, stub driver)
+    (GPU host, runtime bundle) python3 benchmarks/kernels/run.py measure DIR --out RES
+    sqcompile tune --arch sm_90 --import RES/results.json   # build host: best knobs -> targets/records/sm_90.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def import_results(doc: dict, folder: Path | None = None) -> Path:
+    """Keep the fastest correct candidate of every measured shape as that shape's record."""
+    from sqcompile.targets.tuning import Record, load, save
+    recs = load(doc["arch"], folder)
+    recs.device = doc.get("device", recs.device)
+    for cfg in doc["configs"]:
+        timed = [c for c in cfg["candidates"] if c["us"] is not None]
+        if not timed:
+            continue
+        best = min(timed, key=lambda c: c["us"])
+        default = next((c["us"] for c in cfg["candidates"] if c["default"]), None)
+        recs.add(Record(cfg["kind"], cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], best["knobs"], best["us"],
+                        default, cfg["m"]))
+    return save(recs, folder)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.target != "cuda":
+        raise ValueError(f"only --target cuda is tunable, got {args.target!r}")
+    if args.import_results:
+        path = import_results(json.loads(Path(args.import_results).read_text()))
+        log.info("tuning records written to %s", path)
+        return 0
+    from .export import export_candidates
+    if args.export:
+        export_candidates(Path(args.export), args.arch, "benchmark")
+        return 0
+    from .cuda_host import gpu_present
+    if not gpu_present():
+        raise RuntimeError("no GPU here: use --export DIR, measure on the GPU host, then --import (see --help)")
+    import tempfile
+
+    from .measure import measure_export
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_candidates(Path(tmp) / "candidates", args.arch, "benchmark")
+        path = import_results(measure_export(folder))
+    log.info("tuning records written to %s", path)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tune", help="autotune the CUDA kernels for a GPU architecture",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="cuda", help="target kind (cuda)")
+    p.add_argument("--arch", default="sm_90", help="GPU architecture, e.g. sm_80, sm_86, sm_89, sm_90")
+    p.add_argument("--export", metavar="DIR", help="only build the candidates into DIR (no GPU needed)")
+    p.add_argument("--import", dest="import_results", metavar="RESULTS_JSON",
+                   help="turn measured results into targets/records/<arch>.json")
+    p.set_defaults(func=run)
