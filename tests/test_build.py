@@ -154,3 +154,19 @@ def test_smollm2_greedy_32_tokens_identical(smollm2_dir, tmp_path, bits, sparsit
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=None,
                              pad_token_id=0)[0, len(prompt):].tolist()
     assert list(Engine(art).generate_ids(prompt, 32, stop_token_ids=set())) == ref
+
+
+@pytest.mark.slow
+def test_cuda_build_without_gpu_embeds_a_fatbin(tiny_artifact, tmp_path):
+    """`--target cuda --arch sm_90` on this GPU-less host: precompiled kernels, no CUDA source."""
+    from sqcompile.kernels.cuda_host import nvcc_path
+
+    try:
+        nvcc_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    qdir, _ = tiny_artifact
+    art = driver.build(str(qdir), tmp_path / "cuda", target="cuda", arch="sm_90", max_len=64).artifact
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["target"] == {"name": "cuda", "arch": "sm_90", "device": "cuda"}
+    assert b'extern "C" __global__' not in (art / "model.so").read_bytes()  # check_no_source ran too
