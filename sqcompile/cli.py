@@ -13,7 +13,8 @@ import sys
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "sqcompile.quant.commands",  # quantize, eval
-    "sqcompile.driver",  # build, tune
+    "sqcompile.driver",  # build
+    "sqcompile.kernels.tune",  # tune
     "sqcompile.runtime.cli",  # run, chat
 )
 
