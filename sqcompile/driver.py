@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,11 +158,10 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
 
     from . import __version__
     from .frontend import ENTRY_FUNCTIONS
+    from .quant.storage import write_atomically
     from .runtime.manifest import LIBRARY_FILE, MANIFEST_FILE, WEIGHTS_FILE, Manifest
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-    try:
+    def fill(tmp: Path) -> None:
         t = time.perf_counter()
         (export_library_cuda if target.name == "cuda" else export_library)(lowered, target, tmp / LIBRARY_FILE)
         seconds["codegen"] = time.perf_counter() - t
@@ -182,19 +179,8 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
             generation=_generation_info(loaded.tokenizer, hf_config))
         manifest.hash_files(tmp)
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
-        if output.exists():
-            if not force:
-                raise FileExistsError(f"{output} exists: pass --force to replace it")
-            old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
-            os.replace(output, old / "artifact")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+
+    return write_atomically(output, fill, force)
 
 
 def build(spec: str | None, output: str | Path, *, target: str = "llvm", arch: str | None = None,
