@@ -9,13 +9,13 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .layout import BLOCK, code_at, rows_dim, packed_words, padded_k
+from .layout import BLOCK, code_at, lut_matmul_signature, padded_k, rows_dim
 
 LANES = 8
 
 
 def cpu_lut_matmul(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dtype: str) -> tirx.PrimFunc:
-    kp, words, table = padded_k(k), packed_words(k, bits), 1 << bits
+    kp = padded_k(k)
     nblocks, kvec = kp // BLOCK, k // LANES * LANES
 
     @T.macro
@@ -43,27 +43,9 @@ def cpu_lut_matmul(n: int, k: int, bits: int, m: int | None, sparse: bool, act_d
                 acc[0] = acc[0] + acc[v]
             y[r, i] = T.Cast(act_dtype, acc[0])
 
-    rows = rows_dim(m)
+    @T.macro
+    def body(x, q, lut, y, rowptr, col, val, rows):
+        for i in T.parallel(n):
+            row_dot(x, q, lut, y, rowptr, col, val, rows, i)
 
-    if sparse:
-        @T.prim_func
-        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
-                 rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, y_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            nnz = T.int64()
-            x = T.match_buffer(x_h, (rows, k), act_dtype)
-            col = T.match_buffer(col_h, (nnz,), "int32")
-            val = T.match_buffer(val_h, (nnz,), "float16")
-            y = T.match_buffer(y_h, (rows, n), act_dtype)
-            for i in T.parallel(n):
-                row_dot(x, q, lut, y, rowptr, col, val, rows, i)
-    else:
-        @T.prim_func
-        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
-                 y_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            x = T.match_buffer(x_h, (rows, k), act_dtype)
-            y = T.match_buffer(y_h, (rows, n), act_dtype)
-            for i in T.parallel(n):
-                row_dot(x, q, lut, y, None, None, None, rows, i)
-    return func
+    return lut_matmul_signature(n, k, bits, rows_dim(m), act_dtype, sparse, body)

@@ -12,7 +12,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .knobs import SHARED_LIMIT, GemmKnobs
-from .layout import BLOCK, code_at, rows_dim, packed_words, padded_k
+from .layout import BLOCK, code_at, lut_matmul_signature, padded_k, rows_dim
 
 
 def cuda_lut_gemm(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dtype: str,
@@ -22,7 +22,6 @@ def cuda_lut_gemm(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dt
     shared = BLOCK * (tm + tn) * 4
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMM knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
-    words, table = packed_words(k, bits), 1 << bits
     nblocks = padded_k(k) // BLOCK
     thr_m, thr_n = tm // um, tn // un
     nthreads = thr_m * thr_n
@@ -90,25 +89,4 @@ def cuda_lut_gemm(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dt
                                         y[by * tm + i * thr_m + ty, bx * tn + j * thr_n + tx] = T.Cast(
                                             act_dtype, acc[i * un + j])
 
-    rows = rows_dim(m)
-
-    if sparse:
-        @T.prim_func
-        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
-                 rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, y_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            nnz = T.int64()
-            x = T.match_buffer(x_h, (rows, k), act_dtype)
-            col = T.match_buffer(col_h, (nnz,), "int32")
-            val = T.match_buffer(val_h, (nnz,), "float16")
-            y = T.match_buffer(y_h, (rows, n), act_dtype)
-            body(x, q, lut, y, rowptr, col, val, rows)
-    else:
-        @T.prim_func
-        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
-                 y_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            x = T.match_buffer(x_h, (rows, k), act_dtype)
-            y = T.match_buffer(y_h, (rows, n), act_dtype)
-            body(x, q, lut, y, None, None, None, rows)
-    return func
+    return lut_matmul_signature(n, k, bits, rows_dim(m), act_dtype, sparse, body)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Callable
 
 from tvm import tirx
-
+from tvm.script import tirx as T
 
 from ..quant.format import BLOCK, GROUP, check_bits, packed_words, padded_k
 
-__all__ = ["BLOCK", "GROUP", "code_at", "packed_words", "padded_k", "rows_dim"]
+__all__ = ["BLOCK", "GROUP", "code_at", "lut_matmul_signature", "packed_words", "padded_k", "rows_dim"]
 
 Word = Callable[[object], tirx.Expr]
 
@@ -36,3 +36,30 @@ def code_at(word: Word, bits: int, c) -> tirx.Expr:
 def rows_dim(m: int | None) -> int | tirx.Var:
     """The row count of x and y: ``m``, or a symbolic int64 (as Relax shapes are) when ``m`` is None."""
     return tirx.Var("m", "int64") if m is None else m
+
+
+def lut_matmul_signature(n: int, k: int, bits: int, rows, act_dtype: str, sparse: bool, body) -> tirx.PrimFunc:
+    """The PrimFunc with ``lut_matmul``'s parameter list (x, qweight, lut, [rowptr, col, val], y) around
+    ``body(x, q, lut, y, rowptr, col, val, rows)``, a ``T.macro``; without ``sparse`` the CSR arguments are None.
+    Every rule whose x has a row count shares this one signature."""
+    words, table = packed_words(k, bits), 1 << bits
+    if sparse:
+        @T.prim_func
+        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
+                 rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            nnz = T.int64()
+            x = T.match_buffer(x_h, (rows, k), act_dtype)
+            col = T.match_buffer(col_h, (nnz,), "int32")
+            val = T.match_buffer(val_h, (nnz,), "float16")
+            y = T.match_buffer(y_h, (rows, n), act_dtype)
+            body(x, q, lut, y, rowptr, col, val, rows)
+    else:
+        @T.prim_func
+        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
+                 y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            x = T.match_buffer(x_h, (rows, k), act_dtype)
+            y = T.match_buffer(y_h, (rows, n), act_dtype)
+            body(x, q, lut, y, None, None, None, rows)
+    return func
