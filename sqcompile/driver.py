@@ -158,7 +158,7 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
 
     from . import __version__
     from .frontend import ENTRY_FUNCTIONS
-    from .quant.storage import write_atomically
+    from .atomic import write_atomically
     from .runtime.manifest import LIBRARY_FILE, MANIFEST_FILE, WEIGHTS_FILE, Manifest
 
     def fill(tmp: Path) -> None:

