@@ -11,6 +11,7 @@ from tvm import relax
 from sqcompile.quant.format import QuantizedWeight
 from sqcompile.targets import TargetDef
 
+from .cuda_graph import StaticDecodeInputs
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
 from .kv_cache_inplace import KVCacheInplace
@@ -41,6 +42,7 @@ def build_pipeline(target: TargetDef, quantized: dict[str, QuantizedWeight],
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
         relax.transform.StaticPlanBlockMemory(),
+        *([StaticDecodeInputs(), relax.transform.RewriteCUDAGraph()] if target.cuda_graph else []),
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),
         relax.transform.LowerRuntimeBuiltin(),

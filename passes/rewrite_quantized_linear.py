@@ -18,6 +18,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from sqcompile.quant.format import QuantizedWeight, packed_words
 
 MATMUL = tvm.ir.Op.get("relax.matmul")
+ASTYPE = tvm.ir.Op.get("relax.astype")
 PERMUTE_DIMS = tvm.ir.Op.get("relax.permute_dims")
 OPAQUE = 8  # relax op pattern kOpaque: FuseOps must not merge a scheduled kernel into others
 PACKED_SUFFIXES = QuantizedWeight.SUFFIXES  # qweight, lut, sp_rowptr, sp_col, sp_val
@@ -80,6 +81,8 @@ class _Rewriter(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
+        if isinstance(call, relax.Call) and call.op == ASTYPE and call.args[0].ty.dtype == call.attrs.dtype:
+            return call.args[0]  # the cast back of an fp16 matmul whose kernel now writes fp16 itself
         if not isinstance(call, relax.Call) or call.op != MATMUL:
             return call
         w = self._weight_of(call.args[1])

@@ -21,6 +21,7 @@ from .manifest import LIBRARY_FILE, WEIGHTS_FILE, ArtifactError, Manifest
 from .sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
+DECODE_BUCKET = 64  # decode attends to the cache rounded up to this many rows
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Generation:
 class Engine:
     """``Engine(artifact).generate(prompt)``; ``.stream(prompt)`` yields text pieces; ``.logits(ids)``."""
 
-    def __init__(self, artifact: str | Path, *, max_len: int | None = None):
+    def __init__(self, artifact: str | Path, *, max_len: int | None = None, prefill_chunk: int = 512):
         self.path = Path(artifact).expanduser()
         self.manifest = Manifest.read(self.path)
         self.manifest.verify_files(self.path)
@@ -70,9 +71,16 @@ class Engine:
         self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(self.path / LIBRARY_FILE)), self.device)
         self.params = self._load_weights()
         kv_shape = (self.max_len, int(spec["num_kv_heads"]), int(spec["head_dim"]))
-        self.kv = [tvm.runtime.empty(kv_shape, spec["dtype"], self.device) for _ in range(2 * int(spec["num_layers"]))]
+        # Zeroed: decode reads whole 64-row buckets, and masked rows must hold finite values (0 * NaN is NaN).
+        zeros = np.zeros(kv_shape, spec["dtype"])
+        self.kv = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * int(spec["num_layers"]))]
         self.cached: list[int] = []  # tokens whose K/V rows the cache holds, in order
-        self.tokenizer = self._load_tokenizer()
+        self.prefill_chunk = int(prefill_chunk)
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self._decode_inputs = (tvm.runtime.empty((1, 1), "int64", self.device),
+                               tvm.runtime.empty((1,), "int64", self.device))
+        self._tokenizer = None
         gen = self.manifest.generation
         self.stop_token_ids = set(gen.get("stop_token_ids") or [])
         self.last_stats = GenerationStats()
@@ -102,29 +110,54 @@ class Engine:
         missing = [n for n in names if n not in tensors]
         if missing:
             raise ArtifactError(f"{self.path / WEIGHTS_FILE} lacks weights {missing[:5]}")
+        for n in names:
+            want = self.manifest.weights.get(n)
+            if want and (list(tensors[n].shape) != want["shape"] or str(tensors[n].dtype) != want["dtype"]):
+                raise ArtifactError(f"weight {n} is {tensors[n].dtype} {list(tensors[n].shape)}, the manifest "
+                                    f"says {want['dtype']} {want['shape']}")
         return [self.tvm.runtime.tensor(tensors[n], self.device) for n in names]
 
-    def _load_tokenizer(self):
-        from tokenizers import Tokenizer
+    @property
+    def tokenizer(self):
+        """Loaded on first use: an artifact built from a config alone has none and runs on token ids."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
 
-        path = self.path / "tokenizer" / "tokenizer.json"
-        if not path.is_file():
-            raise ArtifactError(f"{self.path} has no tokenizer/tokenizer.json")
-        return Tokenizer.from_file(str(path))
+            path = self.path / "tokenizer" / "tokenizer.json"
+            if not path.is_file():
+                raise ArtifactError(f"{self.path} has no tokenizer/tokenizer.json: pass token ids instead of text")
+            self._tokenizer = Tokenizer.from_file(str(path))
+        return self._tokenizer
 
     # -- model calls -----------------------------------------------------------------------------------------
-    def _run(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Feed ``ids`` at positions ``start..``; the cache rows before ``start`` must be valid. -> logits [T, V]."""
-        t = len(ids)
-        ctx = start + t
+    def _run(self, ids: np.ndarray, start: int, last_only: bool = False) -> np.ndarray:
+        """Feed ``ids`` at positions ``start..``; the cache rows before ``start`` must be valid. -> logits [T, V].
+
+        Long prompts go in chunks of ``prefill_chunk`` tokens: the same result, with activation memory (the
+        attention scores above all) bounded by the chunk instead of the prompt.
+        """
+        ctx = start + len(ids)
         if ctx > self.max_len:
             raise ValueError(f"context of {ctx} tokens exceeds max_len {self.max_len}")
-        tvm = self.tvm
-        func = self.vm["decode"] if t == 1 else self.vm["prefill"]
+        chunks = [self._step(ids[i:i + self.prefill_chunk], start + i)
+                  for i in range(0, len(ids), self.prefill_chunk)]
+        return chunks[-1][-1:] if last_only else np.concatenate(chunks)
+
+    def _step(self, ids: np.ndarray, start: int) -> np.ndarray:
+        t = len(ids)
+        ctx = start + t
+        if t == 1:  # decode: a view rounded up to DECODE_BUCKET rows (masked past `start`), so the shapes, and
+            ctx = min(self.max_len, -(-ctx // DECODE_BUCKET) * DECODE_BUCKET)  # a CUDA graph, last 64 steps
         views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
-        ids_t = tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
-        pos_t = tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
-        out = func(ids_t, pos_t, *views, *self.params)
+        if t == 1:  # decode: reuse two device scalars instead of allocating them every token
+            ids_t, pos_t = self._decode_inputs
+            ids_t.copyfrom(np.asarray(ids, np.int64).reshape(1, 1))
+            pos_t.copyfrom(np.array([start], np.int64))
+            out = self.vm["decode"](ids_t, pos_t, *views, *self.params)
+        else:
+            ids_t = self.tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
+            pos_t = self.tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
+            out = self.vm["prefill"](ids_t, pos_t, *views, *self.params)
         logits = out[0] if not hasattr(out, "numpy") else out
         return logits.numpy()[0].astype(np.float32, copy=False)
 
@@ -180,7 +213,7 @@ class Engine:
             keep += 1
         self.cached = self.cached[:keep]
         t = time.perf_counter()
-        logits = self._run(np.asarray(prompt_ids[keep:]), keep)[-1]
+        logits = self._run(np.asarray(prompt_ids[keep:]), keep, last_only=True)[-1]
         self.cached = list(prompt_ids)
         stats.prefilled_tokens = len(prompt_ids) - keep
         stats.prefill_seconds = time.perf_counter() - t
@@ -191,7 +224,7 @@ class Engine:
             yield token
             if token in stops or step == max_new_tokens - 1 or len(self.cached) >= self.max_len:
                 break
-            logits = self._run(np.asarray([token]), len(self.cached))[-1]
+            logits = self._run(np.asarray([token]), len(self.cached), last_only=True)[-1]
             self.cached.append(token)
             stats.decode_seconds = time.perf_counter() - t
 

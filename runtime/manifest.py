@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FORMAT = "sqcompile-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: KV rows are written at `positions` (decode views may be bucketed)
 MANIFEST_FILE = "manifest.json"
 LIBRARY_FILE = "model.so"
 WEIGHTS_FILE = "weights.safetensors"
@@ -38,6 +38,8 @@ class Manifest:
     entry_functions: dict  # name -> {"inputs": [...], "params": [weight names], "outputs": [...]}
     generation: dict  # {"stop_token_ids": [...], "bos_token_id": ..., "chat_template": ...}
     files: dict = field(default_factory=dict)  # relative path -> sha256
+    weights: dict = field(default_factory=dict)  # weight name -> {"shape": [...], "dtype": ...}
+    synthetic: bool = False  # built from a config alone: weights.safetensors is made by runtime.synthesize
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -74,6 +76,9 @@ class Manifest:
     def verify_files(self, folder: str | Path) -> None:
         """Every listed file exists and has its recorded sha256."""
         folder = Path(folder)
+        if self.synthetic and WEIGHTS_FILE not in self.files:
+            raise ArtifactError(f"{folder} was built with --synthetic and has no weights yet: run "
+                                f"`python -m sqcompile.runtime.synthesize {folder}` first")
         for name in (LIBRARY_FILE, WEIGHTS_FILE):
             if name not in self.files:
                 raise ArtifactError(f"{folder / MANIFEST_FILE} does not list {name}")

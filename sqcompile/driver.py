@@ -42,6 +42,48 @@ def is_qdir(path: str | None) -> bool:
     return path is not None and (Path(path) / "quant_config.json").is_file()
 
 
+def load_config(spec: str):
+    """A model's HF config from a config.json file, a folder holding one, or a hub id."""
+    import json
+
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        raw = json.loads(path.read_text())
+        if "model_type" not in raw:
+            raise ValueError(f"{path} has no model_type: not a Hugging Face config.json")
+        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    return AutoConfig.from_pretrained(str(path) if path.is_dir() else spec)
+
+
+def load_synthetic(spec: str | None, quantize_args: argparse.Namespace | None, quantize: bool,
+                   dtype: str) -> LoadedModel:
+    """A shape-only model (``frontend.synthetic``) from ``spec``'s config, quantized to placeholder weights."""
+    import torch
+
+    from .frontend.synthetic import placeholder_quantized, shape_only_model
+
+    if spec is None:
+        raise ValueError("--synthetic needs a model config: a config.json, a folder holding one, or a hub id")
+    config = load_config(spec)
+    model = shape_only_model(config, getattr(torch, dtype))
+    tokenizer = None
+    if Path(spec).is_dir() and (Path(spec) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    if not quantize:
+        return LoadedModel(model, tokenizer, {}, None, f"synthetic {spec}")
+    bits, sparsity = quantize_args.bits, quantize_args.sparsity
+    weights = placeholder_quantized(model, bits, sparsity)
+    modules = {n: {"in_features": q.in_features, "out_features": q.out_features, "nnz": q.sparse.nnz}
+               for n, q in weights.items()}
+    quant_config = {"format": "sqcompile", "bits": bits, "sparsity": sparsity, "modules": modules,
+                    "source": f"synthetic {spec}"}
+    return LoadedModel(model, tokenizer, weights, quant_config, f"synthetic {spec}")
+
+
 def load_model(spec: str | None, *, quantize_args: argparse.Namespace | None, base: str | None,
                workdir: Path, quantize: bool = True) -> LoadedModel:
     """Whatever ``spec`` names, as a model ready to trace (quantizing or converting it first if needed)."""
@@ -75,7 +117,7 @@ def lower(traced, target, kernel=None):
 
     from .passes import build_pipeline
 
-    with tvm.transform.PassContext(opt_level=3):
+    with tvm.transform.PassContext(opt_level=3, config={"relax.backend.use_cuda_graph": target.cuda_graph}):
         return build_pipeline(target, traced.quantized, kernel)(traced.mod)
 
 
@@ -111,7 +153,9 @@ def _signature(func, weight_names: list[str]) -> dict:
         shape = [int(s) if isinstance(s, tvm.tirx.IntImm) else str(s) for s in ty.shape]
         return {"name": name, "shape": shape, "dtype": str(ty.dtype)}
 
-    num_input = int(func.attrs["num_input"])
+    from .passes.cuda_graph import num_inputs
+
+    num_input = num_inputs(func)
     out = func.ret_ty.fields[0] if hasattr(func.ret_ty, "fields") else func.ret_ty
     return {"inputs": [describe(v.name, v.ty) for v in func.params[:num_input]], "params": weight_names,
             "outputs": [describe("logits", out)]}
@@ -122,23 +166,29 @@ def weight_tensors(traced, func) -> dict:
 
     Float weights keep their Hugging Face names; a quantized linear ``<module>`` contributes
     ``<module>.qweight``, ``.lut`` and, with a sparse part, ``.sp_rowptr``, ``.sp_col``, ``.sp_val``.
+    Placeholders of a synthetic trace come back as zero-stride arrays of the right shape (no memory).
     """
     import numpy as np
 
     from .passes import PACKED_SUFFIXES
 
     module_of = {relax_name: traced.hf_names[relax_name].removesuffix(".weight") for relax_name in traced.quantized}
+    from .passes.cuda_graph import num_inputs
+
     out = {}
-    for v in func.params[int(func.attrs["num_input"]):]:
+    for v in func.params[num_inputs(func):]:
         if v.name in traced.params:
-            out[traced.hf_names.get(v.name, v.name)] = traced.params[v.name]
+            value = traced.params[v.name]
+            if value is None:
+                value = np.broadcast_to(np.zeros((), str(v.ty.dtype)), tuple(int(d) for d in v.ty.shape))
+            out[traced.hf_names.get(v.name, v.name)] = value
             continue
         suffix = next((s for s in PACKED_SUFFIXES if v.name.endswith("_" + s)), None)
         base = v.name[: -len(suffix) - 1] if suffix else None
         if base not in traced.quantized:
             raise ValueError(f"no value for parameter {v.name}")
         module = module_of[base]
-        out[f"{module}.{suffix}"] = np.ascontiguousarray(traced.quantized[base].tensors(module)[f"{module}.{suffix}"])
+        out[f"{module}.{suffix}"] = traced.quantized[base].tensors(module)[f"{module}.{suffix}"]
     return out
 
 
@@ -153,6 +203,7 @@ def _generation_info(tokenizer, hf_config) -> dict:
 def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, force: bool,
                    seconds: dict[str, float]) -> Path:
     """Assemble the artifact in a temporary folder beside ``output``, then rename it into place."""
+    import numpy as np
     import tvm
     from safetensors.numpy import save_file
 
@@ -166,17 +217,27 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
         (export_library_cuda if target.name == "cuda" else export_library)(lowered, target, tmp / LIBRARY_FILE)
         seconds["codegen"] = time.perf_counter() - t
         weights = weight_tensors(traced, lowered["prefill"])
-        save_file(weights, str(tmp / WEIGHTS_FILE))
-        loaded.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if not traced.synthetic:
+            save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / WEIGHTS_FILE))
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         hf_config = loaded.model.config
         names = list(weights)
+        quantization = loaded.quant_config
+        if traced.synthetic and quantization:  # synthesize needs each compiled (merged) matrix's nnz and width
+            quantization = {**quantization, "modules": {
+                traced.hf_names[r].removesuffix(".weight"): {"in_features": q.in_features,
+                                                             "out_features": q.out_features, "nnz": q.sparse.nnz}
+                for r, q in traced.quantized.items()}}
         manifest = Manifest(
             sqcompile_version=__version__, tvm_version=tvm.__version__,
             model={**asdict(traced.spec), "source": loaded.source, "hf_config": hf_config.to_dict()},
-            quantization=loaded.quant_config,
+            quantization=quantization,
             target={"name": target.name, "arch": target.arch, "device": target.device},
             entry_functions={name: _signature(lowered[name], names) for name in ENTRY_FUNCTIONS},
-            generation=_generation_info(loaded.tokenizer, hf_config))
+            generation=_generation_info(loaded.tokenizer, hf_config),
+            weights={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in weights.items()},
+            synthetic=traced.synthetic)
         manifest.hash_files(tmp)
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
 
@@ -185,7 +246,8 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
 
 def build(spec: str | None, output: str | Path, *, target: str = "llvm", arch: str | None = None,
           max_len: int = DEFAULT_MAX_LEN, quantize_args: argparse.Namespace | None = None,
-          base: str | None = None, quantize: bool = True, force: bool = False, kernel=None) -> BuildResult:
+          base: str | None = None, quantize: bool = True, force: bool = False, kernel=None,
+          dtype: str | None = None, synthetic: bool = False, cuda_graph: bool = True) -> BuildResult:
     """Build an artifact (see the module doc); ``kernel`` overrides the LUT kernel factory (tests)."""
     from .frontend import trace_decoder
     from .targets import get_target
@@ -193,17 +255,21 @@ def build(spec: str | None, output: str | Path, *, target: str = "llvm", arch: s
     output = Path(output).expanduser()
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists: pass --force to replace it")
-    target_def = get_target(target, arch)
+    target_def = get_target(target, arch, cuda_graph)
+    dtype = dtype or target_def.act_dtype
     seconds: dict[str, float] = {}
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.work-") as work:
         t = time.perf_counter()
-        loaded = load_model(spec, quantize_args=quantize_args, base=base, workdir=Path(work), quantize=quantize)
+        if synthetic:
+            loaded = load_synthetic(spec, quantize_args, quantize, dtype)
+        else:
+            loaded = load_model(spec, quantize_args=quantize_args, base=base, workdir=Path(work), quantize=quantize)
         seconds["load"] = time.perf_counter() - t
         t = time.perf_counter()
         model_max = getattr(loaded.model.config, "max_position_embeddings", max_len)
         traced = trace_decoder(loaded.model, loaded.quantized, max_len=min(max_len, model_max),
-                               dtype=target_def.act_dtype)
+                               dtype=dtype)
         seconds["trace"] = time.perf_counter() - t
         t = time.perf_counter()
         lowered = lower(traced, target_def, kernel)
@@ -237,6 +303,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "name or 'generic' (default: this host's CPU)")
     b.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help=f"longest context (prompt + generated tokens) (default {DEFAULT_MAX_LEN})")
+    b.add_argument("--dtype", choices=("float16", "float32"), default=None,
+                   help="activation and KV-cache dtype (default: float16 for cuda, float32 for llvm)")
+    b.add_argument("--synthetic", action="store_true",
+                   help="build from MODEL's config alone (a config.json, a folder or a hub id): no weights are "
+                        "read or written; `python -m sqcompile.runtime.synthesize ARTIFACT` makes random ones of "
+                        "the right shapes (codes, LUTs, CSR at --bits/--sparsity) where the artifact runs")
+    b.add_argument("--no-cuda-graph", action="store_true",
+                   help="cuda: launch decode's kernels one by one instead of replaying CUDA graphs")
     b.add_argument("--no-quantize", action="store_true", help="compile a float model as is (fp32 / fp16)")
     b.add_argument("--base", default=None, help="base model (HF folder or hub id) of an official SqueezeLLM checkpoint")
     b.add_argument("--force", action="store_true", help="replace an existing artifact")
@@ -251,7 +325,8 @@ def build_command(args: argparse.Namespace) -> int:
     if args.max_len < 2:
         raise ValueError(f"--max-len must be at least 2, got {args.max_len}")
     result = build(args.model, args.output, target=args.target, arch=args.arch, max_len=args.max_len,
-                   quantize_args=args, base=args.base, quantize=not args.no_quantize, force=args.force)
+                   quantize_args=args, base=args.base, quantize=not args.no_quantize, force=args.force,
+                   dtype=args.dtype, synthetic=args.synthetic, cuda_graph=not args.no_cuda_graph)
     total = sum(result.seconds.values())
     print(f"wrote {result.artifact} in {total:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + ")")

@@ -20,6 +20,7 @@ RECORDS_DIR = Path(__file__).with_name("records")
 class TargetDef:
     name: str  # "llvm" | "cuda"
     arch: str  # CUDA: sm_XX; llvm: the LLVM CPU name (mcpu), "generic" for any x86-64
+    cuda_graph: bool = True  # CUDA: capture decode in CUDA graphs (passes/cuda_graph.py)
 
     @property
     def device(self) -> str:
@@ -28,9 +29,9 @@ class TargetDef:
 
     @property
     def act_dtype(self) -> str:
-        """Activation and KV-cache dtype. fp32 everywhere for now: an fp16 trace mis-types in TVM 0.27's torch
-        importer (a float32 src reaches the KV slice_scatter); fp16 on CUDA is the intended next step."""
-        return "float32"
+        """Default activation and KV-cache dtype: fp16 on GPUs (half the activation and KV traffic, what
+        cuBLAS baselines use), fp32 on CPUs (no fast fp16 arithmetic there). Matmuls accumulate in fp32."""
+        return "float16" if self.name == "cuda" else "float32"
 
     @property
     def records_path(self) -> Path:
@@ -41,7 +42,10 @@ class TargetDef:
         import tvm
 
         if self.name == "cuda":
-            return tvm.target.Target({"kind": "cuda", "arch": self.arch}, host=self._llvm_host())
+            # Limits common to sm_80..sm_90 (dlight reads them; without them TVM warns and guesses).
+            return tvm.target.Target({"kind": "cuda", "arch": self.arch, "max_shared_memory_per_block": 49152,
+                                      "max_threads_per_block": 1024, "thread_warp_size": 32,
+                                      "registers_per_block": 65536}, host=self._llvm_host())
         return tvm.target.Target(self._llvm_host())
 
     def _llvm_host(self) -> dict:
@@ -66,7 +70,7 @@ def host_cpu() -> str:
     return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
-def get_target(name: str, arch: str | None = None) -> TargetDef:
+def get_target(name: str, arch: str | None = None, cuda_graph: bool = True) -> TargetDef:
     """The named target; ``arch`` is required for cuda and defaults to this host's CPU for llvm."""
     if name not in TARGET_NAMES:
         raise ValueError(f"unknown target {name!r}: choose one of {', '.join(TARGET_NAMES)}")
@@ -75,5 +79,5 @@ def get_target(name: str, arch: str | None = None) -> TargetDef:
             raise ValueError(f"--target cuda needs --arch, one of {', '.join(CUDA_ARCHS)}")
         if arch not in CUDA_ARCHS:
             raise ValueError(f"unknown CUDA arch {arch!r}: choose one of {', '.join(CUDA_ARCHS)}")
-        return TargetDef(name, arch)
-    return TargetDef(name, arch or host_cpu())
+        return TargetDef(name, arch, cuda_graph=cuda_graph)
+    return TargetDef(name, arch or host_cpu(), cuda_graph=False)

@@ -47,11 +47,11 @@ def tiny_artifact(tmp_path_factory, tiny_tokenizer_obj):
 def test_artifact_layout_and_manifest(tiny_artifact):
     _, art = tiny_artifact
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["format"] == "sqcompile-artifact" and manifest["format_version"] == 1
+    assert manifest["format"] == "sqcompile-artifact" and manifest["format_version"] == 2
     assert manifest["target"]["name"] == "llvm" and manifest["quantization"]["bits"] == 3
     assert set(manifest["entry_functions"]) == {"prefill", "decode"}
     params = manifest["entry_functions"]["decode"]["params"]
-    assert "model.layers.0.self_attn.q_proj.qweight" in params and "model.layers.0.self_attn.q_proj.weight" not in params
+    assert "model.layers.0.self_attn.qkv_proj.qweight" in params and "model.layers.0.self_attn.q_proj.weight" not in params
     for name in ("model.so", "weights.safetensors", "tokenizer/tokenizer.json"):
         assert name in manifest["files"] and (art / name).is_file()
     assert not [p for p in art.parent.iterdir() if p.name.startswith(".artifact.")]  # no temp leftovers
@@ -129,10 +129,13 @@ def format_exact_quantize(model, bits: int, sparsity: float) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bits,sparsity", [(3, 0.0), (3, 0.45), (4, 0.0), (4, 0.45)])
-def test_smollm2_greedy_32_tokens_identical(smollm2_dir, tmp_path, bits, sparsity):
-    """Real SmolLM2 weights and tokenizer, reduced to 4 layers so that CI stays fast (see the report)."""
+def test_smollm2_greedy_and_perplexity_match_reference(smollm2_dir, tmp_path, bits, sparsity):
+    """Real SmolLM2 weights, tokenizer and text, reduced to 4 layers so that CI stays fast: 32 greedy tokens
+    identical to the PyTorch reference, perplexity through the artifact within 0.5% of the reference's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sqcompile import data
+    from sqcompile.eval import perplexity, torch_logits_fn
     from sqcompile.quant.quantize import average_bits
     from sqcompile.quant.reference import replace_linears
     from sqcompile.quant.storage import QuantConfig, save_quantized
@@ -153,7 +156,13 @@ def test_smollm2_greedy_32_tokens_identical(smollm2_dir, tmp_path, bits, sparsit
     with torch.no_grad():
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=None,
                              pad_token_id=0)[0, len(prompt):].tolist()
-    assert list(Engine(art).generate_ids(prompt, 32, stop_token_ids=set())) == ref
+    engine = Engine(art)
+    assert list(engine.generate_ids(prompt, 32, stop_token_ids=set())) == ref
+    text = data.read_text(data.default_evaluation())[:20000]
+    tokens = data.tokenize(tokenizer, text)
+    ours = perplexity(engine.logits, tokens, 64, 6, progress=False).perplexity
+    theirs = perplexity(torch_logits_fn(model), tokens, 64, 6, progress=False).perplexity
+    assert abs(ours - theirs) / theirs <= 0.005
 
 
 @pytest.mark.slow
@@ -170,3 +179,49 @@ def test_cuda_build_without_gpu_embeds_a_fatbin(tiny_artifact, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["target"] == {"name": "cuda", "arch": "sm_90", "device": "cuda"}
     assert b'extern "C" __global__' not in (art / "model.so").read_bytes()  # check_no_source ran too
+
+
+def test_fp16_build_matches_reference_within_fp16_rounding(tiny_artifact, tmp_path):
+    """The dtype CUDA builds use, compiled for llvm here: fp16 activations and KV cache, fp32 accumulation."""
+    from sqcompile.quant import load_quantized
+    from sqcompile.runtime import Engine
+
+    qdir, _ = tiny_artifact
+    art = driver.build(str(qdir), tmp_path / "fp16", max_len=64, dtype="float16").artifact
+    assert json.loads((art / "manifest.json").read_text())["model"]["dtype"] == "float16"
+    ids = np.random.default_rng(6).integers(0, 300, 40)
+    with torch.no_grad():
+        ref = load_quantized(qdir).model(torch.from_numpy(ids)[None]).logits[0].numpy()
+    got = Engine(art).logits(ids)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 5e-3
+
+
+def test_synthetic_build_gets_its_weights_where_it_runs(tmp_path):
+    """`build --synthetic` from a config alone; `runtime.synthesize` makes weights of the recorded shapes."""
+    import argparse
+
+    from sqcompile.runtime import Engine
+    from sqcompile.runtime.manifest import ArtifactError
+    from sqcompile.runtime.synthesize import synthesize
+
+    config = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 200, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500, "max_position_embeddings": 256,
+              "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = argparse.Namespace(bits=3, sparsity=0.45)
+    art = driver.build(str(tmp_path / "config.json"), tmp_path / "art", synthetic=True, quantize_args=args,
+                       max_len=64).artifact
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["synthetic"] and not (art / "weights.safetensors").exists()
+    gate_up = manifest["weights"]["model.layers.0.mlp.gate_up_proj.sp_col"]["shape"]
+    assert gate_up == [round(400 * 128 * 0.45 / 100)]  # gate and up merged: 400 rows
+    with pytest.raises(ArtifactError, match="synthesize"):
+        Engine(art)
+    synthesize(art)
+    logits = Engine(art).logits(np.arange(20))
+    assert logits.shape == (20, 500) and np.isfinite(logits).all()
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "manifest.json").write_text(json.dumps({**manifest, "synthetic": False}))
+    with pytest.raises(ArtifactError, match="real weights"):
+        synthesize(real)

@@ -61,8 +61,17 @@ def test_trace_matches_hf(arch, tmp_path, tiny_tokenizer_obj):
 def test_weights_stay_parameters_under_their_hf_names(tmp_path, tiny_tokenizer_obj):
     model = _hf_model(make_tiny_model(tmp_path / "q", "qwen2", tokenizer=tiny_tokenizer_obj))
     expected = {name: p.detach().numpy().copy() for name, p in model.state_dict().items()}
+    merged = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "mlp.gate_up_proj": ("gate_proj", "up_proj")}
+    for name in list(expected):  # what frontend.fuse merges (Qwen2 has q/k/v biases)
+        for target, parts in merged.items():
+            parent, first = target.split(".")[0], parts[0]
+            if f".{parent}.{first}." in name:
+                prefix, part = name.split(f"{first}.")
+                expected[f"{prefix}{target.split('.')[1]}.{part}"] = np.concatenate(
+                    [expected[f"{prefix}{p}.{part}"] for p in parts])
     traced = trace_decoder(model, max_len=32)
-    assert "model.layers.0.self_attn.q_proj.bias" in traced.hf_names.values()  # Qwen2's q/k/v bias
+    assert "model.layers.0.self_attn.qkv_proj.bias" in traced.hf_names.values()
+    assert "model.layers.0.mlp.gate_up_proj.weight" in traced.hf_names.values()
     for relax_name, value in traced.params.items():
         np.testing.assert_array_equal(value, expected[traced.hf_names[relax_name]])
 
@@ -85,3 +94,17 @@ def test_unsupported_op_names_the_model_type_and_op(tmp_path, tiny_tokenizer_obj
     model.model.layers[0].mlp.act_fn = Bessel()
     with pytest.raises(UnsupportedModelError, match=r"'llama'.*i0"):
         trace_decoder(model, max_len=16)
+
+
+def test_merged_rows_compute_what_the_separate_weights_compute():
+    """frontend.fuse: q/k/v (or gate/up) quantized weights stacked by rows, CSR offsets included."""
+    from sqcompile.frontend.fuse import concat_rows
+    from sqcompile.kernels.reference import random_weight
+
+    rng = np.random.default_rng(3)
+    parts = [random_weight(n, 200, 3, 0.02, rng) for n in (64, 16, 16)]
+    merged = concat_rows(parts)
+    merged.validate()
+    np.testing.assert_array_equal(merged.dequantize(), np.concatenate([p.dequantize() for p in parts]))
+    with pytest.raises(ValueError, match="same bits"):
+        concat_rows([parts[0], random_weight(16, 200, 4, 0.0, rng)])

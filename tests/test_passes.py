@@ -91,13 +91,15 @@ def test_rewrite_refuses_a_weight_used_elsewhere():
 
 
 def kv_module(heads: int, dim: int, tail: bool) -> tvm.IRModule:
-    """main(cache [ctx, h, d], new [t, h, d]) = sum of slice_scatter(cache, new at ctx - t (tail) or 0)."""
+    """main(positions [t], cache [ctx, h, d], new [t, h, d]) = sum of slice_scatter(cache, new at ctx - t (tail)
+    or 0); ``positions`` is the frontend's input of that name (``ctx - t .. ctx - 1`` for exact views)."""
     ctx, t = tvm.tirx.Var("ctx", "int64"), tvm.tirx.Var("t", "int64")
     bb = relax.BlockBuilder()
+    positions = relax.Var("positions", relax.TensorType((t,), "int64"))
     cache = relax.Var("cache", relax.TensorType((ctx, heads, dim), "float32"))
     new = relax.Var("new", relax.TensorType((t, heads, dim), "float32"))
     start, end = (ctx - t, ctx) if tail else (0, t)
-    with bb.function("main", [cache, new]):
+    with bb.function("main", [positions, cache, new]):
         with bb.dataflow():
             updated = bb.emit(relax.op.slice_scatter(cache, new, start, end, 1, axis=0))
             out = bb.emit_output(relax.op.sum(updated, axis=[1, 2]))
@@ -113,8 +115,9 @@ def test_kv_cache_inplace_rewrites_tail_writes_only():
     assert "relax.slice_scatter" in _calls(untouched)
 
 
-def test_kv_cache_inplace_writes_into_the_callers_buffer():
-    """The new rows land in the runtime's buffer (through a view); rows outside the view are untouched."""
+@pytest.mark.parametrize("view", [7, 12])  # exact, or rounded up to a bucket past the new rows
+def test_kv_cache_inplace_writes_into_the_callers_buffer(view):
+    """The new rows land at their positions in the runtime's buffer (through a view); other rows are untouched."""
     rng = np.random.default_rng(1)
     max_len, heads, dim, ctx, t = 16, 2, 8, 7, 3
     ex = tvm.compile(KVCacheInplace()(kv_module(heads, dim, tail=True)), LLVM.tvm_target())
@@ -122,11 +125,12 @@ def test_kv_cache_inplace_writes_into_the_callers_buffer():
     initial = rng.standard_normal((max_len, heads, dim)).astype(np.float32)
     new = rng.standard_normal((t, heads, dim)).astype(np.float32)
     buf = tvm.runtime.tensor(initial)
-    sums = vm["main"](buf._create_view((ctx, heads, dim)), tvm.runtime.tensor(new)).numpy()
+    positions = tvm.runtime.tensor(np.arange(ctx - t, ctx, dtype=np.int64))
+    sums = vm["main"](positions, buf._create_view((view, heads, dim)), tvm.runtime.tensor(new)).numpy()
     expected = initial.copy()
     expected[ctx - t:ctx] = new
     np.testing.assert_array_equal(buf.numpy(), expected)
-    np.testing.assert_allclose(sums, expected[:ctx].sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(sums, expected[:view].sum(axis=(1, 2)), rtol=1e-5)
 
 
 def test_fuse_elementwise_makes_rmsnorm_one_kernel():

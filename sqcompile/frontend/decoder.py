@@ -74,17 +74,26 @@ class KVDecoder(nn.Module):
         for i, layer in enumerate(inner.layers):
             h = h + self._attention(layer.self_attn, layer.input_layernorm(h), kv[2 * i], kv[2 * i + 1],
                                     cos, sin, causal, past)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
         logits = self.model.lm_head(inner.norm(h))
         return logits[None]
+
+    @staticmethod
+    def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(mlp, "gate_up_proj"):  # merged by frontend.fuse
+            gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
+            return mlp.down_proj(mlp.act_fn(gate) * up)
+        return mlp(x)
 
     def _attention(self, attn: nn.Module, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    cos: torch.Tensor, sin: torch.Tensor, causal: torch.Tensor, past) -> torch.Tensor:
         t, d, nkv = x.shape[0], self.head_dim, self.num_kv_heads
         group = self.num_heads // nkv
-        q = attn.q_proj(x).view(t, self.num_heads, d)
-        k = attn.k_proj(x).view(t, nkv, d)
-        v = attn.v_proj(x).view(t, nkv, d)
+        if hasattr(attn, "qkv_proj"):  # merged by frontend.fuse
+            q, k, v = attn.qkv_proj(x).split([self.num_heads * d, nkv * d, nkv * d], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = q.view(t, self.num_heads, d), k.view(t, nkv, d), v.view(t, nkv, d)
         if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before rotary
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * cos + _rotate_half(q) * sin

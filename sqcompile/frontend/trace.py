@@ -15,6 +15,8 @@ from torch import nn
 
 from ..quant.format import QuantizedWeight
 from .decoder import KVDecoder, UnsupportedModelError, check_supported
+from .fuse import fuse_projections
+from .synthetic import is_placeholder
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,14 @@ class ModelSpec:
 class TracedModel:
     mod: "tvm.IRModule"  # noqa: F821 - functions "prefill" and "decode"
     spec: ModelSpec
-    params: dict[str, np.ndarray]  # Relax parameter name -> value
+    params: dict[str, np.ndarray | None]  # Relax parameter name -> value (None: a shape-only placeholder)
     hf_names: dict[str, str]  # Relax parameter name -> Hugging Face state-dict name
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)  # Relax parameter name -> weight
+
+    @property
+    def synthetic(self) -> bool:
+        """Traced from placeholders (``frontend.synthetic``): the weights come later, on the serving host."""
+        return any(v is None for v in self.params.values())
 
 
 def _plain_linears(model: nn.Module, quantized: dict[str, QuantizedWeight]) -> None:
@@ -54,6 +61,8 @@ def _plain_linears(model: nn.Module, quantized: dict[str, QuantizedWeight]) -> N
     """
     for name, q in quantized.items():
         old = model.get_submodule(name)
+        if is_placeholder(old.weight):
+            continue  # shape-only model: the placeholder already has the weight's shape
         bias = getattr(old, "bias", None)
         linear = nn.Linear(q.in_features, q.out_features, bias=bias is not None)
         linear.weight = nn.Parameter(torch.from_numpy(q.dequantize()), requires_grad=False)
@@ -77,13 +86,45 @@ def _export(wrapper: KVDecoder, max_len: int, dtype: torch.dtype):
         return torch.export.export(wrapper, (ids, positions, kv), dynamic_shapes=dims)
 
 
+def _matmul_in_torch_dtype(node, importer):
+    """``mm``/``bmm``/``matmul`` as torch computes them: fp32 accumulation, the output in the inputs' dtype.
+
+    TVM 0.27's importer gives every matmul a float32 output, so an fp16 graph mixes dtypes (and fails at the
+    first op that requires equal ones); the cast back is fused into the matmul's epilogue.
+    """
+    from tvm import relax
+
+    a, b = importer.env[node.args[0]], importer.env[node.args[1]]
+    out = importer.block_builder.emit(relax.op.matmul(a, b, out_dtype="float32"))
+    dtype = str(node.meta["val"].dtype).removeprefix("torch.")
+    return out if dtype == "float32" else importer.block_builder.emit(relax.op.astype(out, dtype))
+
+
+MATMUL_CONVERTERS = {op: _matmul_in_torch_dtype for op in ("mm.default", "bmm.default", "matmul.default")}
+
+
 def _import(ep, model_type: str):
-    from tvm.relax.frontend.torch import from_exported_program
+    import tvm
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    class Importer(ExportedProgramImporter):
+        @staticmethod
+        def _convert_pytorch_tensor_to_tvm(tensor_value: torch.Tensor):
+            if is_placeholder(tensor_value):  # never materialized: its value is made on the serving host
+                return tvm.runtime.empty((0,), str(tensor_value.dtype).removeprefix("torch."))
+            return ExportedProgramImporter._convert_pytorch_tensor_to_tvm(tensor_value)
 
     try:
-        return from_exported_program(ep, keep_params_as_input=True)
+        return Importer().from_exported_program(ep.run_decompositions(), keep_params_as_input=True,
+                                                unwrap_unit_return_tuple=False, no_bind_return_tuple=False,
+                                                custom_convert_map=MATMUL_CONVERTERS)
     except (AssertionError, NotImplementedError, KeyError) as e:
         raise UnsupportedModelError(f"model type {model_type!r}: TVM cannot import an op of its graph: {e}") from e
+
+
+def _is_placeholder_value(var, value) -> bool:
+    """The importer's stand-in for a placeholder: an empty tensor where the (static) parameter is not empty."""
+    return tuple(value.shape) == (0,) and tuple(int(d) for d in var.ty.shape) != (0,)
 
 
 def _relax_param_names(ep) -> dict[str, str]:
@@ -94,11 +135,12 @@ def _relax_param_names(ep) -> dict[str, str]:
 
 
 def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None = None, *,
-                  max_len: int | None = None, dtype: str = "float32") -> TracedModel:
+                  max_len: int | None = None, dtype: str = "float32", fuse: bool = True) -> TracedModel:
     """Trace ``model`` (HF causal LM; modified in place) into a Relax module with prefill and decode.
 
     ``quantized`` maps HF module names to their quantized weights (QDIR); those linears are traced as
-    dense matmuls on the dequantized weight, to be rewritten by ``sqcompile.passes``.
+    dense matmuls on the dequantized weight, to be rewritten by ``sqcompile.passes``. With ``fuse``, q/k/v and
+    gate/up are merged first (``frontend.fuse``): the artifact then holds ``qkv_proj`` and ``gate_up_proj``.
     """
     import tvm
     from tvm import relax
@@ -113,7 +155,11 @@ def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None
         raise UnsupportedModelError(f"model type {config.model_type!r}: sliding-window attention "
                                     f"(window {window}) is not supported; use --max-len <= {window}")
     torch_dtype = getattr(torch, dtype)
+    if getattr(config, "tie_word_embeddings", False) and model.lm_head.weight is not model.model.embed_tokens.weight:
+        model.lm_head.weight = model.model.embed_tokens.weight  # a loader broke the tie: one tensor, stored once
     _plain_linears(model, quantized)
+    if fuse:
+        quantized = fuse_projections(model, quantized)
     model.to(torch_dtype).eval()
     wrapper = KVDecoder(model)
 
@@ -122,7 +168,8 @@ def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None
     mod, detached = relax.frontend.detach_params(_import(ep, config.model_type))
     prefill = mod["main"].with_attr("global_symbol", "prefill")
     num_input = int(prefill.attrs["num_input"])
-    params = {var.name: value.numpy() for var, value in zip(prefill.params[num_input:], detached["main"])}
+    params = {var.name: None if _is_placeholder_value(var, value) else value.numpy()
+              for var, value in zip(prefill.params[num_input:], detached["main"])}
     hf_names = _relax_param_names(ep)
     # Decode is prefill with T bound to 1 (one trace, the same parameters, static GEMV shapes), with fresh
     # variables: two functions sharing a Var break FuseOps, and two separate imports break FuseTIR.
