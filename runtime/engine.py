@@ -58,7 +58,7 @@ class Generation:
 class Engine:
     """``Engine(artifact).generate(prompt)``; ``.stream(prompt)`` yields text pieces; ``.logits(ids)``."""
 
-    def __init__(self, artifact: str | Path, *, max_len: int | None = None, prefill_chunk: int = 512):
+    def __init__(self, artifact: str | Path, *, max_len: int | None = None, prefill_chunk: int | None = None):
         self.path = Path(artifact).expanduser()
         self.manifest = Manifest.read(self.path)
         self.manifest.verify_files(self.path)
@@ -75,9 +75,10 @@ class Engine:
         zeros = np.zeros(kv_shape, spec["dtype"])
         self.kv = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * int(spec["num_layers"]))]
         self.cached: list[int] = []  # tokens whose K/V rows the cache holds, in order
-        self.prefill_chunk = int(prefill_chunk)
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        most = int(spec.get("max_prefill", spec["max_len"]))  # the compiled prefill's bound on tokens per call
+        self.prefill_chunk = most if prefill_chunk is None else int(prefill_chunk)
+        if not 1 <= self.prefill_chunk <= most:
+            raise ValueError(f"prefill_chunk must be between 1 and the artifact's {most}, got {prefill_chunk}")
         self._decode_inputs = (tvm.runtime.empty((1, 1), "int64", self.device),
                                tvm.runtime.empty((1,), "int64", self.device))
         self._tokenizer = None

@@ -20,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LEN = 2048
+DEFAULT_MAX_PREFILL = 512
 QUANTIZE_OWN_ARGS = {"help", "model", "output", "force"}  # `quantize` arguments that `build` defines itself
 
 
@@ -247,7 +248,8 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
 def build(spec: str | None, output: str | Path, *, target: str = "llvm", arch: str | None = None,
           max_len: int = DEFAULT_MAX_LEN, quantize_args: argparse.Namespace | None = None,
           base: str | None = None, quantize: bool = True, force: bool = False, kernel=None,
-          dtype: str | None = None, synthetic: bool = False, cuda_graph: bool = True) -> BuildResult:
+          dtype: str | None = None, synthetic: bool = False, cuda_graph: bool = True,
+          max_prefill: int = DEFAULT_MAX_PREFILL) -> BuildResult:
     """Build an artifact (see the module doc); ``kernel`` overrides the LUT kernel factory (tests)."""
     from .frontend import trace_decoder
     from .targets import get_target
@@ -269,7 +271,7 @@ def build(spec: str | None, output: str | Path, *, target: str = "llvm", arch: s
         t = time.perf_counter()
         model_max = getattr(loaded.model.config, "max_position_embeddings", max_len)
         traced = trace_decoder(loaded.model, loaded.quantized, max_len=min(max_len, model_max),
-                               dtype=dtype)
+                               dtype=dtype, max_prefill=max_prefill)
         seconds["trace"] = time.perf_counter() - t
         t = time.perf_counter()
         lowered = lower(traced, target_def, kernel)
@@ -303,6 +305,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "name or 'generic' (default: this host's CPU)")
     b.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help=f"longest context (prompt + generated tokens) (default {DEFAULT_MAX_LEN})")
+    b.add_argument("--max-prefill", type=int, default=DEFAULT_MAX_PREFILL,
+                   help="most prompt tokens per prefill call; longer prompts go in chunks. Bounds the memory "
+                        f"TVM plans for activations (default {DEFAULT_MAX_PREFILL})")
     b.add_argument("--dtype", choices=("float16", "float32"), default=None,
                    help="activation and KV-cache dtype (default: float16 for cuda, float32 for llvm)")
     b.add_argument("--synthetic", action="store_true",
@@ -324,9 +329,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_command(args: argparse.Namespace) -> int:
     if args.max_len < 2:
         raise ValueError(f"--max-len must be at least 2, got {args.max_len}")
+    if args.max_prefill < 2:
+        raise ValueError(f"--max-prefill must be at least 2, got {args.max_prefill}")
     result = build(args.model, args.output, target=args.target, arch=args.arch, max_len=args.max_len,
                    quantize_args=args, base=args.base, quantize=not args.no_quantize, force=args.force,
-                   dtype=args.dtype, synthetic=args.synthetic, cuda_graph=not args.no_cuda_graph)
+                   dtype=args.dtype, synthetic=args.synthetic, cuda_graph=not args.no_cuda_graph,
+                   max_prefill=args.max_prefill)
     total = sum(result.seconds.values())
     print(f"wrote {result.artifact} in {total:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + ")")

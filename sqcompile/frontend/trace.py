@@ -34,6 +34,7 @@ class ModelSpec:
     vocab_size: int
     max_len: int
     dtype: str  # activation and KV-cache dtype
+    max_prefill: int  # most tokens one prefill call takes (the runtime feeds longer prompts in chunks)
 
     def kv_shape(self, length: int) -> tuple[int, int, int]:
         return (length, self.num_kv_heads, self.head_dim)
@@ -72,12 +73,16 @@ def _plain_linears(model: nn.Module, quantized: dict[str, QuantizedWeight]) -> N
         setattr(model.get_submodule(parent) if parent else model, child, linear)
 
 
-def _export(wrapper: KVDecoder, max_len: int, dtype: torch.dtype):
-    """Export with symbolic new-token count ``seq`` and context length ``ctx`` (both <= max_len)."""
+def _export(wrapper: KVDecoder, max_len: int, max_prefill: int, dtype: torch.dtype):
+    """Export with symbolic new-token count ``seq`` (<= max_prefill) and context length ``ctx`` (<= max_len).
+
+    The bounds size TVM's static memory plan: activations scale with ``seq``, attention scores with
+    ``seq * ctx``, so a prefill bound of 512 rather than max_len keeps them a fraction of the KV cache.
+    """
     from torch.export import Dim
 
     n_kv = 2 * wrapper.num_layers
-    seq = Dim("seq", min=1, max=max_len)
+    seq = Dim("seq", min=1, max=max_prefill)
     ids = torch.zeros(1, 2, dtype=torch.long)
     positions = torch.arange(3, 5)
     kv = [torch.zeros(5, wrapper.num_kv_heads, wrapper.head_dim, dtype=dtype) for _ in range(n_kv)]
@@ -127,6 +132,21 @@ def _is_placeholder_value(var, value) -> bool:
     return tuple(value.shape) == (0,) and tuple(int(d) for d in var.ty.shape) != (0,)
 
 
+def _merge_tied_params(func, ep, params: dict):
+    """torch.export lifts a tied parameter once per name (embedding and LM head): keep the first, rebind the
+    others to it, so the artifact stores the tensor once."""
+    sig = ep.graph_signature
+    first: dict[int, str] = {}
+    binds = {}
+    by_name = {v.name: v for v in func.params}
+    for placeholder, fqn in sig.inputs_to_parameters.items():
+        owner = first.setdefault(id(ep.state_dict[fqn]), placeholder)
+        if owner != placeholder and placeholder in by_name:
+            binds[by_name[placeholder]] = by_name[owner]
+            params.pop(placeholder, None)
+    return func.bind_params(binds) if binds else func
+
+
 def _relax_param_names(ep) -> dict[str, str]:
     """Relax parameter name (the export placeholder) -> HF state-dict name."""
     sig = ep.graph_signature
@@ -135,7 +155,8 @@ def _relax_param_names(ep) -> dict[str, str]:
 
 
 def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None = None, *,
-                  max_len: int | None = None, dtype: str = "float32", fuse: bool = True) -> TracedModel:
+                  max_len: int | None = None, dtype: str = "float32", fuse: bool = True,
+                  max_prefill: int = 512) -> TracedModel:
     """Trace ``model`` (HF causal LM; modified in place) into a Relax module with prefill and decode.
 
     ``quantized`` maps HF module names to their quantized weights (QDIR); those linears are traced as
@@ -164,13 +185,15 @@ def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None
     wrapper = KVDecoder(model)
 
     log.info("tracing %s (%d layers) with torch.export", config.model_type, wrapper.num_layers)
-    ep = _export(wrapper, max_len, torch_dtype)
+    max_prefill = max(2, min(max_prefill, max_len))
+    ep = _export(wrapper, max_len, max_prefill, torch_dtype)
     mod, detached = relax.frontend.detach_params(_import(ep, config.model_type))
     prefill = mod["main"].with_attr("global_symbol", "prefill")
     num_input = int(prefill.attrs["num_input"])
     params = {var.name: None if _is_placeholder_value(var, value) else value.numpy()
               for var, value in zip(prefill.params[num_input:], detached["main"])}
     hf_names = _relax_param_names(ep)
+    prefill = _merge_tied_params(prefill, ep, params)
     # Decode is prefill with T bound to 1 (one trace, the same parameters, static GEMV shapes), with fresh
     # variables: two functions sharing a Var break FuseOps, and two separate imports break FuseTIR.
     seq = prefill.params[0].ty.shape[1]
@@ -180,6 +203,6 @@ def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None
     if missing:
         raise ValueError(f"quantized modules not found in the traced graph: {missing[:5]}")
     spec = ModelSpec(config.model_type, wrapper.num_layers, wrapper.num_kv_heads, wrapper.head_dim,
-                     int(config.vocab_size), max_len, dtype)
+                     int(config.vocab_size), max_len, dtype, max_prefill)
     return TracedModel(tvm.IRModule({"prefill": prefill, "decode": decode}), spec, params, hf_names,
                        {relax_of_module[m]: q for m, q in quantized.items()})
