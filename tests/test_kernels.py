@@ -76,3 +76,51 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
     out = tmp_path / "k.so"
     subprocess.run([sys.executable, "-c", code, str(out)], env=cuda_build_env(), check=True, timeout=600)
     check_no_source(out)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_pair_index_words_decode_every_code(bits):
+    """The CUDA GEMV's pair decoding (``pairs.py``), run on llvm: index words -> fields -> table entries must
+    give back every code of the packed layout, each exactly once."""
+    from tvm.script import tirx as T
+
+    from sqcompile.kernels import pairs as P
+    from sqcompile.quant.format import pack_codes, packed_words
+    n, k = 3, 96
+    nblk, nw, fpw = k // 32, P.index_words(bits), P.fields_per_word(bits)
+    scale = 4 if bits == 3 else 1
+
+    @T.prim_func
+    def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), out: T.Buffer((n, k), "int32")):
+        iw = T.alloc_buffer((nw,), "uint32")
+        hs = T.alloc_buffer((1,), "uint32")
+        ht = T.alloc_buffer((1,), "uint32")
+        for r in range(n):
+            for b in range(nblk):
+                if bits == 3:
+                    hs[0] = q[r, b * 3 + 2]
+                    ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
+                    hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
+                    ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
+                    hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
+                    ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
+                    hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
+                    ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
+                    hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
+                    for i in range(nw):
+                        iw[i] = P.index_word_3bit(q[r, b * 3], q[r, b * 3 + 1], hs[0], i)
+                else:
+                    for i in range(nw):
+                        iw[i] = q[r, b * bits + i]
+                for i in range(nw):
+                    for m in range(fpw):
+                        out[r, b * 32 + P.pair_codes(bits, i, m)[0]] = P.entry_codes(
+                            bits, T.Cast("int32", P.field(bits, iw[i], m)) // scale)[0]
+                        out[r, b * 32 + P.pair_codes(bits, i, m)[1]] = P.entry_codes(
+                            bits, T.Cast("int32", P.field(bits, iw[i], m)) // scale)[1]
+
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, size=(n, k))
+    lib = tvm.compile(tvm.IRModule({"main": decode}), target=LLVM)
+    out = tvm.runtime.tensor(np.full((n, k), -1, np.int32), tvm.cpu())
+    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), out)
+    np.testing.assert_array_equal(out.numpy(), codes)

@@ -21,7 +21,7 @@ from .knobs import SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to_dict
 log = logging.getLogger(__name__)
 
 LLAMA7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (12288, 4096), (22016, 4096))
-PREFILL = (512, 11008, 4096)  # m, n, k
+PREFILL = ((512, 11008, 4096), (512, 4096, 11008))  # m, n, k
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,29 @@ class Config:
 
 
 def gemv_space(n: int, k: int, bits: int) -> list[GemvKnobs]:
-    """The GEMV search space for one shape; the untuned default comes first."""
-    from .gemv_cuda import gemv_shared_bytes
+    """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
+    first H100 exploration (pair table at 2-3 bits, float32 table at 4 bits: NOTES.md) gets the full grid,
+    the other one two points."""
+    from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
-    out = [GemvKnobs()]
-    for tk, ry, ri, steps in itertools.product((64, 128, 256), (1, 2), (2, 4, 8), (1, 2, 4)):
-        kn = GemvKnobs(threads_k=tk, rows_y=ry, rows_inner=ri, steps=steps)
-        rpb = kn.rows_per_block
-        if tk > -(-nblocks // 32) * 32 or tk * ry > 512 or -(-nblocks // tk) * ri > 16 or -(-n // rpb) < 132:
-            continue  # idle threads, too many threads, too many registers, or too few blocks to fill the GPU
-        if kn not in out and gemv_shared_bytes(bits, kn) <= SHARED_LIMIT:
+    primary = bits < 4
+    grid = [(primary, tk, ri, steps) for tk in (64, 128) for ri, steps in ((1, 2), (2, 2), (4, 2), (8, 2), (2, 4), (4, 4))]
+    grid += [(not primary, 128, ri, 2) for ri in (2, 4)]
+    out = [fit_gemv_knobs(k, bits, GemvKnobs())]
+    for pairs, tk, ri, steps in grid:
+        kn = GemvKnobs(threads_k=tk, rows_y=1, rows_inner=ri, steps=steps, pairs=pairs)
+        if -(-nblocks // tk) * ri > 16 or -(-n // kn.rows_per_block) < 132:
+            continue  # too many registers, or too few blocks to fill the GPU
+        if kn not in out and gemv_shared_bytes(k, bits, kn) <= SHARED_LIMIT:
             out.append(kn)
     return out
 
 
-def gemm_space() -> list[GemmKnobs]:
-    return [GemmKnobs(), GemmKnobs(64, 64, 8, 4), GemmKnobs(128, 64, 8, 4), GemmKnobs(64, 128, 4, 8),
-            GemmKnobs(128, 128, 8, 8)]
+def gemm_space(sparse: bool) -> list[GemmKnobs]:
+    """Tensor cores (dense only) first, then the SIMT tiles."""
+    simt = [GemmKnobs(tensor_cores=False), GemmKnobs(64, 64, 8, 4, False), GemmKnobs(128, 64, 8, 4, False),
+            GemmKnobs(64, 128, 4, 8, False)]
+    return simt if sparse else [GemmKnobs()] + simt[:2]
 
 
 def benchmark_configs(space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
@@ -60,18 +66,39 @@ def benchmark_configs(space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> 
     for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
         space = gemv_space(n, k, bits)
         out.append((Config("gemv", n, k, bits, sparse, 1), space[:space_limit] if space_limit else space))
-    m, n, k = PREFILL
-    for bits in (3, 4):
-        out.append((Config("gemm", n, k, bits, False, m), gemm_space()))
+    for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
+        out.append((Config("gemm", n, k, bits, sparse, m), gemm_space(sparse)[:2]))
     return out
 
 
 def check_configs() -> list[tuple[Config, list]]:
-    """Odd shapes (K and N not multiples of 128) for the correctness check, default knobs + one variant."""
+    """Odd shapes (K and N not multiples of 128) for the correctness check: both GEMV LUT placements with a
+    few knobs (fitted to the shared-memory limit), the SIMT GEMM (sparse) everywhere, the tensor-core GEMM
+    (dense) on three of them."""
+    from .gemv_cuda import fit_gemv_knobs
     out = []
-    for (n, k), bits in itertools.product(((1000, 1000), (333, 4160), (4096, 11008)), (2, 3, 4)):
-        out.append((Config("gemv", n, k, bits, True, 1), [GemvKnobs(), GemvKnobs(64, 2, 1, 4)]))
-        out.append((Config("gemm", n, k, bits, True, 37), [GemmKnobs()]))
+    gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
+            GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False)]
+    shapes = ((1000, 1000), (333, 4160), (4096, 11008))
+    for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
+        fitted = list(dict.fromkeys(fit_gemv_knobs(k, bits, kn) for kn in gemv))
+        for sparse in (False, True):
+            out.append((Config("gemv", n, k, bits, sparse, 1), fitted))
+        out.append((Config("gemm", n, k, bits, True, 37), gemm_space(True)[:1]))
+    for (n, k), bits in zip(shapes, (3, 4, 2)):
+        out.append((Config("gemm", n, k, bits, False, 37), gemm_space(False)[:1]))
+    return out
+
+
+def explore_configs() -> list[tuple[Config, list]]:
+    """A quick look at the GEMV knobs (one row group per block, 1-2 steps) on three shapes, dense, plus the
+    sparse variant of one shape: about 120 kernels, a few minutes of nvcc."""
+    out = []
+    for (n, k), bits, sparse in itertools.product(LLAMA7B_SHAPES[:3], (3, 4), (False, True)):
+        if sparse and (n, k) != (11008, 4096):
+            continue
+        space = [kn for kn in gemv_space(n, k, bits) if kn.rows_y == 1 and kn.steps <= 2 and kn.threads_k <= 128]
+        out.append((Config("gemv", n, k, bits, sparse, 1), space[:8] if sparse else space))
     return out
 
 
@@ -124,6 +151,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
     cfgs = {"benchmark": lambda: benchmark_configs(limit), "check": check_configs,
-            "explore": lambda: [c for c in benchmark_configs(None, LLAMA7B_SHAPES[:3]) if not c[0].sparse
-                                and c[0].kind == "gemv"]}[which_]()
+            "explore": explore_configs}[which_]()
     build(out, arch_, cfgs)

@@ -1,116 +1,286 @@
 """The CUDA decode GEMV rule (m = 1): y[n] = sum_k x[k] * (lut[n, code[n, k]] + sparse[n, k]).
 
 Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
-  * x is read once per CUDA block into float32 registers: thread ``tx`` owns the 32-code blocks
+  * x is read once per CUDA block into registers: thread ``tx`` owns the 32-code blocks
     ``tx, tx + threads_k, ...`` of every row, so its slice of x is the same for all rows of the block;
   * codes are read row-major with consecutive threads on consecutive blocks (coalesced); a thread loads the
     words of ``rows_inner`` rows at once, and the ``steps`` batches are unrolled with the next batch's loads
     issued before the current batch's arithmetic (register double buffering), to keep many loads in flight;
-  * the per-row LUTs of the block's rows sit in shared memory as float32; all lanes of a warp read the same
-    row's table, whose 2**bits words lie in distinct banks, so lookups never conflict;
-  * the sparse part is fused: the row's nonzeros are split over its ``threads_k`` threads;
+  * LUT placement (``pairs`` knob): a per-row pair table of half2 (``pairs.py``: one field extraction, one
+    lookup and one HFMA2 per two codes; x held as fp16 pairs; the half2 partial sums of a 32-code block are
+    added into float32), or a per-row float32 table (one decode, lookup and FFMA per code). All lanes of a
+    warp read the same row's table;
+  * the sparse part is fused: a row's nonzeros are split over its ``threads_k`` threads; the first one of
+    each thread (col, val) is loaded before the dense loop so its latency hides behind it, the rare rest after;
   * partial sums go to shared memory and are reduced once at the end, one warp per row with shuffles;
-  * accumulation is float32 throughout.
+  * accumulation is float32 across blocks.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from tvm import tirx
 from tvm.script import tirx as T
 
+from . import pairs as P
 from .knobs import SHARED_LIMIT, GemvKnobs
 from .layout import BLOCK, code_at, packed_words, padded_k
 
 FULL_MASK = 0xFFFFFFFF
 X_VEC = 8  # x elements per vector load (16 bytes of fp16)
+# TVM's CUDA codegen splits every half2 operation (and any call returning half2) into two scalar halves; a
+# call that returns uint32 is printed as is, so this immediately-invoked lambda keeps the pair one HFMA2.
+HFMA2_U32 = ("[](unsigned a, unsigned b, unsigned c) { __half2 r = __hfma2(*(__half2*)&a, *(__half2*)&b, "
+             "*(__half2*)&c); return *(unsigned*)&r; }")
+# cp.async of 16 bytes global -> shared, and its group commit / waits (inline PTX; see HFMA2_U32 for the lambdas).
+CP_ASYNC_16 = ('[](void* dst, const void* src) { asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: '
+               '"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory"); return 0; }')
+CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
+CP_ASYNC_WAIT_0 = '[]() { asm volatile("cp.async.wait_group 0;" ::: "memory"); return 0; }'
+CP_ASYNC_WAIT_1 = '[]() { asm volatile("cp.async.wait_group 1;" ::: "memory"); return 0; }'
+# A table entry by byte offset, so that the offset (4 * index, as the index words hold it) needs no scaling.
+LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*)((const char*)row + off); }"
+HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
 
 
-def gemv_shared_bytes(bits: int, knobs: GemvKnobs) -> int:
-    return knobs.rows_per_block * (knobs.threads_k + (1 << bits)) * 4
+def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
+    table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
+    x_pairs = (padded_k(k) + BLOCK) * 2 if knobs.pairs else 0
+    stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
+    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + x_pairs + stage
+
+
+def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs) -> GemvKnobs:
+    """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
+    same rows per block), then the float32 table (no x pairs); a K too large for any raises ValueError."""
+    while gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
+        if knobs.rows_inner > 1:
+            knobs = replace(knobs, rows_inner=knobs.rows_inner // 2, steps=knobs.steps * 2)
+        elif knobs.rows_y > 1:
+            knobs = replace(knobs, rows_y=knobs.rows_y // 2, steps=knobs.steps * 2)
+        elif knobs.pairs:
+            knobs = replace(knobs, pairs=False)
+        else:
+            raise ValueError(f"no GEMV schedule fits {SHARED_LIMIT} bytes of shared memory at K={k}, {bits} bits")
+    return knobs
 
 
 def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs) -> tirx.PrimFunc:
     knobs.validate()
-    shared = gemv_shared_bytes(bits, knobs)
+    shared = gemv_shared_bytes(k, bits, knobs)
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMV knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
-    words, table = packed_words(k, bits), 1 << bits
+    words = packed_words(k, bits)
     nblocks = padded_k(k) // BLOCK
-    tk, ry, ri, steps = knobs.threads_k, knobs.rows_y, knobs.rows_inner, knobs.steps
+    tk, ry, ri, steps, pairs = knobs.threads_k, knobs.rows_y, knobs.rows_inner, knobs.steps, knobs.pairs
+    table = P.table_size(bits) if pairs else 1 << bits
+    nw, fpw = P.index_words(bits), P.fields_per_word(bits)
     it = -(-nblocks // tk)  # 32-code blocks per thread and row
     rpb = knobs.rows_per_block
+    slots = ri * steps  # rows per thread
     grid = -(-n // rpb)
     nthreads = tk * ry
     warps = nthreads // 32
-    lut_iters = -(-rpb * table // nthreads)
+    tab_iters = -(-rpb * table // nthreads)
     red_iters = -(-rpb // warps)
+    xs_words = (nblocks + 1) * BLOCK // 2 if pairs else 0
+    row_chunks = words // 4  # 16-byte chunks per row (a row is a whole number of them: format.GROUP)
+    batch_chunks = ry * ri * row_chunks
+    chunk_iters = -(-batch_chunks // nthreads)
+    stage_words = 2 * ry * ri * words
+
+    def byte_offset(word, m):
+        """Byte offset of the table entry named by field m: at 3 bits the field is 4 * index already and one
+        PRMT (``__byte_perm``) extracts it; otherwise a shift, a mask and a scale."""
+        if bits == 3:
+            return T.call_pure_extern("uint32", "__byte_perm", word, T.uint32(0), T.uint32(0x4440) + T.Cast("uint32", m))
+        return P.field(bits, word, m) << T.uint32(2)
+
+    def slot_row(bx, ty, s, r):
+        return bx * rpb + (s * ry + ty) * ri + r
+
+    def word(stage, buf, ty, tx, r, j, w):
+        """Word w of the thread's j-th block of batch row r, from the shared staging buffer ``buf``."""
+        return stage[(buf * ry * ri + ty * ri + r) * words + T.min(j * tk + tx, nblocks - 1) * bits + w]
 
     @T.macro
-    def load_words(q, wr, bx, ty, tx, s, buf):
-        for r in T.unroll(ri):
-            for j in T.unroll(it):
-                for w in T.unroll(bits):
-                    # Clamped, not guarded: a branch per load keeps the compiler from issuing them together.
-                    # A clamped block meets x = 0; a clamped row is computed but never stored.
-                    wr[((buf * ri + r) * it + j) * bits + w] = q[T.min(bx * rpb + (s * ry + ty) * ri + r, n - 1),
-                                                                 T.min(j * tk + tx, nblocks - 1) * bits + w]
+    def issue_batch(q, stage, bx, ty, tx, s, buf):
+        """cp.async of batch s (its ry * ri rows, whole rows: contiguous 16-byte chunks) into staging buffer
+        ``buf``, as one commit group. Loads in registers were sunk by ptxas to just before their use, which
+        left ~1 row of loads in flight per thread; async copies stay in flight until the wait. A row past n
+        is clamped: computed, never stored."""
+        for e in T.unroll(chunk_iters):
+            if e * nthreads + ty * tk + tx < batch_chunks:
+                T.evaluate(T.call_extern("int32", CP_ASYNC_16, T.address_of(stage[
+                    buf * ry * ri * words + (e * nthreads + ty * tk + tx) * 4]), T.address_of(q[
+                        T.min(bx * rpb + s * ry * ri + (e * nthreads + ty * tk + tx) // row_chunks, n - 1),
+                        (e * nthreads + ty * tk + tx) % row_chunks * 4])))
+        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
 
     @T.macro
-    def dot_rows(x, lut_s, red, wr, xr, acc, rowptr, col, val, bx, ty, tx, s, buf):
-        for r in T.unroll(ri):
-            acc[r] = T.float32(0)
-            for j in T.unroll(it):
+    def fill_table(lut, tab, bx, ty, tx):
+        for e in range(tab_iters):
+            if e * nthreads + ty * tk + tx < rpb * table:
+                if bx * rpb + (e * nthreads + ty * tk + tx) // table < n:
+                    if pairs:
+                        tab[e * nthreads + ty * tk + tx] = T.call_pure_extern(
+                            "uint32", "__pack_half2",
+                            lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[0]],
+                            lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]])
+                    else:
+                        tab[e * nthreads + ty * tk + tx] = T.Cast(
+                            "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                           (e * nthreads + ty * tk + tx) % table])
+
+    @T.macro
+    def load_x(x, xh, tx):
+        """The thread's 32-code blocks of x (16-byte loads), zero past k."""
+        for j in T.unroll(it):
+            if (j * tk + tx + 1) * BLOCK <= k:
+                for c in T.unroll(BLOCK // X_VEC):
+                    for v in T.vectorized(X_VEC):
+                        xh[j * BLOCK + c * X_VEC + v] = x[0, (j * tk + tx) * BLOCK + c * X_VEC + v]
+            else:
                 for c in T.unroll(BLOCK):
-                    acc[r] = acc[r] + xr[j * BLOCK + c] * lut_s[
-                        ((s * ry + ty) * ri + r) * table
-                        + T.Cast("int32", code_at(lambda w: wr[((buf * ri + r) * it + j) * bits + w], bits, c))]
-            if sparse:
-                if bx * rpb + (s * ry + ty) * ri + r < n:
-                    for e in range(T.ceildiv(rowptr[bx * rpb + (s * ry + ty) * ri + r + 1]
-                                             - rowptr[bx * rpb + (s * ry + ty) * ri + r], tk)):
-                        if rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx < rowptr[
-                                bx * rpb + (s * ry + ty) * ri + r + 1]:
-                            acc[r] = acc[r] + T.Cast(
-                                "float32", val[rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx]
-                            ) * T.Cast("float32", x[0, col[rowptr[bx * rpb + (s * ry + ty) * ri + r] + e * tk + tx]])
-            red[((s * ry + ty) * ri + r) * tk + tx] = acc[r]
+                    if (j * tk + tx) * BLOCK + c < k:
+                        xh[j * BLOCK + c] = x[0, (j * tk + tx) * BLOCK + c]
+                    else:
+                        xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
+
+    @T.macro
+    def store_x_pairs(xh, xs, tx):
+        """xs[q * (nblocks + 1) + b]: half2 bits of x at the codes of pair slot q of block b (slot-major, so a
+        warp's stores and loads hit consecutive words); every thread with a clamped block writes zeros to
+        block ``nblocks``."""
+        for j in T.unroll(it):
+            for i in T.unroll(nw):
+                for m in T.unroll(fpw):
+                    xs[(i * fpw + m) * (nblocks + 1) + T.min(j * tk + tx, nblocks)] = T.call_pure_extern(
+                        "uint32", "__pack_half2", T.Cast("float16", xh[j * BLOCK + P.pair_codes(bits, i, m)[0]]),
+                        T.Cast("float16", xh[j * BLOCK + P.pair_codes(bits, i, m)[1]]))
+
+    @T.macro
+    def dot_pairs(tab, stage, xp, iw, hs, ht, acc, acc2, slot, ty, tx, r, a, buf):
+        acc[a] = T.float32(0)
+        for j in T.unroll(it):
+            if bits == 3:
+                hs[0] = word(stage, buf, ty, tx, r, j, 2)
+                ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
+                hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
+                ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
+                hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
+                ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
+                hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
+                ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
+                hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
+                for i in T.unroll(nw):
+                    iw[i] = P.index_word_3bit(word(stage, buf, ty, tx, r, j, 0), word(stage, buf, ty, tx, r, j, 1),
+                                              hs[0], i)
+            else:
+                for i in T.unroll(nw):
+                    iw[i] = word(stage, buf, ty, tx, r, j, i)
+            acc2[0] = T.uint32(0)
+            for i in T.unroll(nw):
+                for m in T.unroll(fpw):
+                    acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + m], T.call_extern(
+                        "uint32", LOAD_AT_BYTE, T.address_of(tab[slot * table]), byte_offset(iw[i], m)), acc2[0])
+            acc[a] = acc[a] + T.call_pure_extern("float32", HALF2_SUM, acc2[0])
+
+    @T.macro
+    def dot_single(tab, stage, xr, acc, slot, ty, tx, r, a, buf):
+        acc[a] = T.float32(0)
+        for j in T.unroll(it):
+            for c in T.unroll(BLOCK):
+                acc[a] = acc[a] + xr[j * BLOCK + c] * tab[
+                    slot * table + T.Cast("int32", code_at(lambda w: word(stage, buf, ty, tx, r, j, w), bits, c))]
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val):
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
             for ty in T.thread_binding(ry, thread="threadIdx.y"):
                 for tx in T.thread_binding(tk, thread="threadIdx.x"):
-                    lut_s = T.alloc_buffer((rpb * table,), "float32", scope="shared")
-                    red = T.alloc_buffer((rpb * tk,), "float32", scope="shared")
+                    # One shared allocation with three views: separate ones let TVM's storage rewrite overlap
+                    # the partial sums with the table (it misses the table's uses through address_of), a race
+                    # when a fast thread stores its sums while others still look up.
+                    smem = T.alloc_buffer((rpb * table + rpb * tk + xs_words + stage_words,), "uint32",
+                                          scope="shared")
+                    tab = T.decl_buffer((rpb * table,), "uint32" if pairs else "float32", data=smem.data,
+                                        scope="shared")
+                    red = T.decl_buffer((rpb * tk,), "float32", data=smem.data, elem_offset=rpb * table,
+                                        scope="shared")
+                    xs = T.decl_buffer((max(xs_words, 1),), "uint32", data=smem.data,
+                                       elem_offset=rpb * table + rpb * tk, scope="shared")
+                    stage = T.decl_buffer((stage_words,), "uint32", data=smem.data,
+                                          elem_offset=rpb * table + rpb * tk + xs_words, scope="shared")
                     xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
                     xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
-                    wr = T.alloc_buffer((2 * ri * it * bits,), "uint32", scope="local")
-                    acc = T.alloc_buffer((ri,), "float32", scope="local")
+                    xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
+                    iw = T.alloc_buffer((nw,), "uint32", scope="local")
+                    hs = T.alloc_buffer((1,), "uint32", scope="local")
+                    ht = T.alloc_buffer((1,), "uint32", scope="local")
+                    acc = T.alloc_buffer((slots,), "float32", scope="local")
+                    acc2 = T.alloc_buffer((1,), "uint32", scope="local")  # half2 bits
+                    rp = T.alloc_buffer((2 * slots,), "int32", scope="local")
+                    sc = T.alloc_buffer((slots,), "int32", scope="local")
+                    sv = T.alloc_buffer((slots,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
-                    load_words(q, wr, bx, ty, tx, 0, 0)
-                    for e in range(lut_iters):
-                        if e * nthreads + ty * tk + tx < rpb * table:
-                            if bx * rpb + (e * nthreads + ty * tk + tx) // table < n:
-                                lut_s[e * nthreads + ty * tk + tx] = T.Cast(
-                                    "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                                   (e * nthreads + ty * tk + tx) % table])
-                    for j in T.unroll(it):
-                        if (j * tk + tx + 1) * BLOCK <= k:
-                            for c in T.unroll(BLOCK // X_VEC):
-                                for v in T.vectorized(X_VEC):
-                                    xh[j * BLOCK + c * X_VEC + v] = x[0, (j * tk + tx) * BLOCK + c * X_VEC + v]
-                        else:
-                            for c in T.unroll(BLOCK):
-                                if (j * tk + tx) * BLOCK + c < k:
-                                    xh[j * BLOCK + c] = x[0, (j * tk + tx) * BLOCK + c]
-                                else:
-                                    xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
-                        for c in T.unroll(BLOCK):
-                            xr[j * BLOCK + c] = T.Cast("float32", xh[j * BLOCK + c])
+                    issue_batch(q, stage, bx, ty, tx, 0, 0)
+                    if steps > 1:
+                        issue_batch(q, stage, bx, ty, tx, 1, 1)
+                    if sparse:
+                        for s in T.unroll(steps):
+                            for r in T.unroll(ri):
+                                for h in T.unroll(2):
+                                    rp[(s * ri + r) * 2 + h] = rowptr[T.min(slot_row(bx, ty, s, r), n - 1) + h]
+                    fill_table(lut, tab, bx, ty, tx)
+                    load_x(x, xh, tx)
+                    if pairs:
+                        store_x_pairs(xh, xs, tx)
+                    else:
+                        for c in T.unroll(it * BLOCK):
+                            xr[c] = T.Cast("float32", xh[c])
                     T.tvm_storage_sync("shared")
+                    if pairs:  # back from shared memory, so that ptxas cannot re-pack them at every use
+                        for j in T.unroll(it):
+                            for q in T.unroll(BLOCK // 2):
+                                xp[j * BLOCK // 2 + q] = xs[q * (nblocks + 1) + T.min(j * tk + tx, nblocks)]
+                    if sparse:  # the thread's first nonzero of each row, loaded now, used after the dense loop
+                        for s in T.unroll(steps):
+                            for r in T.unroll(ri):
+                                sc[s * ri + r] = T.if_then_else(rp[(s * ri + r) * 2] + tx < rp[(s * ri + r) * 2 + 1],
+                                                                col[rp[(s * ri + r) * 2] + tx], 0)
+                                sv[s * ri + r] = T.if_then_else(rp[(s * ri + r) * 2] + tx < rp[(s * ri + r) * 2 + 1],
+                                                                T.Cast("float32", val[rp[(s * ri + r) * 2] + tx]),
+                                                                T.float32(0))
                     for s in T.unroll(steps):
-                        if s + 1 < steps:
-                            load_words(q, wr, bx, ty, tx, s + 1, (s + 1) % 2)
-                        dot_rows(x, lut_s, red, wr, xr, acc, rowptr, col, val, bx, ty, tx, s, s % 2)
+                        if s + 1 < steps:  # batch s landed (s + 1 may still be in flight)
+                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_1))
+                        else:
+                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_0))
+                        T.tvm_storage_sync("shared")
+                        for r in T.unroll(ri):
+                            if pairs:
+                                dot_pairs(tab, stage, xp, iw, hs, ht, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
+                                          s * ri + r, s % 2)
+                            else:
+                                dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)
+                        if s + 2 < steps:  # every thread is done with buffer s % 2: refill it with batch s + 2
+                            T.tvm_storage_sync("shared")
+                            issue_batch(q, stage, bx, ty, tx, s + 2, s % 2)
+                    if sparse:
+                        for s in T.unroll(steps):
+                            for r in T.unroll(ri):
+                                acc[s * ri + r] = acc[s * ri + r] + sv[s * ri + r] * T.Cast("float32", x[0, sc[s * ri + r]])
+                                for e in range(1, T.ceildiv(rp[(s * ri + r) * 2 + 1] - rp[(s * ri + r) * 2], tk)):
+                                    if rp[(s * ri + r) * 2] + e * tk + tx < rp[(s * ri + r) * 2 + 1]:
+                                        acc[s * ri + r] = acc[s * ri + r] + T.Cast(
+                                            "float32", val[rp[(s * ri + r) * 2] + e * tk + tx]) * T.Cast(
+                                            "float32", x[0, col[rp[(s * ri + r) * 2] + e * tk + tx]])
+                    for s in T.unroll(steps):  # after the loop: a store into shared inside it costs two barriers
+                        for r in T.unroll(ri):
+                            red[((s * ry + ty) * ri + r) * tk + tx] = acc[s * ri + r]
                     T.tvm_storage_sync("shared")
                     for e in range(red_iters):
                         if e * warps + (ty * tk + tx) // 32 < rpb:
@@ -126,7 +296,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     if sparse:
         @T.prim_func
         def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
-                 lut: T.Buffer((n, table), "float16"), rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle,
+                 lut: T.Buffer((n, 1 << bits), "float16"), rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle,
                  val_h: T.handle, y: T.Buffer((1, n), act_dtype)):
             T.func_attr({"tirx.noalias": True})
             nnz = T.int64()
@@ -136,7 +306,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     else:
         @T.prim_func
         def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
-                 lut: T.Buffer((n, table), "float16"), y: T.Buffer((1, n), act_dtype)):
+                 lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n), act_dtype)):
             T.func_attr({"tirx.noalias": True})
             body(x, q, lut, y, None, None, None)
     return func

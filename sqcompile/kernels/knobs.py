@@ -15,12 +15,15 @@ class GemvKnobs:
     """Decode GEMV (m = 1): ``threads_k`` threads (a multiple of 32) split one row's 32-code blocks;
     ``rows_y`` such thread groups per CUDA block; each thread loads ``rows_inner`` rows at once and runs
     ``steps`` such batches (unrolled, the next batch's loads in flight during the current one's arithmetic);
-    a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers."""
+    a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers. ``pairs`` picks the
+    LUT placement: a per-row pair table of half2 in shared memory (one lookup and one HFMA2 per two codes,
+    ``pairs.py``) or a per-row float32 table (one lookup and one FFMA per code)."""
 
     threads_k: int = 128
     rows_y: int = 1
     rows_inner: int = 4
     steps: int = 2
+    pairs: bool = True
 
     @property
     def rows_per_block(self) -> int:
@@ -39,12 +42,15 @@ class GemvKnobs:
 class GemmKnobs:
     """Prefill GEMM: a CUDA block computes a ``tile_m x tile_n`` output tile with one thread per
     ``micro_m x micro_n`` piece, stepping along K one 32-code block at a time: the weight tile is
-    dequantized into shared memory once per block and reused by all ``tile_m`` rows of x."""
+    dequantized into shared memory once per block and reused by all ``tile_m`` rows of x. With
+    ``tensor_cores`` (the default) the dense GEMM is the tensor-core rule (``gemm_tc.py``) and the tile knobs
+    apply only to the sparse GEMM, which stays on this SIMT kernel."""
 
     tile_m: int = 64
     tile_n: int = 64
     micro_m: int = 4
     micro_n: int = 4
+    tensor_cores: bool = True
 
     @property
     def threads(self) -> int:

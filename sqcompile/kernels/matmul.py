@@ -7,7 +7,8 @@ from tvm import tirx
 from ..quant.format import check_bits
 from .cpu import cpu_lut_matmul
 from .gemm_cuda import cuda_lut_gemm
-from .gemv_cuda import cuda_lut_gemv
+from .gemm_tc import cuda_lut_gemm_tc
+from .gemv_cuda import cuda_lut_gemv, fit_gemv_knobs
 from .knobs import GemmKnobs, GemvKnobs
 
 ACT_DTYPES = ("float16", "float32")
@@ -41,11 +42,16 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     elif kind == "cuda":
         from ..targets.tuning import lookup
         if m == 1:
-            knobs = knobs or lookup(target_arch(target), "gemv", n, k, bits, sparse) or GemvKnobs()
+            if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
+                knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse) or GemvKnobs())
             func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
         else:
             knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
-            func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
+            func = None
+            if knobs.tensor_cores and not sparse:
+                func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
+            if func is None:
+                func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
     else:
         raise ValueError(f"no lut_matmul rule for target kind {kind!r} (have llvm and cuda)")
     name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}"
