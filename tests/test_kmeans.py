@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from sqcompile.quant.kmeans import assign_nearest, exact_kmeans_1d, weighted_kmeans_1d, weighted_sse
+from sqcompile.quant.kmeans import (assign_nearest, exact_kmeans_1d, optimal_kmeans_1d, weighted_kmeans_1d,
+                                    weighted_sse)
 
 
 def rows(seed: int, n: int = 24, k: int = 96):
@@ -32,6 +33,26 @@ def test_no_worse_than_sklearn_and_near_exact(bits, backend):
     assert exact <= total * (1 + 1e-9)  # nothing beats the optimum
     assert total <= sk, (total, sk)
     assert total <= 1.15 * exact
+
+
+@pytest.mark.parametrize("k", [1, 2, 8, 16])
+def test_optimal_kernel_matches_the_exact_dp(k):
+    """The C divide-and-conquer DP against the plain O(k n^2) DP, with weight-zero entries (the sparse part)
+    and rows shorter than k; its SSE is what its centroids give and never above Lloyd's."""
+    x, w = rows(10 + k, n=12, k=40)
+    w[:, :6] = 0.0
+    x, w = np.concatenate([x, x[:, :40 - 8 + 1]], 1)[:, :40], w  # repeated values too
+    res = optimal_kmeans_1d(torch.tensor(x), torch.tensor(w), k)
+    exact = np.array([exact_kmeans_1d(x[i], w[i], k)[1] for i in range(x.shape[0])])
+    np.testing.assert_allclose(res.sse.numpy(), exact, rtol=1e-9, atol=1e-12)
+    direct = weighted_sse(torch.tensor(x), torch.tensor(w), res.centroids).numpy()
+    np.testing.assert_allclose(direct, exact, rtol=1e-9, atol=1e-12)
+    assert torch.all(res.centroids.diff(dim=1) >= 0)
+    lloyd = weighted_kmeans_1d(torch.tensor(x), torch.tensor(w), k, iters=50, seed=0)
+    assert torch.all(res.sse <= lloyd.sse * (1 + 1e-9) + 1e-12)
+    if k >= 3:  # at least as many centroids as values: every value exact
+        short = optimal_kmeans_1d(torch.tensor(x[:2, :3]), torch.tensor(w[:2, :3] + 1), k)
+        assert torch.all(short.sse < 1e-12)
 
 
 def test_exact_solution_is_optimal_on_small_rows():

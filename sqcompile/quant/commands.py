@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibration text: file, folder of .txt or hf:NAME[:CONFIG[:SPLIT]] (default: Austen)")
     q.add_argument("--calib-windows", type=int, default=16, help="calibration windows (default 16)")
     q.add_argument("--calib-length", type=int, default=512, help="tokens per calibration window (default 512)")
+    q.add_argument("--kmeans", choices=["lloyd", "optimal"], default="lloyd",
+                   help="lloyd: k-means++ and Lloyd steps, as the paper; optimal: the exact 1-D optimum by "
+                        "dynamic programming (slower) (default lloyd)")
     q.add_argument("--iters", type=int, default=50, help="Lloyd iterations (default 50)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--include-head", action="store_true", help="quantize the LM head too")
@@ -59,7 +62,7 @@ def quantize_command(args: argparse.Namespace) -> int:
     options = QuantizeOptions(bits=args.bits, sparsity=args.sparsity, sensitive=sensitive,
                               use_fisher=not args.no_fisher, calibration=args.calib,
                               calib_windows=args.calib_windows, calib_length=args.calib_length,
-                              seed=args.seed, iters=args.iters, include_head=args.include_head,
+                              seed=args.seed, kmeans=args.kmeans, iters=args.iters, include_head=args.include_head,
                               device=args.device)
     summary = run_quantize(args.model, args.output, options, force=args.force)
     print(summary.table())

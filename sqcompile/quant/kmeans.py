@@ -50,10 +50,9 @@ def weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int = 50
     is clustered with uniform weights. Rows go in chunks of ``rows_per_chunk`` to bound memory.
     ``backend``: "c", "torch" or "auto" (C for CPU tensors when the kernel builds, torch otherwise).
     """
-    if x.shape != w.shape or x.dim() != 2:
-        raise ValueError(f"x and w must be 2-D of the same shape, got {tuple(x.shape)} and {tuple(w.shape)}")
-    if k < 1 or n_init < 1:
-        raise ValueError(f"k and n_init must be positive, got k={k}, n_init={n_init}")
+    _check_shapes(x, w, k)
+    if n_init < 1:
+        raise ValueError(f"n_init must be positive, got {n_init}")
     lib = None
     if backend in ("auto", "c") and x.device.type == "cpu":
         lib = _c_library()
@@ -69,15 +68,55 @@ def weighted_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, iters: int = 50
                         max((p.iterations for p in parts), default=0))
 
 
-def _kmeans_chunk(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, n_init: int,
-                  gen: torch.Generator, lib, c_seed: int) -> KMeansResult:
+def optimal_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, rows_per_chunk: int = 2048) -> KMeansResult:
+    """The globally optimal weighted k-means of each row of ``x`` [N, K] (weights ``w`` >= 0), on the CPU.
+
+    Dynamic programming over the sorted values with the divide-and-conquer speed-up (``O(k K log K)`` per
+    row, C kernel): the same objective Lloyd descends, without its local optima. Same conventions as
+    :func:`weighted_kmeans_1d` for zero weights; ``iterations`` is 0.
+    """
+    _check_shapes(x, w, k)
+    lib = _c_library()
+    if lib is None:
+        raise RuntimeError("the optimal k-means needs the C kernel, which could not be built (see the log)")
+    x, w = x.cpu(), w.cpu()
+    parts = []
+    for i in range(0, x.shape[0], rows_per_chunk):
+        xs, prefix = _sorted_prefix(x[i:i + rows_per_chunk], w[i:i + rows_per_chunk])
+        rows, n = xs.shape
+        centroids = torch.empty(rows, k, dtype=torch.float64)
+        sse = torch.empty(rows, dtype=torch.float64)
+        arrays = [t.contiguous() for t in (xs, *prefix)]
+        rc = lib.kmeans1d_optimal(*(t.data_ptr() for t in arrays), rows, n, k, torch.get_num_threads(),
+                                  centroids.data_ptr(), sse.data_ptr())
+        if rc != 0:
+            raise (MemoryError if rc == -2 else ValueError)(f"C optimal k-means failed for k={k}, n={n}")
+        parts.append(KMeansResult(centroids.sort(dim=1).values, sse, 0))
+    return KMeansResult(torch.cat([p.centroids for p in parts]), torch.cat([p.sse for p in parts]), 0)
+
+
+def _check_shapes(x: torch.Tensor, w: torch.Tensor, k: int) -> None:
+    if x.shape != w.shape or x.dim() != 2:
+        raise ValueError(f"x and w must be 2-D of the same shape, got {tuple(x.shape)} and {tuple(w.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+
+
+def _sorted_prefix(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows sorted ascending (float64) and the prefix sums of w, w x, w x^2 with a leading zero; a row
+    whose weights are all zero gets uniform weights."""
     xs, order = torch.sort(x.double(), dim=1)
     ws = w.double().gather(1, order)
     if torch.any(ws < 0) or not torch.all(torch.isfinite(ws)):
         raise ValueError("k-means weights must be finite and non-negative")
     ws = torch.where(ws.sum(1, keepdim=True) > 0, ws, torch.ones_like(ws))
     zero = torch.zeros(xs.shape[0], 1, dtype=torch.float64, device=xs.device)
-    prefix = [torch.cat([zero, (ws * xs ** p).cumsum(1)], 1) for p in range(3)]  # sums of w, w x, w x^2
+    return xs, [torch.cat([zero, (ws * xs ** p).cumsum(1)], 1) for p in range(3)]
+
+
+def _kmeans_chunk(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, n_init: int,
+                  gen: torch.Generator, lib, c_seed: int) -> KMeansResult:
+    xs, prefix = _sorted_prefix(x, w)
     if lib is not None:
         return _kmeans_c(lib, xs, prefix, k, iters, n_init, c_seed)
     best: KMeansResult | None = None
@@ -225,6 +264,8 @@ def _c_library():
         lib.kmeans1d.argtypes = [p, p, p, p, i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_uint64, ctypes.c_int, p, p, p]
         lib.kmeans1d.restype = ctypes.c_int
+        lib.kmeans1d_optimal.argtypes = [p, p, p, p, i64, i64, ctypes.c_int, ctypes.c_int, p, p]
+        lib.kmeans1d_optimal.restype = ctypes.c_int
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", "") or e
         log.warning("C k-means kernel unavailable, using the torch version: %s", detail)

@@ -10,6 +10,7 @@
  * Build: cc -O3 -fPIC -shared -fopenmp kmeans1d.c -o kmeans1d.so -lm
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -146,4 +147,77 @@ int kmeans1d(const double *xs, const double *p0, const double *p1, const double 
         iterations[i] = most;
     }
     return 0;
+}
+
+/* ---- exact optimum: dynamic programming over the sorted values ----------------------------------------
+ * D[m][j] = min_i D[m-1][i] + cost(i, j): the best SSE of x[0..j) in m+1 runs. cost is the weighted SSE of a
+ * run around its weighted mean; it satisfies the quadrangle inequality, so the leftmost best split i is
+ * monotone in j and each layer is solved by divide and conquer over j in O(n log n) (Gronlund et al. 2017).
+ */
+
+/* weighted SSE of the run [a, b) around its weighted mean */
+static inline double mean_cost(const Row *r, int64_t a, int64_t b) {
+    double sw = r->p0[b] - r->p0[a];
+    if (sw <= 0.0) return 0.0;
+    double swx = r->p1[b] - r->p1[a], v = (r->p2[b] - r->p2[a]) - swx * swx / sw;
+    return v > 0.0 ? v : 0.0;
+}
+
+typedef struct { const Row *r; const double *prev; double *cur; int32_t *back; } Layer;
+
+static void solve_layer(const Layer *L, int64_t jlo, int64_t jhi, int64_t olo, int64_t ohi) {
+    while (jlo <= jhi) {
+        int64_t mid = jlo + (jhi - jlo) / 2, stop = mid < ohi ? mid : ohi, arg = olo;
+        double best = INFINITY;
+        for (int64_t i = olo; i <= stop; i++) {
+            double v = L->prev[i] + mean_cost(L->r, i, mid);
+            if (v < best) { best = v; arg = i; }
+        }
+        L->cur[mid] = best;
+        L->back[mid] = (int32_t)arg;
+        solve_layer(L, jlo, mid - 1, olo, arg); /* left half recursively, right half by the loop */
+        jlo = mid + 1;
+        olo = arg;
+    }
+}
+
+static double run_centroid(const Row *r, int64_t a, int64_t b) {
+    double sw = r->p0[b] - r->p0[a];
+    if (sw > 0.0) return (r->p1[b] - r->p1[a]) / sw;
+    if (a < b) return 0.5 * (r->x[a] + r->x[b - 1]); /* only weight-zero points: any value inside serves */
+    return r->x[a < r->n ? a : r->n - 1];           /* empty run: an unused entry */
+}
+
+int kmeans1d_optimal(const double *xs, const double *p0, const double *p1, const double *p2, int64_t rows,
+                     int64_t n, int k, int threads, double *centroids, double *sse) {
+    if (k < 1 || k > MAX_K || n < 1 || n >= INT32_MAX) return -1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        double *prev = malloc(sizeof(double) * (n + 1)), *cur = malloc(sizeof(double) * (n + 1));
+        int32_t *back = malloc(sizeof(int32_t) * (size_t)k * (n + 1));
+        if (!prev || !cur || !back) failed = 1;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < rows; i++) {
+            if (failed) continue;
+            Row r = {xs + i * n, p0 + i * (n + 1), p1 + i * (n + 1), p2 + i * (n + 1), n};
+            double *D = prev, *E = cur;
+            for (int64_t j = 0; j <= n; j++) D[j] = mean_cost(&r, 0, j);
+            for (int m = 1; m < k; m++) {
+                Layer L = {&r, D, E, back + (size_t)m * (n + 1)};
+                solve_layer(&L, 0, n, 0, n);
+                double *t = D; D = E; E = t;
+            }
+            sse[i] = D[n];
+            int64_t end = n;
+            for (int m = k - 1; m > 0; m--) {
+                int64_t start = back[(size_t)m * (n + 1) + end];
+                centroids[i * k + m] = run_centroid(&r, start, end);
+                end = start;
+            }
+            centroids[i * k] = run_centroid(&r, 0, end);
+        }
+        free(prev); free(cur); free(back);
+    }
+    return failed ? -2 : 0;
 }

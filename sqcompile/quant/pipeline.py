@@ -66,7 +66,8 @@ def run_quantize(model_spec: str | None, output: str, options: QuantizeOptions, 
         method="squeezellm" if options.use_fisher else "squeezellm-unweighted",
         calibration={"text": options.calibration or "austen (shared/data)", "windows": options.calib_windows,
                      "length": options.calib_length, "seed": options.seed} if options.use_fisher else {},
-        kmeans={"iters": options.iters, "n_init": options.n_init, "seed": options.seed})
+        kmeans={"method": options.kmeans, "iters": options.iters, "n_init": options.n_init,
+                "seed": options.seed})
     out = save_quantized(output, model, tokenizer, weights, config, force=force)
     seconds["save"] = time.perf_counter() - t
 

@@ -17,10 +17,13 @@ from torch import nn
 from tqdm import tqdm
 
 from . import format as fmt
-from .kmeans import assign_nearest, weighted_kmeans_1d
+from .kmeans import assign_nearest, optimal_kmeans_1d, weighted_kmeans_1d
 from .sparse import select_sparse
 
 log = logging.getLogger(__name__)
+
+
+KMEANS_METHODS = ("lloyd", "optimal")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class QuantizeOptions:
     calib_windows: int = 16
     calib_length: int = 512
     seed: int = 0
+    kmeans: str = "lloyd"  # "lloyd" (k-means++ and Lloyd, as the paper) or "optimal" (exact DP, C kernel)
     iters: int = 50  # Lloyd iterations
     n_init: int = 3  # k-means++ seedings per row, best kept
     include_head: bool = False  # quantize the LM head too
@@ -47,6 +51,8 @@ class QuantizeOptions:
             raise ValueError(f"sensitive ({self.sensitive}) must lie between 0 and sparsity ({self.sparsity})")
         if self.calib_windows < 1 or self.calib_length < 2:
             raise ValueError(f"bad calibration size {self.calib_windows} x {self.calib_length}")
+        if self.kmeans not in KMEANS_METHODS:
+            raise ValueError(f"kmeans must be one of {KMEANS_METHODS}, got {self.kmeans!r}")
         if self.iters < 1 or self.n_init < 1:
             raise ValueError("iters and n_init must be positive")
 
@@ -84,8 +90,11 @@ def quantize_weight(weight: torch.Tensor, fisher: torch.Tensor | None, options: 
     n, k = w.shape
     sel = select_sparse(w, fisher, options.sparsity, options.sensitive)
     cluster_w = (fisher.float() if fisher is not None else torch.ones_like(w)).masked_fill(sel.mask, 0.0)
-    result = weighted_kmeans_1d(w, cluster_w, 1 << bits, iters=options.iters, n_init=options.n_init,
-                                seed=options.seed)
+    if options.kmeans == "optimal":
+        result = optimal_kmeans_1d(w, cluster_w, 1 << bits)
+    else:
+        result = weighted_kmeans_1d(w, cluster_w, 1 << bits, iters=options.iters, n_init=options.n_init,
+                                    seed=options.seed)
     lut = result.centroids.to(torch.float16).sort(dim=1).values
     codes = assign_nearest(w, lut)
     rows, cols = sel.mask.nonzero(as_tuple=True)
