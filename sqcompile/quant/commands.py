@@ -22,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-fisher", action="store_true", help="plain k-means: no sensitivity weighting")
     q.add_argument("--calib", default=None,
                    help="calibration text: file, folder of .txt or hf:NAME[:CONFIG[:SPLIT]] (default: Austen)")
-    q.add_argument("--calib-windows", type=int, default=16, help="calibration windows (default 16)")
+    q.add_argument("--calib-windows", type=int, default=8,
+                   help="calibration windows (default 8: 3-bit +0.45%% SmolLM2 ppl 30.24 vs 30.10 with 32, "
+                        "at a quarter of the Fisher time)")
     q.add_argument("--calib-length", type=int, default=512, help="tokens per calibration window (default 512)")
-    q.add_argument("--kmeans", choices=["lloyd", "optimal"], default="lloyd",
-                   help="lloyd: k-means++ and Lloyd steps, as the paper; optimal: the exact 1-D optimum by "
-                        "dynamic programming (slower) (default lloyd)")
+    q.add_argument("--kmeans", choices=["optimal", "lloyd"], default="optimal",
+                   help="optimal: the exact 1-D weighted k-means optimum by dynamic programming; lloyd: "
+                        "k-means++ seeding and Lloyd steps (--iters) as the paper's code (default optimal)")
     q.add_argument("--iters", type=int, default=50, help="Lloyd iterations (default 50)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--include-head", action="store_true", help="quantize the LM head too")
@@ -62,8 +64,8 @@ def quantize_command(args: argparse.Namespace) -> int:
     options = QuantizeOptions(bits=args.bits, sparsity=args.sparsity, sensitive=sensitive,
                               use_fisher=not args.no_fisher, calibration=args.calib,
                               calib_windows=args.calib_windows, calib_length=args.calib_length,
-                              seed=args.seed, kmeans=args.kmeans, iters=args.iters, include_head=args.include_head,
-                              device=args.device)
+                              seed=args.seed, kmeans=args.kmeans, iters=args.iters,
+                              include_head=args.include_head, device=args.device)
     summary = run_quantize(args.model, args.output, options, force=args.force)
     print(summary.table())
     return 0

@@ -78,7 +78,8 @@ def optimal_kmeans_1d(x: torch.Tensor, w: torch.Tensor, k: int, rows_per_chunk: 
     _check_shapes(x, w, k)
     lib = _c_library()
     if lib is None:
-        raise RuntimeError("the optimal k-means needs the C kernel, which could not be built (see the log)")
+        raise RuntimeError("the optimal k-means needs the C kernel, which could not be built (see the log); "
+                           "install a C compiler or use --kmeans lloyd")
     x, w = x.cpu(), w.cpu()
     parts = []
     for i in range(0, x.shape[0], rows_per_chunk):

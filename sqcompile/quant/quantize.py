@@ -33,10 +33,10 @@ class QuantizeOptions:
     sensitive: float = 0.05  # percent of it chosen by sensitivity, the rest by magnitude
     use_fisher: bool = True  # False: plain (unweighted) k-means and magnitude-only outliers
     calibration: str | None = None  # text file/folder or hf:dataset (default: the Austen novels)
-    calib_windows: int = 16
+    calib_windows: int = 8  # x 512 tokens: the paper found ~10 samples enough (benchmarks/quality/results.md)
     calib_length: int = 512
     seed: int = 0
-    kmeans: str = "lloyd"  # "lloyd" (k-means++ and Lloyd, as the paper) or "optimal" (exact DP, C kernel)
+    kmeans: str = "optimal"  # "optimal" (exact 1-D optimum, DP in C) or "lloyd" (k-means++ and Lloyd steps)
     iters: int = 50  # Lloyd iterations
     n_init: int = 3  # k-means++ seedings per row, best kept
     include_head: bool = False  # quantize the LM head too
@@ -95,7 +95,7 @@ def quantize_weight(weight: torch.Tensor, fisher: torch.Tensor | None, options: 
     else:
         result = weighted_kmeans_1d(w, cluster_w, 1 << bits, iters=options.iters, n_init=options.n_init,
                                     seed=options.seed)
-    lut = result.centroids.to(torch.float16).sort(dim=1).values
+    lut = result.centroids.to(w.device, torch.float16).sort(dim=1).values
     codes = assign_nearest(w, lut)
     rows, cols = sel.mask.nonzero(as_tuple=True)
     if rows.numel():
