@@ -106,13 +106,17 @@ def _check_shapes(x: torch.Tensor, w: torch.Tensor, k: int) -> None:
 def _sorted_prefix(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rows sorted ascending (float64) and the prefix sums of w, w x, w x^2 with a leading zero; a row
     whose weights are all zero gets uniform weights."""
-    xs, order = torch.sort(x.double(), dim=1)
-    ws = w.double().gather(1, order)
-    if torch.any(ws < 0) or not torch.all(torch.isfinite(ws)):
+    if not bool(torch.all(w >= 0)):  # False for NaN too
+        raise ValueError("k-means weights must be finite and non-negative")
+    # sorting in the input precision is exact and moves half the bytes of a float64 sort
+    xs, order = torch.sort(x, dim=1)
+    xs, ws = xs.double(), w.gather(1, order).double()
+    if not bool(torch.all(torch.isfinite(ws.sum(1)))):
         raise ValueError("k-means weights must be finite and non-negative")
     ws = torch.where(ws.sum(1, keepdim=True) > 0, ws, torch.ones_like(ws))
     zero = torch.zeros(xs.shape[0], 1, dtype=torch.float64, device=xs.device)
-    return xs, [torch.cat([zero, (ws * xs ** p).cumsum(1)], 1) for p in range(3)]
+    wx = ws * xs
+    return xs, [torch.cat([zero, t.cumsum(1)], 1) for t in (ws, wx, wx * xs)]
 
 
 def _kmeans_chunk(x: torch.Tensor, w: torch.Tensor, k: int, iters: int, n_init: int,
