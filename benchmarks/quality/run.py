@@ -44,7 +44,10 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--calib-length", type=int, default=512)
-    ap.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    ap.add_argument("--kmeans", choices=["lloyd", "optimal"], default="optimal",
+                    help="k-means of the SQ rows: the exact optimum (default) or k-means++ and 50 Lloyd steps")
+    ap.add_argument("--only", nargs="*",
+                    help="rerun only these rows (names as in the table); the others are kept from results.json")
     ap.add_argument("--fisher-cache", type=Path, default=None, help="reuse/save the Fisher information here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -60,6 +63,7 @@ def main() -> None:
     if any(CONFIGS[n][0] == "sq" for n in names):
         fisher, fisher_s = compute_fisher(model, tokenizer, modules, args)
 
+    kept = kept_rows(names) if args.only else []
     rows = []
     for name in names:
         kind, bits, extra = CONFIGS[name]
@@ -75,7 +79,7 @@ def main() -> None:
                 avg_bits = bits + 32 / (extra or modules[next(iter(modules))].in_features)
             elif kind in ("sq", "plain"):
                 opts = QuantizeOptions(bits=bits, sparsity=extra, sensitive=min(0.05, extra),
-                                       use_fisher=kind == "sq", iters=50, progress=False)
+                                       use_fisher=kind == "sq", kmeans=args.kmeans, iters=50, progress=False)
                 weights = {}
                 for n, m in modules.items():
                     f = fisher[n] if kind == "sq" else None
@@ -85,11 +89,27 @@ def main() -> None:
         quant_s = time.perf_counter() - t
         res = perplexity(torch_logits_fn(model), eval_ids, args.ctx, args.windows)
         rows.append({"name": name, "perplexity": res.perplexity, "target": TARGETS[name],
-                     "avg_bits": avg_bits, "quantize_s": quant_s, "eval_s": res.seconds})
+                     "avg_bits": avg_bits, "quantize_s": quant_s, "eval_s": res.seconds,
+                     "kmeans": args.kmeans if kind in ("sq", "plain") else None})
         logging.info("%s: ppl %.3f (target %.2f), %.2f bits, quantize %.1f s, eval %.1f s", name,
                      res.perplexity, TARGETS[name], avg_bits, quant_s, res.seconds)
-        write(rows, args, source.describe(), load_s, fisher_s)  # after every row: partial results survive
-    print(table(rows, args, load_s, fisher_s))
+        write(ordered(rows + kept), args, source.describe(), load_s, fisher_s)  # partial results survive
+    print(table(ordered(rows + kept), args, load_s, fisher_s))
+
+
+def kept_rows(rerun: list[str]) -> list[dict]:
+    """Rows of the last results.json that this run does not redo (deterministic rows such as FP and RTN
+    need not be re-evaluated when only the quantizer changed); marked ``kept``."""
+    path = HERE / "results.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())["rows"]
+    return [{**r, "kept": True} for r in old if r["name"] not in rerun]
+
+
+def ordered(rows: list[dict]) -> list[dict]:
+    rank = {name: i for i, name in enumerate(CONFIGS)}
+    return sorted(rows, key=lambda r: rank[r["name"]])
 
 
 def compute_fisher(model, tokenizer, modules, args):
@@ -108,10 +128,12 @@ def compute_fisher(model, tokenizer, modules, args):
 def table(rows, args, load_s, fisher_s) -> str:
     lines = [f"SmolLM2-135M-Instruct, perplexity on the first {args.windows} x {args.ctx}-token windows of "
              f"enwiki-sample.txt (no BOS); Fisher from {args.calib_windows} x {args.calib_length} Austen tokens",
-             "", "| config | perplexity | target | avg bits | quantize s | eval s |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "", "| config | perplexity | target | avg bits | k-means | quantize s | eval s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['perplexity']:.2f} | {r['target']:.2f} | {r['avg_bits']:.2f} | "
+        note = " (kept from the previous run)" if r.get("kept") else ""
+        lines.append(f"| {r['name']}{note} | {r['perplexity']:.2f} | {r['target']:.2f} | {r['avg_bits']:.2f} | "
+                     f"{r.get('kmeans') or ('lloyd' if r['name'].startswith('SQ') else '-')} | "
                      f"{r['quantize_s']:.1f} | {r['eval_s']:.1f} |")
     lines += ["", f"model load {load_s:.1f} s; Fisher (shared by the SQ rows) {fisher_s:.1f} s; "
               f"peak RSS {peak_rss_mib():.0f} MiB"]
@@ -123,7 +145,7 @@ def write(rows, args, source, load_s, fisher_s) -> None:
                                       "bos": False},
             "calibration": {"text": "austen/*.txt", "windows": args.calib_windows, "length": args.calib_length,
                             "seed": 0},
-            "lloyd_iters": 50, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+            "kmeans": args.kmeans, "lloyd_iters": 50, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                          f"{torch.get_num_threads()} threads",
             "seconds": {"load": load_s, "fisher": fisher_s}, "peak_rss_mib": peak_rss_mib()}
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -132,7 +154,11 @@ def write(rows, args, source, load_s, fisher_s) -> None:
 
 
 def plot(rows) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU host: the JSON and markdown are written, redraw the plot elsewhere
+        logging.warning("matplotlib missing: results.png not drawn")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
