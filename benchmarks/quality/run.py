@@ -2,10 +2,11 @@
 
 Protocol (issue 2): evaluation = the first 40 non-overlapping 1024-token windows of
 shared/data/enwiki-sample.txt, no BOS; calibration = 32 random 512-token windows of the Austen novels
-(seed 0); 50 Lloyd iterations. The Fisher information is computed once and shared by the SQ rows. SQ rows
-evaluate the weights that ``QuantLinear`` computes with (``QuantizedWeight.dequantize()``).
+(seed 0); k-means: the exact optimum (default) or, with ``--kmeans lloyd``, k-means++ and 50 Lloyd steps.
+The Fisher information is computed once and shared by the SQ rows. SQ rows evaluate the weights that
+``QuantLinear`` computes with (``QuantizedWeight.dequantize()``).
 
-    nice python benchmarks/quality/run.py            # ~20 min on 2 idle cores
+    nice python benchmarks/quality/run.py            # ~20 min on 2 idle cores, ~5 min on 16
 Writes results.json, results.md and results.png beside this file.
 """
 from __future__ import annotations

@@ -10,8 +10,10 @@ compiler into the cache folder): batched tensor ops pay a sweep over all rows fo
 dominates on a few shared cores. The batched torch version runs on GPUs and wherever no C compiler exists;
 both do the same algorithm with their own random streams, so each is deterministic for a seed.
 
-``exact_kmeans_1d`` is the globally optimal solution (dynamic programming over the sorted values); it is the
-reference the tests and the benchmark compare against.
+``optimal_kmeans_1d`` is the globally optimal solution of the same objective (dynamic programming over the
+sorted values with the divide-and-conquer speed-up, C kernel), the quantizer's default: its lower weighted SSE
+gives lower perplexity (benchmarks/quality/results.md). ``exact_kmeans_1d`` is the plain O(k n^2) DP in
+numpy, the reference the tests check both against.
 """
 from __future__ import annotations
 
