@@ -41,9 +41,9 @@ def gemv_space(n: int, k: int, bits: int) -> list[GemvKnobs]:
     from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
     primary = bits < 4
-    grid = [(primary, tk, ri, steps) for tk in (64, 128) for ri, steps in ((1, 2), (2, 2), (4, 2), (8, 2), (2, 4), (4, 4))]
+    grid = [(primary, tk, ri, steps) for tk in (128, 64) for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4))]
     grid += [(not primary, 128, ri, 2) for ri in (2, 4)]
-    out = [fit_gemv_knobs(k, bits, GemvKnobs())]
+    out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits))]
     for pairs, tk, ri, steps in grid:
         kn = GemvKnobs(threads_k=tk, rows_y=1, rows_inner=ri, steps=steps, pairs=pairs)
         if -(-nblocks // tk) * ri > 16 or -(-n // kn.rows_per_block) < 132:
@@ -151,5 +151,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
     cfgs = {"benchmark": lambda: benchmark_configs(limit), "check": check_configs,
-            "explore": explore_configs}[which_]()
+            "explore": explore_configs, "lite": lambda: benchmark_configs(4)}[which_]()
     build(out, arch_, cfgs)

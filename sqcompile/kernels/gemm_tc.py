@@ -8,6 +8,11 @@ the fetch of x (as an fp16 model would hold them) and the output is cast back.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+import sys
+from contextlib import contextmanager
+
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
@@ -53,9 +58,38 @@ def dense_matmul(n: int, k: int, bits: int, act_dtype: str) -> tirx.PrimFunc:
     return func
 
 
+@contextmanager
+def _frames_without_source():
+    """TVMScript's ``prim_func`` calls ``inspect.stack()``, which looks up the source of every frame; for the
+    import machinery's frames ("<frozen ...>") that is a scan of all of ``sys.modules`` each time. Importing
+    ``tvm.s_tir.tensor_intrin`` (hundreds of prim_funcs, which dlight's tensor-core rule needs) took 3-4
+    minutes that way. The parser only needs the frames themselves, so hand it those."""
+    from tvm.tirx.script.parser import entry
+
+    def stack(context: int = 1) -> list:
+        frame, out = sys._getframe(1), []
+        while frame is not None:
+            out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name,
+                                         None, None))
+            frame = frame.f_back
+        return out
+
+    saved = entry.inspect
+    entry.inspect = type(sys)("inspect_light")
+    entry.inspect.__dict__.update(vars(inspect))
+    entry.inspect.stack = stack
+    try:
+        yield
+    finally:
+        entry.inspect = saved
+
+
 def cuda_lut_gemm_tc(n: int, k: int, bits: int, act_dtype: str, target: tvm.target.Target) -> tirx.PrimFunc | None:
     """The dense prefill kernel scheduled by dlight's Matmul rule, or None where the rule declines."""
     import tvm.s_tir.dlight as dl
+    if "tvm.s_tir.tensor_intrin.cuda" not in sys.modules:
+        with _frames_without_source():
+            importlib.import_module("tvm.s_tir.tensor_intrin.cuda")
     mod = tvm.IRModule({"main": dense_matmul(n, k, bits, act_dtype)})
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul())(mod)

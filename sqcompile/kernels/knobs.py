@@ -21,13 +21,18 @@ class GemvKnobs:
 
     threads_k: int = 128
     rows_y: int = 1
-    rows_inner: int = 4
-    steps: int = 2
+    rows_inner: int = 2
+    steps: int = 4
     pairs: bool = True
 
     @property
     def rows_per_block(self) -> int:
         return self.rows_y * self.rows_inner * self.steps
+
+    @staticmethod
+    def default(bits: int) -> "GemvKnobs":
+        """The untuned schedule: the pair table below 4 bits, the float32 table at 4 (NOTES.md)."""
+        return GemvKnobs(pairs=bits < 4)
 
     def validate(self) -> None:
         if self.threads_k % 32 or self.threads_k <= 0:

@@ -43,7 +43,8 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
         from ..targets.tuning import lookup
         if m == 1:
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
-                knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse) or GemvKnobs())
+                knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
+                                       or GemvKnobs.default(bits))
             func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
         else:
             knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
