@@ -20,7 +20,7 @@ import torch
 
 from sqcompile import data, models
 from sqcompile.quant.fisher import fisher_diagonal
-from sqcompile.quant.kmeans import exact_kmeans_1d, weighted_kmeans_1d, weighted_sse
+from sqcompile.quant.kmeans import exact_kmeans_1d, optimal_kmeans_1d, weighted_kmeans_1d, weighted_sse
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="*", default=[3, 4])
     ap.add_argument("--fisher-cache", type=Path, default=None)
     ap.add_argument("--exact-rows", type=int, default=32, help="rows checked against the exact optimum")
+    ap.add_argument("--kmeans", choices=("optimal", "lloyd"), default="optimal",
+                    help="sqcompile's solver: the exact DP (the quantizer's default) or 50 Lloyd steps")
     args = ap.parse_args()
 
     model, tokenizer, _ = models.load(None)
@@ -47,14 +49,15 @@ def main() -> None:
     rows = []
     for bits in args.bits:
         t = time.perf_counter()
-        ours = weighted_kmeans_1d(x, w, 2 ** bits, iters=50, seed=0)
+        ours = (optimal_kmeans_1d(x, w, 2 ** bits) if args.kmeans == "optimal"
+                else weighted_kmeans_1d(x, w, 2 ** bits, iters=50, seed=0))
         ours_s = time.perf_counter() - t
         sk_centroids, sk_s = sklearn_rows(x.numpy(), w.numpy(), 2 ** bits)
         sk_sse = weighted_sse(x, w, torch.from_numpy(sk_centroids)).sum().item()
         ours_sse = weighted_sse(x, w, ours.centroids).sum().item()
         sample = np.linspace(0, n - 1, args.exact_rows).astype(int)
         exact = sum(exact_kmeans_1d(x[i].numpy(), w[i].numpy(), 2 ** bits)[1] for i in sample)
-        row = {"matrix": args.matrix, "shape": [n, k], "bits": bits, "sqcompile_s": ours_s, "sklearn_s": sk_s,
+        row = {"matrix": args.matrix, "shape": [n, k], "bits": bits, "kmeans": args.kmeans, "sqcompile_s": ours_s, "sklearn_s": sk_s,
                "speedup": sk_s / ours_s, "sqcompile_sse": ours_sse, "sklearn_sse": sk_sse,
                "sse_ratio": ours_sse / sk_sse,
                "exact_sample": {"rows": len(sample), "exact_sse": exact,
@@ -63,7 +66,7 @@ def main() -> None:
                                                             torch.from_numpy(sk_centroids[sample])).sum().item()}}
         rows.append(row)
         print(json.dumps(row))
-    md = ["| matrix | bits | sqcompile s | scikit-learn s | speed-up | SSE sqcompile / sklearn | "
+    md = [f"sqcompile k-means: {args.kmeans}", "", "| matrix | bits | sqcompile s | scikit-learn s | speed-up | SSE sqcompile / sklearn | "
           "sample: exact / sqcompile / sklearn SSE |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         e = r["exact_sample"]
