@@ -147,8 +147,10 @@ class Engine:
     def _step(self, ids: np.ndarray, start: int) -> np.ndarray:
         t = len(ids)
         ctx = start + t
-        if t == 1:  # decode: a view rounded up to DECODE_BUCKET rows (masked past `start`), so the shapes, and
-            ctx = min(self.max_len, -(-ctx // DECODE_BUCKET) * DECODE_BUCKET)  # a CUDA graph, last 64 steps
+        if t == 1:
+            # Decode attends to a view rounded up to DECODE_BUCKET rows (rows past `start` are masked), so its
+            # shapes, and the CUDA graph captured for them, stay the same for DECODE_BUCKET steps.
+            ctx = min(self.max_len, -(-ctx // DECODE_BUCKET) * DECODE_BUCKET)
         views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
         if t == 1:  # decode: reuse two device scalars instead of allocating them every token
             ids_t, pos_t = self._decode_inputs
