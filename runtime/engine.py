@@ -75,7 +75,7 @@ class Engine:
         zeros = np.zeros(kv_shape, spec["dtype"])
         self.kv = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * int(spec["num_layers"]))]
         self.cached: list[int] = []  # tokens whose K/V rows the cache holds, in order
-        most = int(spec.get("max_prefill", spec["max_len"]))  # the compiled prefill's bound on tokens per call
+        most = int(spec["max_prefill"])  # the compiled prefill's bound on tokens per call
         self.prefill_chunk = most if prefill_chunk is None else int(prefill_chunk)
         if not 1 <= self.prefill_chunk <= most:
             raise ValueError(f"prefill_chunk must be between 1 and the artifact's {most}, got {prefill_chunk}")

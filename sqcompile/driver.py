@@ -172,10 +172,9 @@ def weight_tensors(traced, func) -> dict:
     import numpy as np
 
     from .passes import PACKED_SUFFIXES
-
-    module_of = {relax_name: traced.hf_names[relax_name].removesuffix(".weight") for relax_name in traced.quantized}
     from .passes.cuda_graph import num_inputs
 
+    module_of = {relax_name: traced.hf_names[relax_name].removesuffix(".weight") for relax_name in traced.quantized}
     out = {}
     for v in func.params[num_inputs(func):]:
         if v.name in traced.params:

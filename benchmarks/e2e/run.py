@@ -192,8 +192,8 @@ def profile(system: str, carry: Path, ctx: int = 128, steps: int = 16) -> list[d
         prompt = np.random.default_rng(0).integers(3, cfg["vocab_size"], ctx).tolist()
         list(engine.generate_ids(prompt, steps + 1, stop_token_ids=set()))  # warm-up: captures the graphs
 
-        def run():
-            list(engine.generate_ids(prompt, steps + 1, stop_token_ids=set()))
+        def run():  # the prompt is cached: its last token is re-fed, then steps - 1 decode steps
+            list(engine.generate_ids(prompt, steps, stop_token_ids=set()))
     else:
         import torch
 

@@ -19,13 +19,9 @@ GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
           ("mlp", ("gate_proj", "up_proj"), "gate_up_proj"))
 
 
-def _is_broadcast(a: np.ndarray) -> bool:
-    return a.size > 1 and all(s == 0 for s in a.strides)
-
-
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate along axis 0; zero-stride placeholders stay placeholders (no memory)."""
-    if all(_is_broadcast(p) or p.size == 0 for p in parts):
+    if all(is_placeholder(p) or p.size == 0 for p in parts):
         return np.broadcast_to(np.zeros((), parts[0].dtype), (sum(p.shape[0] for p in parts), *parts[0].shape[1:]))
     return np.concatenate(parts)
 
@@ -36,7 +32,7 @@ def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
     if any(p.bits != bits or p.in_features != k for p in parts):
         raise ValueError("only weights with the same bits and input width can be merged")
     n = sum(p.out_features for p in parts)
-    if all(_is_broadcast(p.sparse.rowptr) or p.sparse.nnz == 0 for p in parts):
+    if all(is_placeholder(p.sparse.rowptr) or p.sparse.nnz == 0 for p in parts):
         rowptr = np.broadcast_to(np.int32(0), (n + 1,))  # placeholders, or no sparse part at all
     else:
         offsets = np.cumsum([0] + [p.sparse.nnz for p in parts[:-1]])

@@ -20,8 +20,10 @@ def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros((), dtype=dtype).expand(shape)
 
 
-def is_placeholder(t: torch.Tensor) -> bool:
-    return t.dim() > 0 and t.numel() > 1 and all(s == 0 for s in t.stride())
+def is_placeholder(t: torch.Tensor | np.ndarray) -> bool:
+    """A zero-stride view of one scalar (torch tensor or numpy array): shape without memory."""
+    size, strides = (t.size, t.strides) if isinstance(t, np.ndarray) else (t.numel(), t.stride())
+    return size > 1 and all(s == 0 for s in strides)
 
 
 def shape_only_model(config, dtype: torch.dtype = torch.float16) -> nn.Module:

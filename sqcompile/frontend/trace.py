@@ -176,8 +176,6 @@ def trace_decoder(model: nn.Module, quantized: dict[str, QuantizedWeight] | None
         raise UnsupportedModelError(f"model type {config.model_type!r}: sliding-window attention "
                                     f"(window {window}) is not supported; use --max-len <= {window}")
     torch_dtype = getattr(torch, dtype)
-    if getattr(config, "tie_word_embeddings", False) and model.lm_head.weight is not model.model.embed_tokens.weight:
-        model.lm_head.weight = model.model.embed_tokens.weight  # a loader broke the tie: one tensor, stored once
     _plain_linears(model, quantized)
     if fuse:
         quantized = fuse_projections(model, quantized)
