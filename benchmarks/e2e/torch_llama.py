@@ -19,6 +19,7 @@ class StaticLlama:
         h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
         self.nh, self.nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
         self.hd = h // self.nh
+        self.gqa = self.nh != self.nkv  # a plain bool: torch.compile(dynamic=True) would make the comparison symbolic
         self.eps = cfg.get("rms_norm_eps", 1e-5)
 
         def w(*shape):
@@ -68,25 +69,34 @@ class StaticLlama:
             kc.index_copy_(1, pos, k.transpose(0, 1))
             vc.index_copy_(1, pos, v.view(t, self.nkv, self.hd).transpose(0, 1))
             o = F.scaled_dot_product_attention(q.transpose(0, 1), kc, vc, attn_mask=mask,
-                                               enable_gqa=self.nh != self.nkv)
+                                               enable_gqa=self.gqa)
             x = x + o.transpose(0, 1).reshape(t, -1) @ layer["wo"].T
             gate, up = (self._rms(x, layer["n2"]) @ layer["w13"].T).chunk(2, -1)
             x = x + (F.silu(gate) * up) @ layer["w2"].T
         return self._rms(x, self.norm) @ self.lm_head.T
 
-    def decode_graph(self):
-        """Capture one decode step; returns ``step(token, position) -> logits`` replaying it."""
+    def decode_graph(self, compiled: bool = False):
+        """Capture one decode step; returns ``step(token, position) -> logits`` replaying it.
+
+        ``compiled``: the step is ``torch.compile``d first (Inductor fuses RMSNorm, rotary, SiLU-multiply and
+        the residual adds into a few Triton kernels; the cache length is a dynamic dimension, so the contexts
+        share one compilation), then captured the same way: gpt-fast's recipe.
+        """
+        forward = self.forward
+        if compiled:
+            forward = self._compiled = getattr(self, "_compiled", None) or torch.compile(
+                self.forward, fullgraph=True, dynamic=True)
         ids = torch.zeros(1, dtype=torch.long, device=self.device)
         pos = torch.zeros(1, dtype=torch.long, device=self.device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.forward(ids, pos)
+                forward(ids, pos)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.forward(ids, pos)
+            out = forward(ids, pos)
 
         def step(token: torch.Tensor, position: int) -> torch.Tensor:
             ids.copy_(token.view(1))
