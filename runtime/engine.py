@@ -161,8 +161,13 @@ class Engine:
             ids_t = self.tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
             pos_t = self.tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
             out = self.vm["prefill"](ids_t, pos_t, *views, *self.params)
-        logits = out[0] if not hasattr(out, "numpy") else out
-        return logits.numpy()[0].astype(np.float32, copy=False)
+        logits = (out[0] if not hasattr(out, "numpy") else out).numpy()[0].astype(np.float32, copy=False)
+        if not np.isfinite(logits).all():  # loud, not garbage tokens: argmax of NaN is token 0 every step
+            rows = np.nonzero(~np.isfinite(logits).all(-1))[0]
+            raise FloatingPointError(
+                f"the model produced non-finite logits at {len(rows)} of {t} positions (first: {start + rows[0]}): "
+                f"a kernel fault or an fp16 overflow; the same QDIR built with --dtype float32 or for llvm tells")
+        return logits
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 ``[T, vocab]`` logits of every position of ``ids`` (int64 ``[T]``), from an empty cache."""

@@ -168,7 +168,7 @@ def test_smollm2_greedy_and_perplexity_match_reference(smollm2_dir, tmp_path, bi
 @pytest.mark.slow
 def test_cuda_build_without_gpu_embeds_a_fatbin(tiny_artifact, tmp_path):
     """`--target cuda --arch sm_90` on this GPU-less host: precompiled kernels, no CUDA source."""
-    from sqcompile.kernels.cuda_host import nvcc_path
+    from sqcompile.kernels.cuda_host import cuda_build_env, nvcc_path
 
     try:
         nvcc_path()
@@ -179,6 +179,8 @@ def test_cuda_build_without_gpu_embeds_a_fatbin(tiny_artifact, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["target"] == {"name": "cuda", "arch": "sm_90", "device": "cuda"}
     assert b'extern "C" __global__' not in (art / "model.so").read_bytes()  # check_no_source ran too
+    # nvcc --use_fast_math turns RMSNorm's powf(x, 2) into exp2(2 * log2(x)): NaN for x < 0 (cuda_host.NVCC_ENV)
+    assert cuda_build_env({})["TVM_CUDA_NVCC_NO_FAST_MATH"] == "1"
 
 
 def test_fp16_build_matches_reference_within_fp16_rounding(tiny_artifact, tmp_path):

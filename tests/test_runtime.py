@@ -103,3 +103,13 @@ def test_cli_run_streams_text(tiny_artifact):  # noqa: F811
     out = subprocess.run([sys.executable, "-m", "sqcompile", "run", str(tiny_artifact[1]), "--prompt", "Anne was",
                           "--max-new-tokens", "8"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "tok/s" in out.stderr and out.stdout.strip()
+
+
+def test_non_finite_logits_raise(tiny_artifact):  # noqa: F811
+    """A kernel fault that yields NaN must stop generation loudly, not decode token 0 forever."""
+    engine = Engine(tiny_artifact[1])
+    names = engine.manifest.entry_functions["prefill"]["params"]
+    i = next(i for i, n in enumerate(names) if "norm" in n)
+    engine.params[i] = engine.tvm.runtime.tensor(np.full(engine.params[i].shape, np.nan, "float32"), engine.device)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        list(engine.generate_ids([5, 6, 7], 4, stop_token_ids=set()))

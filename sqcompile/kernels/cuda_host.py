@@ -60,10 +60,16 @@ def gpu_present() -> bool:
     return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
+# TVM compiles CUDA with nvcc --use_fast_math unless told otherwise. Fast math turns powf into
+# exp2(y * log2(x)), NaN for every negative base: RMSNorm's x.pow(2) made every SmolLM2 and tiny-Llama CUDA
+# build return NaN (found on the H100 by checking every kernel's output; scripts/gpu_check_model.py).
+NVCC_ENV = {"TVM_CUDA_COMPILE_MODE": "nvcc", "TVM_CUDA_NVCC_NO_FAST_MATH": "1"}
+
+
 def cuda_build_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a subprocess that builds CUDA modules with TVM (stub driver preloaded, nvcc mode)."""
+    """Environment for a subprocess that builds CUDA modules with TVM (stub driver preloaded, nvcc, exact math)."""
     env = dict(os.environ if base is None else base)
-    env["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    env.update(NVCC_ENV)
     env["PATH"] = f"{nvcc_path().parent}{os.pathsep}{env.get('PATH', '')}"
     if not gpu_present():
         stub = stub_dir()
@@ -77,7 +83,7 @@ def prepare_cuda_build() -> None:
 
     Must run before ``import tvm``; afterwards use a subprocess with :func:`cuda_build_env`.
     """
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    os.environ.update(NVCC_ENV)
     os.environ["PATH"] = f"{nvcc_path().parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if gpu_present():
         return
