@@ -5,7 +5,9 @@ each such ``W`` listed in ``quantized``, this pass swaps the parameter for its p
 (``W_qweight``, ``W_lut`` and, when it has a sparse part, ``W_sp_rowptr``, ``W_sp_col``, ``W_sp_val``; in
 that order, where ``W`` was) and the matmul for ``call_tir`` of ``sqcompile.kernels.lut_matmul``: a GEMV
 kernel when the row count is static (decode: ``m = 1``), a GEMM kernel with symbolic ``m`` otherwise
-(prefill), specialised to the weight's shape and bit width. Every other op is left alone.
+(prefill), specialised to the weight's shape and bit width. On CUDA a sparse prefill GEMM is one function of
+two launches (tensor-core dense GEMM, then the CSR add into its output: ``kernels/sparse_cuda.py``), so the
+graph keeps one call per linear. Every other op is left alone.
 """
 from __future__ import annotations
 

@@ -52,6 +52,44 @@ def test_bad_arguments_are_rejected():
         GemvKnobs(threads_k=48).validate()
 
 
+@pytest.mark.parametrize("m,n,k,act_dtype,knobs", [
+    (13, 77, 300, "float16", dict(tile_m=4, chunk_k=64, threads=32, rows=2)),  # tails everywhere, 5 k-chunks
+    (1, 40, 96, "float32", dict(tile_m=8, chunk_k=96, threads=32, rows=1)),  # one chunk, m < tile_m
+    (9, 64, 128, "float16", dict()),  # the CUDA defaults (chunk_k clipped to k)
+])
+def test_csr_add_matches_float64(m, n, k, act_dtype, knobs):
+    """The CUDA CSR add's TIR run on llvm (threads serial, sparse_cuda.py): y += x @ S^T in place. x columns
+    no nonzero uses are NaN (a stray read poisons y), rows without nonzeros must keep y bit-exact."""
+    from sqcompile.kernels.sparse_cuda import CsrKnobs, csr_add
+    from sqcompile.quant.format import CSR
+    rng = np.random.default_rng(m * 1000 + n)
+    s = np.where(rng.random((n, k)) < 0.04, rng.standard_normal((n, k)).astype(np.float16), 0).astype(np.float64)
+    s[rng.integers(0, n, 3)] = 0  # a few empty rows
+    rows, cols = np.nonzero(s)
+    sp = CSR.from_coo(n, rows, cols, s[rows, cols].astype(np.float16))
+    x = rng.standard_normal((m, k)).astype(act_dtype)
+    x[:, ~s.any(axis=0)] = np.nan
+    y0 = rng.standard_normal((m, n)).astype(act_dtype)
+    func = csr_add(n, k, act_dtype, CsrKnobs(**knobs), emulate=True)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=LLVM)
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(y0, dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, sp.rowptr, sp.col, sp.val)], y)
+    ref = y0.astype(np.float64) + np.nan_to_num(x.astype(np.float16).astype(np.float64)) @ s.T  # x staged as fp16
+    out = y.numpy()
+    assert rel_error(out, ref) < (1e-3 if act_dtype == "float16" else 1e-6)
+    empty = ~s.any(axis=1)
+    assert empty.any() and np.array_equal(out[:, empty], y0[:, empty])
+
+
+def test_csr_add_knobs_are_checked():
+    from sqcompile.kernels.sparse_cuda import CsrKnobs
+    with pytest.raises(ValueError, match="multiple of 32"):
+        CsrKnobs(threads=48).validate()
+    with pytest.raises(ValueError, match="shared memory"):
+        CsrKnobs(tile_m=16, chunk_k=4096).validate()
+
+
 @pytest.mark.parametrize("m", [1, None])
 def test_cuda_rules_are_marked_scheduled(m):
     func = lut_matmul(100, 1000, 3, m=m, sparse=True, act_dtype="float16", target=CUDA)
@@ -69,7 +107,8 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "from sqcompile.kernels import lut_matmul\n"
         "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90'}, host={'kind': 'llvm'})\n"
         "mod = tvm.IRModule({'gemv': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t),\n"
-        "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t)})\n"
+        "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
+        "                    'gemm_sp': lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype='float16', target=t)})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
     )

@@ -10,6 +10,7 @@ from .gemm_cuda import cuda_lut_gemm
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import cuda_lut_gemv, fit_gemv_knobs
 from .knobs import GemmKnobs, GemvKnobs
+from .sparse_cuda import sparse_after_dense
 
 ACT_DTYPES = ("float16", "float32")
 
@@ -47,10 +48,11 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                                        or GemvKnobs.default(bits))
             func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
         else:
-            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
-            func = None
-            if knobs.tensor_cores and not sparse:
-                func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
+            # A sparse GEMM is the dense GEMM plus a cheap CSR add (sparse_cuda.py): the dense record decides.
+            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, False) or GemmKnobs()
+            func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target) if knobs.tensor_cores else None
+            if func is not None and sparse:
+                func = sparse_after_dense(func, n, k, act_dtype)
             if func is None:
                 func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
     else:
