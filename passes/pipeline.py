@@ -12,6 +12,7 @@ from sqcompile.quant.format import QuantizedWeight
 from sqcompile.targets import TargetDef
 
 from .cuda_graph import StaticDecodeInputs
+from .decode_attention import DecodeAttention
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
 from .kv_cache_inplace import KVCacheInplace
@@ -24,6 +25,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
     return [
         RewriteQuantizedLinear(quantized, target.tvm_target(), kernel),
         KVCacheInplace(),
+        DecodeAttention(target.tvm_target()),
         FoldWeightTranspose(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),

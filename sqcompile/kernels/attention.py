@@ -1,0 +1,277 @@
+"""Decode attention (one new token) that reads the KV cache views in place, the flash-decoding way.
+
+Two kernels, both for any context length ``ctx`` (symbolic):
+  * ``partial``: one work item per (KV head, chunk of ``CHUNK`` cache rows). All ``group = H / kv_heads``
+    query heads of that KV head are handled together, so each K/V row is read once (GQA). It writes, per query
+    head, the chunk's score maximum ``m``, the sum ``l`` of ``exp(score - m)`` and the unnormalized output
+    ``sum exp(score - m) * v`` (float32);
+  * ``combine``: rescales the chunks to the global maximum and divides by the global sum.
+Rows past ``positions[0]`` (the runtime passes views rounded up to a bucket of rows) are masked: their K and V
+are never read, so garbage or NaN there cannot leak. Softmax and accumulation are float32.
+
+On CUDA a block of ``THREADS`` threads owns a chunk: ``lanes = head_dim / VEC`` consecutive threads read one
+row with 16-byte loads (coalesced), every thread issues all its K and V loads of the chunk up front, dot
+products are reduced with warp shuffles, the chunk's softmax goes through shared memory. On llvm the same
+math runs as plain loops, one parallel task per (KV head, chunk).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+CHUNK = 64  # cache rows per partial work item: 7B at ctx 2048 gives 32 x 32 = 1024 CUDA blocks
+THREADS = 128
+FULL_MASK = 0xFFFFFFFF
+NEG = -3.0e38  # score of a masked row: finite, so an all-masked chunk gives no inf - inf
+OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    scale: float
+
+    @property
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def validate(self) -> None:
+        if self.num_heads <= 0 or self.num_kv_heads <= 0 or self.head_dim <= 0:
+            raise ValueError(f"attention sizes must be positive: {self}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{self.num_heads} query heads are not a multiple of {self.num_kv_heads} KV heads")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"attention dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+def num_chunks(ctx):
+    """Partial results per KV head for a context of ``ctx`` rows (int or PrimExpr)."""
+    return (ctx + CHUNK - 1) // CHUNK
+
+
+def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
+    """(elements per 16-byte load, threads per cache row); raises ValueError where the CUDA rule cannot go."""
+    vec = 128 // tvm.DataType(s.dtype).bits
+    lanes = s.head_dim // vec
+    if s.head_dim % vec or lanes > 32 or lanes & (lanes - 1):
+        raise ValueError(f"CUDA decode attention needs head_dim / {vec} to be a power of two <= 32, "
+                         f"got head_dim {s.head_dim} ({s.dtype})")
+    return vec, lanes
+
+
+def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
+    heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
+    vec, lanes = _cuda_layout(s)
+    rows_per_pass = THREADS // lanes
+    passes = CHUNK // rows_per_pass
+    warps = THREADS // 32
+    lane_steps = lanes.bit_length() - 1  # log2(lanes)
+    row_steps = (32 // lanes).bit_length() - 1  # log2(rows a warp reads at once)
+    out_iters = -(-group * d // THREADS)
+
+    @T.prim_func(private=True, s_tir=True)
+    def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        ctx = T.int64()
+        q = T.match_buffer(q_h, (1, heads, d), dtype)
+        keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
+        values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
+        positions = T.match_buffer(pos_h, (1,), "int64")
+        o = T.match_buffer(o_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, 2), "float32")
+        for c in T.thread_binding((ctx + CHUNK - 1) // CHUNK, thread="blockIdx.x"):
+            for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
+                for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
+                    qr = T.alloc_buffer((group * vec,), "float32", scope="local")
+                    kr = T.alloc_buffer((passes * vec,), dtype, scope="local")
+                    vr = T.alloc_buffer((passes * vec,), dtype, scope="local")
+                    acc = T.alloc_buffer((group * vec,), "float32", scope="local")
+                    red = T.alloc_buffer((1,), "float32", scope="local")
+                    stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, probability
+                    scores = T.alloc_buffer((group * CHUNK,), "float32", scope="shared")
+                    probs = T.alloc_buffer((group * CHUNK,), "float32", scope="shared")  # its own buffer: no
+                    # write-after-read on scores inside the per-warp branch, where no barrier may go
+                    sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
+                    valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
+                    for g in T.unroll(group):
+                        for v in T.unroll(vec):
+                            qr[g * vec + v] = T.Cast("float32", q[0, h * group + g, tx % lanes * vec + v]) * T.float32(scale)
+                    for p in T.unroll(passes):  # every load of the chunk in flight before any use
+                        if c * CHUNK + p * rows_per_pass + tx // lanes < valid:
+                            for v in T.vectorized(vec):
+                                kr[p * vec + v] = keys[c * CHUNK + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                            for v in T.vectorized(vec):
+                                vr[p * vec + v] = values[c * CHUNK + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                        else:
+                            for v in T.vectorized(vec):
+                                kr[p * vec + v] = T.Cast(dtype, 0)
+                            for v in T.vectorized(vec):
+                                vr[p * vec + v] = T.Cast(dtype, 0)
+                    for p in T.unroll(passes):
+                        for g in T.unroll(group):
+                            red[0] = T.float32(0)
+                            for v in T.unroll(vec):
+                                red[0] = red[0] + qr[g * vec + v] * T.Cast("float32", kr[p * vec + v])
+                            for i in T.unroll(lane_steps):
+                                red[0] = red[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), red[0], (lanes >> 1) >> i, 32, 32)
+                            if tx % lanes == 0:
+                                scores[g * CHUNK + p * rows_per_pass + tx // lanes] = T.if_then_else(
+                                    c * CHUNK + p * rows_per_pass + tx // lanes < valid, red[0], T.float32(NEG))
+                    T.tvm_storage_sync("shared")
+                    for i in T.unroll(-(-group // warps)):  # softmax of the chunk: one warp per query head
+                        if tx // 32 + i * warps < group:
+                            stat[0] = T.float32(NEG)
+                            for j in T.unroll(CHUNK // 32):
+                                stat[0] = T.max(stat[0], scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32])
+                            for k in T.unroll(5):
+                                stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
+                            stat[1] = T.float32(0)
+                            for j in T.unroll(CHUNK // 32):
+                                stat[2] = T.if_then_else(
+                                    scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] == T.float32(NEG),
+                                    T.float32(0),
+                                    T.exp(scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] - stat[0]))
+                                probs[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] = stat[2]
+                                stat[1] = stat[1] + stat[2]
+                            for k in T.unroll(5):
+                                stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
+                            if tx % 32 == 0:
+                                ml[h, c, tx // 32 + i * warps, 0] = stat[0]
+                                ml[h, c, tx // 32 + i * warps, 1] = stat[1]
+                    T.tvm_storage_sync("shared")
+                    for g in T.unroll(group):
+                        for v in T.unroll(vec):
+                            acc[g * vec + v] = T.float32(0)
+                    for p in T.unroll(passes):
+                        for g in T.unroll(group):
+                            for v in T.unroll(vec):
+                                acc[g * vec + v] = acc[g * vec + v] + probs[g * CHUNK + p * rows_per_pass + tx // lanes] * T.Cast("float32", vr[p * vec + v])
+                    for g in T.unroll(group):  # sum over the rows a warp read at once, then over warps
+                        for v in T.unroll(vec):
+                            for i in T.unroll(row_steps):
+                                acc[g * vec + v] = acc[g * vec + v] + T.tvm_warp_shuffle_xor(
+                                    T.uint32(FULL_MASK), acc[g * vec + v], lanes << i, 32, 32)
+                            if tx % 32 < lanes:
+                                sums[(tx // 32 * group + g) * d + tx % lanes * vec + v] = acc[g * vec + v]
+                    T.tvm_storage_sync("shared")
+                    for e in T.unroll(out_iters):
+                        if e * THREADS + tx < group * d:
+                            red[0] = T.float32(0)
+                            for w in T.unroll(warps):
+                                red[0] = red[0] + sums[w * group * d + e * THREADS + tx]
+                            o[h, c, (e * THREADS + tx) // d, (e * THREADS + tx) % d] = red[0]
+
+    return partial
+
+
+def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
+    heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
+
+    @T.prim_func(private=True, s_tir=True)
+    def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        ctx = T.int64()
+        q = T.match_buffer(q_h, (1, heads, d), dtype)
+        keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
+        values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
+        positions = T.match_buffer(pos_h, (1,), "int64")
+        o = T.match_buffer(o_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, 2), "float32")
+        for hc in T.parallel(nkv * ((ctx + CHUNK - 1) // CHUNK)):
+            p = T.alloc_buffer((CHUNK,), "float32", scope="local")
+            acc = T.alloc_buffer((d,), "float32", scope="local")
+            stat = T.alloc_buffer((3,), "float32", scope="local")  # running dot, max, sum
+            h = hc // ((ctx + CHUNK - 1) // CHUNK)
+            c = hc % ((ctx + CHUNK - 1) // CHUNK)
+            valid = T.min(ctx, positions[0] + 1)
+            for g in range(group):
+                stat[1] = T.float32(NEG)
+                for r in range(CHUNK):
+                    p[r] = T.float32(NEG)
+                    if c * CHUNK + r < valid:
+                        stat[0] = T.float32(0)
+                        for j in range(d):
+                            stat[0] = stat[0] + T.Cast("float32", q[0, h * group + g, j]) * T.Cast(
+                                "float32", keys[c * CHUNK + r, h, j])
+                        p[r] = stat[0] * T.float32(scale)
+                        stat[1] = T.max(stat[1], p[r])
+                stat[2] = T.float32(0)
+                for j in range(d):
+                    acc[j] = T.float32(0)
+                for r in range(CHUNK):
+                    if c * CHUNK + r < valid:
+                        p[r] = T.exp(p[r] - stat[1])
+                        stat[2] = stat[2] + p[r]
+                        for j in range(d):
+                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * CHUNK + r, h, j])
+                for j in range(d):
+                    o[h, c, g, j] = acc[j]
+                ml[h, c, g, 0] = stat[1]
+                ml[h, c, g, 1] = stat[2]
+
+    return partial
+
+
+def _combine(s: AttentionShape, cuda: bool) -> tirx.PrimFunc:
+    heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
+
+    @T.macro
+    def one(o, ml, out, hq, t, chunks):
+        stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, output
+        stat[0] = T.float32(NEG)
+        for c in range(chunks):
+            stat[0] = T.max(stat[0], ml[hq // group, c, hq % group, 0])
+        stat[1] = T.float32(0)
+        stat[2] = T.float32(0)
+        for c in range(chunks):
+            stat[1] = stat[1] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * ml[hq // group, c, hq % group, 1]
+            stat[2] = stat[2] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * o[hq // group, c, hq % group, t]
+        out[0, hq * d + t] = T.Cast(dtype, stat[2] / stat[1])
+
+    if cuda:
+        @T.prim_func(private=True, s_tir=True)
+        def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
+            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+            chunks = T.int64()
+            o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+            for hq in T.thread_binding(T.int64(heads), thread="blockIdx.x"):
+                for t in T.thread_binding(T.int64(d), thread="threadIdx.x"):
+                    one(o, ml, out, hq, t, chunks)
+    else:
+        @T.prim_func(private=True, s_tir=True)
+        def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
+            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+            chunks = T.int64()
+            o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+            for hq in T.parallel(T.int64(heads)):
+                for t in range(T.int64(d)):
+                    one(o, ml, out, hq, t, chunks)
+    return combine
+
+
+def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: str, target: tvm.target.Target,
+                     scale: float | None = None) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """``(partial, combine)`` for one new token's attention over a KV cache view of any length ``ctx``.
+
+    ``partial(q [1, H, d], keys [ctx, nkv, d], values [ctx, nkv, d], positions int64 [1])
+    -> (o float32 [nkv, num_chunks(ctx), H / nkv, d], ml float32 [nkv, num_chunks(ctx), H / nkv, 2])`` and
+    ``combine(o, ml) -> out [1, H * d]`` (dtype) compute ``softmax(scale * q . K[:positions[0] + 1]) V`` per query
+    head, query head ``i`` reading KV head ``i // (H / nkv)``; ``scale`` defaults to ``head_dim ** -0.5``.
+    """
+    shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale)
+    shape.validate()
+    kind = target.kind.name
+    if kind == "cuda":
+        return _cuda_partial(shape), _combine(shape, cuda=True)
+    if kind == "llvm":
+        return _cpu_partial(shape), _combine(shape, cuda=False)
+    raise ValueError(f"no decode attention rule for target kind {kind!r} (have llvm and cuda)")

@@ -1,0 +1,132 @@
+"""Decode attention: the kernels (llvm) against a float64 reference, and the pass that puts them in the graph."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from sqcompile.kernels.attention import decode_attention, num_chunks  # noqa: E402
+
+LLVM = tvm.target.Target("llvm")
+
+
+def reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int) -> np.ndarray:
+    """softmax(q . K[:pos + 1] / sqrt(d)) V[:pos + 1] in float64, query head i on KV head i // group."""
+    heads, d = q.shape[1:]
+    group = heads // keys.shape[1]
+    k, v = keys[:pos + 1].astype(np.float64), values[:pos + 1].astype(np.float64)
+    out = np.empty((heads, d))
+    for h in range(heads):
+        s = k[:, h // group] @ q[0, h].astype(np.float64) * d ** -0.5
+        w = np.exp(s - s.max())
+        out[h] = (w / w.sum()) @ v[:, h // group]
+    return out.reshape(1, heads * d)
+
+
+def run_llvm(heads: int, nkv: int, d: int, dtype: str, q, keys, values, pos: int) -> np.ndarray:
+    partial, combine = decode_attention(heads, nkv, d, dtype, LLVM)
+    ex = tvm.compile(tvm.IRModule({"partial": partial.with_attr("global_symbol", "partial"),
+                                   "combine": combine.with_attr("global_symbol", "combine")}), LLVM)
+    dev, chunks, group = tvm.cpu(), num_chunks(keys.shape[0]), heads // nkv
+    o = tvm.runtime.tensor(np.full((nkv, chunks, group, d), np.nan, "float32"), dev)  # poisoned outputs
+    ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, "float32"), dev)
+    out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, dtype), dev)
+    ex["partial"](*(tvm.runtime.tensor(x, dev) for x in (q, keys, values, np.array([pos], "int64"))), o, ml)
+    ex["combine"](o, ml, out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("heads,nkv,d,dtype,ctx,pos", [
+    (9, 3, 64, "float16", 1, 0),  # one row
+    (9, 3, 64, "float16", 77, 76),  # odd length, exact view
+    (9, 3, 64, "float16", 256, 150),  # bucketed view: a partly and a wholly masked chunk of garbage
+    (4, 4, 128, "float16", 192, 129),
+    (4, 4, 128, "float32", 130, 129),
+    (6, 2, 64, "float32", 64, 40),
+])
+def test_kernel_matches_float64_reference(heads, nkv, d, dtype, ctx, pos):
+    rng = np.random.default_rng(ctx * 31 + heads)
+    q = (rng.standard_normal((1, heads, d)) * 2).astype(dtype)  # sharp softmax: errors in the max show
+    keys = rng.standard_normal((ctx, nkv, d)).astype(dtype)
+    values = rng.standard_normal((ctx, nkv, d)).astype(dtype)
+    keys[pos + 1:], values[pos + 1:] = np.nan, np.inf  # rows past the position must never be read
+    got = run_llvm(heads, nkv, d, dtype, q, keys, values, pos).astype(np.float64)
+    ref = reference(q, keys, values, pos)
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < (2e-3 if dtype == "float16" else 1e-5), err
+
+
+def test_bad_shapes_and_targets_are_refused():
+    with pytest.raises(ValueError, match="multiple"):
+        decode_attention(9, 2, 64, "float16", LLVM)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention(4, 4, 64, "bfloat16", LLVM)
+    with pytest.raises(ValueError, match="head_dim"):  # 96 / 8 lanes is not a power of two
+        decode_attention(4, 4, 96, "float16", tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}))
+    with pytest.raises(ValueError, match="target kind"):
+        decode_attention(4, 4, 64, "float16", tvm.target.Target("c"))
+
+
+def _ops(func: relax.Function) -> list[str]:
+    found = []
+    relax.analysis.post_order_visit(func.body, lambda e: found.append(
+        e.op.name if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else
+        e.op.name_hint if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar) else None))
+    return [f for f in found if f]
+
+
+def _callees(func: relax.Function) -> list[str]:
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.name == "relax.call_tir":
+            found.append(e.args[0].name_hint)
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+@pytest.fixture(scope="module")
+def traced(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from sqcompile.frontend.trace import trace_decoder
+    from sqcompile.passes import KVCacheInplace
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    return KVCacheInplace()(trace_decoder(model, max_len=128, dtype="float16").mod)
+
+
+def test_pass_puts_the_kernels_in_decode_only(traced):
+    from sqcompile.passes.decode_attention import DecodeAttention
+    mod = DecodeAttention(LLVM)(traced)
+    decode, prefill = _ops(mod["decode"]), _ops(mod["prefill"])
+    callees = _callees(mod["decode"])
+    assert sum(c.endswith("_partial") for c in callees) == 2  # one per layer
+    assert sum(c.endswith("_combine") for c in callees) == 2
+    assert "relax.nn.softmax" not in decode and "relax.where" not in decode
+    assert "relax.broadcast_to" not in decode  # no transposed/broadcast copies of the cache
+    assert "relax.nn.softmax" in prefill  # prefill stays on the generic (tensor-core) path
+
+
+def test_pass_leaves_an_unknown_graph_alone(traced, caplog):
+    """A softmax over another axis is not the decoder's attention: the function must come back unchanged."""
+    from sqcompile.passes.decode_attention import DecodeAttention
+
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class OtherAxis(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.softmax":
+                return relax.op.nn.softmax(call.args[0], axis=2)
+            return call
+
+    mod = traced.clone()
+    mod["decode"] = OtherAxis().visit_expr(mod["decode"])
+    with caplog.at_level("WARNING"):
+        out = DecodeAttention(LLVM)(mod)
+    assert "softmax is not over the context axis" in caplog.text
+    assert not any(c.startswith("decode_attention") for c in _callees(out["decode"]))
+    assert "relax.nn.softmax" in _ops(out["decode"])
