@@ -1,0 +1,157 @@
+"""Decode attention on a GPU host (runtime only): the exported CUDA kernels against a float64 reference, then timed.
+
+    # build host (nvcc, no GPU): python scripts/gpu_check_attention.py export .kbundle/attn --arch sm_90a
+    # GPU host:                  . .kbundle/bundle/env.sh && python3 scripts/gpu_check_attention.py check .kbundle/attn
+
+``check`` runs 7B (32 x 128, no GQA), SmolLM2 (9 / 3 heads x 64) and a GQA-8 shape at several context lengths,
+each through a view rounded up to 64 rows (as the runtime passes them) whose tail rows hold NaN, with every
+output poisoned with NaN first; then times partial + combine replayed in a CUDA graph over K/V copies rotated
+past the L2 cache, printing microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SHAPES = {"llama7b": (32, 32, 128), "smollm2": (9, 3, 64), "gqa8": (32, 4, 128)}  # heads, kv heads, head_dim
+TOKENS = (1, 77, 128, 512, 2000, 2048)  # attended rows; views are rounded up to BUCKET
+TIMED = (128, 512, 2048)
+BUCKET = 64
+TOLERANCE = 2e-3
+ROTATE_BYTES = 150e6  # 3x the H100's L2
+
+
+def export(folder: Path, arch: str) -> None:
+    """Build every shape's partial + combine for ``arch`` into ``folder`` (kernels.so + manifest.json)."""
+    from sqcompile.kernels.cuda_host import check_no_source, prepare_cuda_build
+    prepare_cuda_build()  # before tvm is imported
+    import tvm
+
+    from sqcompile.kernels.attention import CHUNK, decode_attention
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+    funcs = {}
+    for name, (heads, nkv, d) in SHAPES.items():
+        partial, combine = decode_attention(heads, nkv, d, "float16", target)
+        funcs[f"{name}_partial"] = partial.with_attr("global_symbol", f"{name}_partial")
+        funcs[f"{name}_combine"] = combine.with_attr("global_symbol", f"{name}_combine")
+    with target:
+        ex = tvm.compile(tvm.IRModule(funcs), target=target)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    ex.export_library(str(tmp / "kernels.so"))
+    check_no_source(tmp / "kernels.so")
+    (tmp / "manifest.json").write_text(json.dumps({"arch": arch, "chunk": CHUNK, "dtype": "float16",
+                                                   "shapes": {k: list(v) for k, v in SHAPES.items()}}, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    print(f"wrote {folder} ({arch}: {', '.join(SHAPES)})")
+
+
+def reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, tokens: int) -> np.ndarray:
+    """float64 softmax(q K^T / sqrt(d)) V over the first ``tokens`` rows; q [1, H, d], K/V [ctx, nkv, d]."""
+    heads, d = q.shape[1:]
+    group = heads // keys.shape[1]
+    k = np.repeat(keys[:tokens].astype(np.float64), group, axis=1)  # [tokens, H, d]
+    v = np.repeat(values[:tokens].astype(np.float64), group, axis=1)
+    s = np.einsum("hd,thd->ht", q[0].astype(np.float64), k) * d ** -0.5
+    w = np.exp(s - s.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    return np.einsum("ht,thd->hd", w, v).reshape(1, heads * d)
+
+
+class Case:
+    """Random inputs for one shape and length, with device buffers (the outputs poisoned by :meth:`run`)."""
+
+    def __init__(self, tvm, lib, name: str, shape, chunk: int, tokens: int, rng, copies: int = 1):
+        heads, nkv, d = shape
+        view = -(-tokens // BUCKET) * BUCKET
+        chunks, group = -(-view // chunk), heads // nkv
+        self.partial, self.combine = lib[f"{name}_partial"], lib[f"{name}_combine"]
+        self.tokens, self.kv_bytes = tokens, 2 * tokens * nkv * d * 2
+        self.q = rng.standard_normal((1, heads, d)).astype(np.float16)
+        self.keys = rng.standard_normal((view, nkv, d)).astype(np.float16)
+        self.values = rng.standard_normal((view, nkv, d)).astype(np.float16)
+        self.keys[tokens:], self.values[tokens:] = np.nan, np.nan  # the bucket's tail must never be read
+        dev = tvm.cuda()
+        self.out_shapes = [((nkv, chunks, group, d), np.float32), ((nkv, chunks, group, 2), np.float32),
+                           ((1, heads * d), np.float16)]
+        self.outs = [tvm.runtime.tensor(np.empty(s, t), dev) for s, t in self.out_shapes]
+        self.args = [[tvm.runtime.tensor(x, dev) for x in (self.q, self.keys, self.values)]
+                     + [tvm.runtime.tensor(np.array([tokens - 1], np.int64), dev)] for _ in range(copies)]
+
+    def run(self, i: int = 0) -> None:
+        self.partial(*self.args[i], self.outs[0], self.outs[1])
+        self.combine(self.outs[0], self.outs[1], self.outs[2])
+
+    def check(self, torch) -> float:
+        for buf, (s, t) in zip(self.outs, self.out_shapes):
+            buf.copyfrom(np.full(s, np.nan, t))
+        self.run()
+        torch.cuda.synchronize()  # surfaces a launch or memory error here
+        ref = reference(self.q, self.keys, self.values, self.tokens)
+        got = self.outs[2].numpy().astype(np.float64)
+        return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else math.inf
+
+
+def check(folder: Path, out: Path | None) -> int:
+    import torch
+
+    from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.measure import _time_calls
+    tvm = load_tvm_runtime()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    rng = np.random.default_rng(0)
+    failed, rows = 0, []
+    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels, chunk {manifest['chunk']})")
+    for name, shape in manifest["shapes"].items():
+        for tokens in TOKENS:
+            err = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng).check(torch)
+            ok = err <= TOLERANCE
+            failed += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name:<8} tokens={tokens:<5} rel_err={err:.2e}")
+    print(f"{'shape':<8} {'ctx':>5} {'us':>8} {'GB/s':>7}")
+    for name, shape in manifest["shapes"].items():
+        for tokens in TIMED:
+            probe = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng)
+            copies = max(1, min(64, math.ceil(ROTATE_BYTES / probe.kv_bytes)))
+            case = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng, copies)
+            us = _time_calls(torch, [lambda i=i: case.run(i % copies) for i in range(max(64, 2 * copies))])
+            gbps = case.kv_bytes / (us * 1e-6) / 1e9
+            rows.append({"shape": name, "heads": shape, "ctx": tokens, "us": us, "gbps": gbps})
+            print(f"{name:<8} {tokens:>5} {us:>8.2f} {gbps:>7.0f}")
+    if out:
+        out.write_text(json.dumps({"arch": manifest["arch"], "failed": failed, "timings": rows}, indent=1))
+    print(f"{failed} failed of {len(manifest['shapes']) * len(TOKENS)}")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="build the kernels here (nvcc, no GPU needed)")
+    ex.add_argument("folder", type=Path)
+    ex.add_argument("--arch", default="sm_90a")
+    ck = sub.add_parser("check", help="check and time an export folder on the GPU host")
+    ck.add_argument("folder", type=Path)
+    ck.add_argument("--out", type=Path, help="write the timings as JSON here")
+    args = parser.parse_args()
+    if args.cmd == "export":
+        export(args.folder, args.arch)
+        return 0
+    return check(args.folder, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
