@@ -11,6 +11,7 @@ past the L2 cache, printing microseconds and the GB/s of the K/V rows read. Exit
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SHAPES = {"llama7b": (32, 32, 128), "smollm2": (9, 3, 64), "gqa8": (32, 4, 128)}  # heads, kv heads, head_dim
 TOKENS = (1, 77, 128, 512, 2000, 2048)  # attended rows; views are rounded up to BUCKET
 TIMED = (128, 512, 2048)
+CHUNKS = (32, 64, 128)  # context rows per partial block; the compiler uses kernels.attention.CHUNK
 BUCKET = 64
 TOLERANCE = 2e-3
 ROTATE_BYTES = 150e6  # 3x the H100's L2
@@ -40,17 +42,18 @@ def export(folder: Path, arch: str) -> None:
     from sqcompile.kernels.attention import CHUNK, decode_attention
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
     funcs = {}
-    for name, (heads, nkv, d) in SHAPES.items():
-        partial, combine = decode_attention(heads, nkv, d, "float16", target)
-        funcs[f"{name}_partial"] = partial.with_attr("global_symbol", f"{name}_partial")
-        funcs[f"{name}_combine"] = combine.with_attr("global_symbol", f"{name}_combine")
+    for (name, (heads, nkv, d)), chunk in itertools.product(SHAPES.items(), CHUNKS):
+        partial, combine = decode_attention(heads, nkv, d, "float16", target, chunk=chunk)
+        funcs[f"{name}_c{chunk}_partial"] = partial.with_attr("global_symbol", f"{name}_c{chunk}_partial")
+        funcs[f"{name}_c{chunk}_combine"] = combine.with_attr("global_symbol", f"{name}_c{chunk}_combine")
     with target:
         ex = tvm.compile(tvm.IRModule(funcs), target=target)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     ex.export_library(str(tmp / "kernels.so"))
     check_no_source(tmp / "kernels.so")
-    (tmp / "manifest.json").write_text(json.dumps({"arch": arch, "chunk": CHUNK, "dtype": "float16",
+    (tmp / "manifest.json").write_text(json.dumps({"arch": arch, "chunks": list(CHUNKS), "default_chunk": CHUNK,
+                                                   "dtype": "float16",
                                                    "shapes": {k: list(v) for k, v in SHAPES.items()}}, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
@@ -77,7 +80,7 @@ class Case:
         heads, nkv, d = shape
         view = -(-tokens // BUCKET) * BUCKET
         chunks, group = -(-view // chunk), heads // nkv
-        self.partial, self.combine = lib[f"{name}_partial"], lib[f"{name}_combine"]
+        self.partial, self.combine = lib[f"{name}_c{chunk}_partial"], lib[f"{name}_c{chunk}_combine"]
         self.tokens, self.kv_bytes = tokens, 2 * tokens * nkv * d * 2
         self.q = rng.standard_normal((1, heads, d)).astype(np.float16)
         self.keys = rng.standard_normal((view, nkv, d)).astype(np.float16)
@@ -90,9 +93,10 @@ class Case:
         self.args = [[tvm.runtime.tensor(x, dev) for x in (self.q, self.keys, self.values)]
                      + [tvm.runtime.tensor(np.array([tokens - 1], np.int64), dev)] for _ in range(copies)]
 
-    def run(self, i: int = 0) -> None:
+    def run(self, i: int = 0, combine: bool = True) -> None:
         self.partial(*self.args[i], self.outs[0], self.outs[1])
-        self.combine(self.outs[0], self.outs[1], self.outs[2])
+        if combine:
+            self.combine(self.outs[0], self.outs[1], self.outs[2])
 
     def check(self, torch) -> float:
         for buf, (s, t) in zip(self.outs, self.out_shapes):
@@ -114,26 +118,29 @@ def check(folder: Path, out: Path | None) -> int:
     lib = tvm.runtime.load_module(str(folder / "kernels.so"))
     rng = np.random.default_rng(0)
     failed, rows = 0, []
-    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels, chunk {manifest['chunk']})")
-    for name, shape in manifest["shapes"].items():
-        for tokens in TOKENS:
-            err = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng).check(torch)
-            ok = err <= TOLERANCE
-            failed += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {name:<8} tokens={tokens:<5} rel_err={err:.2e}")
-    print(f"{'shape':<8} {'ctx':>5} {'us':>8} {'GB/s':>7}")
-    for name, shape in manifest["shapes"].items():
-        for tokens in TIMED:
-            probe = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng)
-            copies = max(1, min(64, math.ceil(ROTATE_BYTES / probe.kv_bytes)))
-            case = Case(tvm, lib, name, shape, manifest["chunk"], tokens, rng, copies)
-            us = _time_calls(torch, [lambda i=i: case.run(i % copies) for i in range(max(64, 2 * copies))])
-            gbps = case.kv_bytes / (us * 1e-6) / 1e9
-            rows.append({"shape": name, "heads": shape, "ctx": tokens, "us": us, "gbps": gbps})
-            print(f"{name:<8} {tokens:>5} {us:>8.2f} {gbps:>7.0f}")
+    chunks = manifest["chunks"]
+    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels, compiler's chunk "
+          f"{manifest['default_chunk']})")
+    for (name, shape), chunk, tokens in itertools.product(manifest["shapes"].items(), chunks, TOKENS):
+        err = Case(tvm, lib, name, shape, chunk, tokens, rng).check(torch)
+        ok = err <= TOLERANCE
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<8} chunk={chunk:<4} tokens={tokens:<5} rel_err={err:.2e}")
+    print(f"{'shape':<8} {'chunk':>5} {'ctx':>5} {'us':>8} {'GB/s':>7} {'partial us':>10}")
+    for (name, shape), tokens, chunk in itertools.product(manifest["shapes"].items(), TIMED, chunks):
+        probe = Case(tvm, lib, name, shape, chunk, tokens, rng)
+        copies = max(1, min(64, math.ceil(ROTATE_BYTES / probe.kv_bytes)))
+        case = Case(tvm, lib, name, shape, chunk, tokens, rng, copies)
+        calls = max(64, 2 * copies)
+        us = _time_calls(torch, [lambda i=i: case.run(i % copies) for i in range(calls)])
+        partial_us = _time_calls(torch, [lambda i=i: case.run(i % copies, combine=False) for i in range(calls)])
+        gbps = case.kv_bytes / (us * 1e-6) / 1e9
+        rows.append({"shape": name, "heads": shape, "chunk": chunk, "ctx": tokens, "us": us, "gbps": gbps,
+                     "partial_us": partial_us})
+        print(f"{name:<8} {chunk:>5} {tokens:>5} {us:>8.2f} {gbps:>7.0f} {partial_us:>10.2f}")
     if out:
         out.write_text(json.dumps({"arch": manifest["arch"], "failed": failed, "timings": rows}, indent=1))
-    print(f"{failed} failed of {len(manifest['shapes']) * len(TOKENS)}")
+    print(f"{failed} failed of {len(manifest['shapes']) * len(chunks) * len(TOKENS)}")
     return 1 if failed else 0
 
 

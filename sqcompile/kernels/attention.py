@@ -1,7 +1,7 @@
 """Decode attention (one new token) that reads the KV cache views in place, the flash-decoding way.
 
 Two kernels, both for any context length ``ctx`` (symbolic):
-  * ``partial``: one work item per (KV head, chunk of ``CHUNK`` cache rows). All ``group = H / kv_heads``
+  * ``partial``: one work item per (KV head, chunk of ``chunk`` cache rows, ``CHUNK`` by default). All ``group = H / kv_heads``
     query heads of that KV head are handled together, so each K/V row is read once (GQA). It writes, per query
     head, the chunk's score maximum ``m``, the sum ``l`` of ``exp(score - m)`` and the unnormalized output
     ``sum exp(score - m) * v`` (float32);
@@ -37,6 +37,7 @@ class AttentionShape:
     head_dim: int
     dtype: str
     scale: float
+    chunk: int = CHUNK  # cache rows per partial work item
 
     @property
     def group(self) -> int:
@@ -49,11 +50,13 @@ class AttentionShape:
             raise ValueError(f"{self.num_heads} query heads are not a multiple of {self.num_kv_heads} KV heads")
         if self.dtype not in DTYPES:
             raise ValueError(f"attention dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.chunk <= 0 or self.chunk % 32:
+            raise ValueError(f"the context chunk must be a positive multiple of 32, got {self.chunk}")
 
 
-def num_chunks(ctx):
+def num_chunks(ctx, chunk: int = CHUNK):
     """Partial results per KV head for a context of ``ctx`` rows (int or PrimExpr)."""
-    return (ctx + CHUNK - 1) // CHUNK
+    return (ctx + chunk - 1) // chunk
 
 
 def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
@@ -69,8 +72,11 @@ def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
 def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
     heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
     vec, lanes = _cuda_layout(s)
+    chunk = s.chunk
     rows_per_pass = THREADS // lanes
-    passes = CHUNK // rows_per_pass
+    if chunk % rows_per_pass:
+        raise ValueError(f"the context chunk {chunk} is not a multiple of the {rows_per_pass} rows a block reads at once")
+    passes = chunk // rows_per_pass
     warps = THREADS // 32
     lane_steps = lanes.bit_length() - 1  # log2(lanes)
     row_steps = (32 // lanes).bit_length() - 1  # log2(rows a warp reads at once)
@@ -84,9 +90,9 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
         keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
         values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
         positions = T.match_buffer(pos_h, (1,), "int64")
-        o = T.match_buffer(o_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, 2), "float32")
-        for c in T.thread_binding((ctx + CHUNK - 1) // CHUNK, thread="blockIdx.x"):
+        o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+        for c in T.thread_binding((ctx + chunk - 1) // chunk, thread="blockIdx.x"):
             for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
                 for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
                     qr = T.alloc_buffer((group * vec,), "float32", scope="local")
@@ -95,8 +101,8 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                     acc = T.alloc_buffer((group * vec,), "float32", scope="local")
                     red = T.alloc_buffer((1,), "float32", scope="local")
                     stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, probability
-                    scores = T.alloc_buffer((group * CHUNK,), "float32", scope="shared")
-                    probs = T.alloc_buffer((group * CHUNK,), "float32", scope="shared")  # its own buffer: no
+                    scores = T.alloc_buffer((group * chunk,), "float32", scope="shared")
+                    probs = T.alloc_buffer((group * chunk,), "float32", scope="shared")  # its own buffer: no
                     # write-after-read on scores inside the per-warp branch, where no barrier may go
                     sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
                     valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
@@ -104,11 +110,11 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                         for v in T.unroll(vec):
                             qr[g * vec + v] = T.Cast("float32", q[0, h * group + g, tx % lanes * vec + v]) * T.float32(scale)
                     for p in T.unroll(passes):  # every load of the chunk in flight before any use
-                        if c * CHUNK + p * rows_per_pass + tx // lanes < valid:
+                        if c * chunk + p * rows_per_pass + tx // lanes < valid:
                             for v in T.vectorized(vec):
-                                kr[p * vec + v] = keys[c * CHUNK + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                                kr[p * vec + v] = keys[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
                             for v in T.vectorized(vec):
-                                vr[p * vec + v] = values[c * CHUNK + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                                vr[p * vec + v] = values[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
                         else:
                             for v in T.vectorized(vec):
                                 kr[p * vec + v] = T.Cast(dtype, 0)
@@ -122,23 +128,23 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                             for i in T.unroll(lane_steps):
                                 red[0] = red[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), red[0], (lanes >> 1) >> i, 32, 32)
                             if tx % lanes == 0:
-                                scores[g * CHUNK + p * rows_per_pass + tx // lanes] = T.if_then_else(
-                                    c * CHUNK + p * rows_per_pass + tx // lanes < valid, red[0], T.float32(NEG))
+                                scores[g * chunk + p * rows_per_pass + tx // lanes] = T.if_then_else(
+                                    c * chunk + p * rows_per_pass + tx // lanes < valid, red[0], T.float32(NEG))
                     T.tvm_storage_sync("shared")
                     for i in T.unroll(-(-group // warps)):  # softmax of the chunk: one warp per query head
                         if tx // 32 + i * warps < group:
                             stat[0] = T.float32(NEG)
-                            for j in T.unroll(CHUNK // 32):
-                                stat[0] = T.max(stat[0], scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32])
+                            for j in T.unroll(chunk // 32):
+                                stat[0] = T.max(stat[0], scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32])
                             for k in T.unroll(5):
                                 stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
                             stat[1] = T.float32(0)
-                            for j in T.unroll(CHUNK // 32):
+                            for j in T.unroll(chunk // 32):
                                 stat[2] = T.if_then_else(
-                                    scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] == T.float32(NEG),
+                                    scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] == T.float32(NEG),
                                     T.float32(0),
-                                    T.exp(scores[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] - stat[0]))
-                                probs[(tx // 32 + i * warps) * CHUNK + j * 32 + tx % 32] = stat[2]
+                                    T.exp(scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] - stat[0]))
+                                probs[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] = stat[2]
                                 stat[1] = stat[1] + stat[2]
                             for k in T.unroll(5):
                                 stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
@@ -152,7 +158,7 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                     for p in T.unroll(passes):
                         for g in T.unroll(group):
                             for v in T.unroll(vec):
-                                acc[g * vec + v] = acc[g * vec + v] + probs[g * CHUNK + p * rows_per_pass + tx // lanes] * T.Cast("float32", vr[p * vec + v])
+                                acc[g * vec + v] = acc[g * vec + v] + probs[g * chunk + p * rows_per_pass + tx // lanes] * T.Cast("float32", vr[p * vec + v])
                     for g in T.unroll(group):  # sum over the rows a warp read at once, then over warps
                         for v in T.unroll(vec):
                             for i in T.unroll(row_steps):
@@ -172,7 +178,8 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
 
 
 def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
-    heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
+    heads, nkv, d, dtype, group, scale, chunk = (s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group,
+                                                 s.scale, s.chunk)
 
     @T.prim_func(private=True, s_tir=True)
     def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
@@ -182,35 +189,35 @@ def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
         keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
         values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
         positions = T.match_buffer(pos_h, (1,), "int64")
-        o = T.match_buffer(o_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, (ctx + CHUNK - 1) // CHUNK, group, 2), "float32")
-        for hc in T.parallel(nkv * ((ctx + CHUNK - 1) // CHUNK)):
-            p = T.alloc_buffer((CHUNK,), "float32", scope="local")
+        o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+        for hc in T.parallel(nkv * ((ctx + chunk - 1) // chunk)):
+            p = T.alloc_buffer((chunk,), "float32", scope="local")
             acc = T.alloc_buffer((d,), "float32", scope="local")
             stat = T.alloc_buffer((3,), "float32", scope="local")  # running dot, max, sum
-            h = hc // ((ctx + CHUNK - 1) // CHUNK)
-            c = hc % ((ctx + CHUNK - 1) // CHUNK)
+            h = hc // ((ctx + chunk - 1) // chunk)
+            c = hc % ((ctx + chunk - 1) // chunk)
             valid = T.min(ctx, positions[0] + 1)
             for g in range(group):
                 stat[1] = T.float32(NEG)
-                for r in range(CHUNK):
+                for r in range(chunk):
                     p[r] = T.float32(NEG)
-                    if c * CHUNK + r < valid:
+                    if c * chunk + r < valid:
                         stat[0] = T.float32(0)
                         for j in range(d):
                             stat[0] = stat[0] + T.Cast("float32", q[0, h * group + g, j]) * T.Cast(
-                                "float32", keys[c * CHUNK + r, h, j])
+                                "float32", keys[c * chunk + r, h, j])
                         p[r] = stat[0] * T.float32(scale)
                         stat[1] = T.max(stat[1], p[r])
                 stat[2] = T.float32(0)
                 for j in range(d):
                     acc[j] = T.float32(0)
-                for r in range(CHUNK):
-                    if c * CHUNK + r < valid:
+                for r in range(chunk):
+                    if c * chunk + r < valid:
                         p[r] = T.exp(p[r] - stat[1])
                         stat[2] = stat[2] + p[r]
                         for j in range(d):
-                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * CHUNK + r, h, j])
+                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * chunk + r, h, j])
                 for j in range(d):
                     o[h, c, g, j] = acc[j]
                 ml[h, c, g, 0] = stat[1]
@@ -219,59 +226,100 @@ def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
     return partial
 
 
-def _combine(s: AttentionShape, cuda: bool) -> tirx.PrimFunc:
+COMBINE_UNROLL = 8  # chunks whose loads a combine thread has in flight at once
+
+
+def _cpu_combine(s: AttentionShape) -> tirx.PrimFunc:
     heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
 
-    @T.macro
-    def one(o, ml, out, hq, t, chunks):
-        stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, output
-        stat[0] = T.float32(NEG)
-        for c in range(chunks):
-            stat[0] = T.max(stat[0], ml[hq // group, c, hq % group, 0])
-        stat[1] = T.float32(0)
-        stat[2] = T.float32(0)
-        for c in range(chunks):
-            stat[1] = stat[1] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * ml[hq // group, c, hq % group, 1]
-            stat[2] = stat[2] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * o[hq // group, c, hq % group, t]
-        out[0, hq * d + t] = T.Cast(dtype, stat[2] / stat[1])
+    @T.prim_func(private=True, s_tir=True)
+    def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        chunks = T.int64()
+        o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+        for hq in T.parallel(T.int64(heads)):
+            stat = T.alloc_buffer((2,), "float32", scope="local")  # global max, sum
+            acc = T.alloc_buffer((d,), "float32", scope="local")
+            stat[0] = T.float32(NEG)
+            for c in range(chunks):
+                stat[0] = T.max(stat[0], ml[hq // group, c, hq % group, 0])
+            stat[1] = T.float32(0)
+            for t in range(d):
+                acc[t] = T.float32(0)
+            for c in range(chunks):
+                stat[1] = stat[1] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * ml[hq // group, c, hq % group, 1]
+                for t in range(d):
+                    acc[t] = acc[t] + T.exp(ml[hq // group, c, hq % group, 0] - stat[0]) * o[hq // group, c, hq % group, t]
+            for t in range(d):
+                out[0, hq * d + t] = T.Cast(dtype, acc[t] / stat[1])
 
-    if cuda:
-        @T.prim_func(private=True, s_tir=True)
-        def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
-            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-            chunks = T.int64()
-            o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
-            ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
-            for hq in T.thread_binding(T.int64(heads), thread="blockIdx.x"):
-                for t in T.thread_binding(T.int64(d), thread="threadIdx.x"):
-                    one(o, ml, out, hq, t, chunks)
-    else:
-        @T.prim_func(private=True, s_tir=True)
-        def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
-            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-            chunks = T.int64()
-            o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
-            ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
-            for hq in T.parallel(T.int64(heads)):
-                for t in range(T.int64(d)):
-                    one(o, ml, out, hq, t, chunks)
+    return combine
+
+
+def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
+    """One block per query head, a thread per output element. Every warp finds the global max and sum with
+    its lanes spread over the chunks (shuffles, no barrier); each thread then sums its element over the chunks
+    ``COMBINE_UNROLL`` at a time, all their loads issued before the arithmetic (a loop with one load per
+    step waits a memory latency per chunk)."""
+    heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
+    threads = max(32, -(-d // 32) * 32)
+    unroll = COMBINE_UNROLL
+
+    @T.prim_func(private=True, s_tir=True)
+    def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        chunks = T.int64()
+        o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+        for hq in T.thread_binding(T.int64(heads), thread="blockIdx.x"):
+            for t in T.thread_binding(T.int64(threads), thread="threadIdx.x"):
+                stat = T.alloc_buffer((3,), "float32", scope="local")  # global max, sum, output
+                mc = T.alloc_buffer((unroll,), "float32", scope="local")
+                oc = T.alloc_buffer((unroll,), "float32", scope="local")
+                stat[0] = T.float32(NEG)
+                for j in range((chunks + 31) // 32):
+                    if j * 32 + t % 32 < chunks:
+                        stat[0] = T.max(stat[0], ml[hq // group, j * 32 + t % 32, hq % group, 0])
+                for k in T.unroll(5):
+                    stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
+                stat[1] = T.float32(0)
+                for j in range((chunks + 31) // 32):
+                    if j * 32 + t % 32 < chunks:
+                        stat[1] = stat[1] + T.exp(ml[hq // group, j * 32 + t % 32, hq % group, 0] - stat[0]) * ml[
+                            hq // group, j * 32 + t % 32, hq % group, 1]
+                for k in T.unroll(5):
+                    stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
+                if t < d:
+                    stat[2] = T.float32(0)
+                    for j in range((chunks + unroll - 1) // unroll):
+                        for u in T.unroll(unroll):
+                            mc[u] = T.if_then_else(j * unroll + u < chunks, ml[hq // group, j * unroll + u, hq % group, 0],
+                                                   T.float32(NEG))
+                            oc[u] = T.if_then_else(j * unroll + u < chunks, o[hq // group, j * unroll + u, hq % group, t],
+                                                   T.float32(0))
+                        for u in T.unroll(unroll):
+                            stat[2] = stat[2] + T.exp(mc[u] - stat[0]) * oc[u]
+                    out[0, hq * d + t] = T.Cast(dtype, stat[2] / stat[1])
+
     return combine
 
 
 def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: str, target: tvm.target.Target,
-                     scale: float | None = None) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+                     scale: float | None = None, chunk: int = CHUNK) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     """``(partial, combine)`` for one new token's attention over a KV cache view of any length ``ctx``.
 
     ``partial(q [1, H, d], keys [ctx, nkv, d], values [ctx, nkv, d], positions int64 [1])
-    -> (o float32 [nkv, num_chunks(ctx), H / nkv, d], ml float32 [nkv, num_chunks(ctx), H / nkv, 2])`` and
+    -> (o float32 [nkv, num_chunks(ctx, chunk), H / nkv, d], ml float32 [nkv, num_chunks(ctx, chunk), H / nkv, 2])``
+    and
     ``combine(o, ml) -> out [1, H * d]`` (dtype) compute ``softmax(scale * q . K[:positions[0] + 1]) V`` per query
     head, query head ``i`` reading KV head ``i // (H / nkv)``; ``scale`` defaults to ``head_dim ** -0.5``.
     """
-    shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale)
+    shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale, chunk)
     shape.validate()
     kind = target.kind.name
     if kind == "cuda":
-        return _cuda_partial(shape), _combine(shape, cuda=True)
+        return _cuda_partial(shape), _cuda_combine(shape)
     if kind == "llvm":
-        return _cpu_partial(shape), _combine(shape, cuda=False)
+        return _cpu_partial(shape), _cpu_combine(shape)
     raise ValueError(f"no decode attention rule for target kind {kind!r} (have llvm and cuda)")
