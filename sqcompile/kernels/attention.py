@@ -226,7 +226,7 @@ def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
     return partial
 
 
-COMBINE_UNROLL = 8  # chunks whose loads a combine thread has in flight at once
+COMBINE_UNROLL = 16  # chunks whose loads a combine thread has in flight at once
 
 
 def _cpu_combine(s: AttentionShape) -> tirx.PrimFunc:
@@ -258,13 +258,20 @@ def _cpu_combine(s: AttentionShape) -> tirx.PrimFunc:
 
 
 def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
-    """One block per query head, a thread per output element. Every warp finds the global max and sum with
-    its lanes spread over the chunks (shuffles, no barrier); each thread then sums its element over the chunks
+    """One block per query head, a thread per output element. Every warp finds the global max and sum in one
+    pass, its lanes spread over the chunks and merged with shuffles (no barrier); each thread then sums its element over the chunks
     ``COMBINE_UNROLL`` at a time, all their loads issued before the arithmetic (a loop with one load per
     step waits a memory latency per chunk)."""
     heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
     threads = max(32, -(-d // 32) * 32)
     unroll = COMBINE_UNROLL
+
+    @T.macro
+    def merge(stat, m, l):
+        """(stat[0], stat[1]) := the (max, sum of exp(score - max)) of itself and (m, l); stat[2] is scratch."""
+        stat[2] = T.max(stat[0], m)
+        stat[1] = stat[1] * T.exp(stat[0] - stat[2]) + l * T.exp(m - stat[2])
+        stat[0] = stat[2]
 
     @T.prim_func(private=True, s_tir=True)
     def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
@@ -274,22 +281,18 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
         ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
         for hq in T.thread_binding(T.int64(heads), thread="blockIdx.x"):
             for t in T.thread_binding(T.int64(threads), thread="threadIdx.x"):
-                stat = T.alloc_buffer((3,), "float32", scope="local")  # global max, sum, output
+                stat = T.alloc_buffer((3,), "float32", scope="local")  # global max, sum, scratch / output
                 mc = T.alloc_buffer((unroll,), "float32", scope="local")
                 oc = T.alloc_buffer((unroll,), "float32", scope="local")
                 stat[0] = T.float32(NEG)
-                for j in range((chunks + 31) // 32):
-                    if j * 32 + t % 32 < chunks:
-                        stat[0] = T.max(stat[0], ml[hq // group, j * 32 + t % 32, hq % group, 0])
-                for k in T.unroll(5):
-                    stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
                 stat[1] = T.float32(0)
-                for j in range((chunks + 31) // 32):
+                for j in range((chunks + 31) // 32):  # the lane's chunks, merged online: (max, sum)
                     if j * 32 + t % 32 < chunks:
-                        stat[1] = stat[1] + T.exp(ml[hq // group, j * 32 + t % 32, hq % group, 0] - stat[0]) * ml[
-                            hq // group, j * 32 + t % 32, hq % group, 1]
+                        merge(stat, ml[hq // group, j * 32 + t % 32, hq % group, 0],
+                              ml[hq // group, j * 32 + t % 32, hq % group, 1])
                 for k in T.unroll(5):
-                    stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
+                    merge(stat, T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32),
+                          T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32))
                 if t < d:
                     stat[2] = T.float32(0)
                     for j in range((chunks + unroll - 1) // unroll):
