@@ -5,8 +5,10 @@ Its work is tiny (m * nnz FMAs), so it is all about memory access: a CUDA block 
 and ``threads * rows`` rows of S (interleaved by the thread count, so y writes coalesce). Per ``chunk_k``
 columns it stages the x tile in shared memory as [column, row] (coalesced reads of x; the ``tile_m`` values
 one nonzero multiplies are contiguous), then each thread walks its rows' nonzeros of that column range
-from a saved cursor (CSR columns are sorted within a row) and accumulates ``tile_m`` float32 sums per row.
-x is staged as fp16, as the tensor-core dense part rounds it too.
+from a saved cursor (CSR columns are sorted within a row), ``GROUP`` at a time, and accumulates ``tile_m``
+float32 sums per row.
+x is staged as fp16, as the tensor-core dense part rounds it too; a nonzero's ``tile_m`` values are read as
+whole 32-bit words in one vector load (a scattered gather: fewer shared-memory wavefronts than half loads).
 
 The same TIR runs on llvm with every thread loop serial (``emulate=True``): the per-thread state (sums,
 cursors) is then indexed by thread, and each phase between two barriers is a loop over all threads, so the
@@ -21,17 +23,19 @@ from tvm.script import tirx as T
 
 from .knobs import MAX_THREADS, SHARED_LIMIT
 
+GROUP = 4  # nonzeros of a row loaded at once (independent loads instead of one load-compare-branch each)
+
 
 @dataclass(frozen=True)
 class CsrKnobs:
     tile_m: int = 8  # rows of x per block (their sums live in registers: tile_m * rows per thread)
-    chunk_k: int = 2048  # columns of x staged per step (tile_m * chunk_k fp16 in shared memory)
+    chunk_k: int = 2816  # most columns of x staged per step (tile_m * chunk_k fp16 in shared memory)
     threads: int = 256
     rows: int = 4  # rows of S per thread
 
     def validate(self) -> None:
-        if min(self.tile_m, self.chunk_k, self.threads, self.rows) < 1 or self.threads % 32:
-            raise ValueError(f"CSR add knobs must be positive with a multiple of 32 threads: {self}")
+        if min(self.tile_m, self.chunk_k, self.threads, self.rows) < 1 or self.threads % 32 or self.tile_m % 2:
+            raise ValueError(f"CSR add knobs must be positive with a multiple of 32 threads and an even tile_m: {self}")
         if self.threads > MAX_THREADS or self.tile_m * self.chunk_k * 2 > SHARED_LIMIT:
             raise ValueError(f"CSR add knobs {self} exceed {MAX_THREADS} threads or {SHARED_LIMIT} B of shared memory")
 
@@ -39,9 +43,11 @@ class CsrKnobs:
 def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
     """The kernel as a ``T.macro(x, rowptr, col, val, y, m)``."""
     knobs.validate()
-    tm, kc, nt, nr = knobs.tile_m, min(knobs.chunk_k, k), knobs.threads, knobs.rows
+    tm, nt, nr = knobs.tile_m, knobs.threads, knobs.rows
+    nchunks = -(-k // knobs.chunk_k)
+    kc = -(-k // nchunks)  # equal chunks: 2 x 2048 at k = 4096, 4 x 2752 at k = 11008
     tn = nt * nr
-    nchunks, stage_iters = -(-k // kc), -(-tm * kc // nt)
+    stage_iters = -(-tm * kc // nt)
     copies = nt if emulate else 1  # per-thread state: one copy per thread when the threads run in a loop
     per_thread = nr if emulate else 0  # where thread t's copy of that state starts
     shared, local = ("global", "global") if emulate else ("shared", "local")
@@ -54,8 +60,11 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
         for bm in loop(T.ceildiv(m, tm), "blockIdx.y"):
             for bn in loop(-(-n // tn), "blockIdx.x"):
                 xs = T.alloc_buffer((kc * tm,), "float16", scope=shared)
+                xs_words = T.decl_buffer((kc * tm // 2,), "uint32", data=xs.data, scope=shared)
+                words = T.alloc_buffer((tm // 2,), "uint32", scope=local)
                 acc = T.alloc_buffer((copies * nr * tm,), "float32", scope=local)
                 cur = T.alloc_buffer((copies * nr,), "int32", scope=local)
+                cnt = T.alloc_buffer((1,), "int32", scope=local)
                 for t in loop(nt, "threadIdx.x"):
                     for u in T.unroll(nr):
                         if bn * tn + u * nt + t < n:
@@ -64,7 +73,7 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
                             acc[(t * per_thread + u) * tm + r] = T.float32(0)
                 for ck in range(nchunks):
                     for t in loop(nt, "threadIdx.x"):
-                        for e in range(stage_iters):
+                        for e in T.unroll(stage_iters):
                             if e * nt + t < tm * kc:
                                 if bm * tm + (e * nt + t) // kc < m and ck * kc + (e * nt + t) % kc < k:
                                     xs[(e * nt + t) % kc * tm + (e * nt + t) // kc] = T.Cast(
@@ -79,12 +88,22 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
                                 while T.if_then_else(
                                         cur[t * per_thread + u] < rowptr[bn * tn + u * nt + t + 1],
                                         col[cur[t * per_thread + u]], ck * kc + kc) < ck * kc + kc:
-                                    for r in T.unroll(tm):
-                                        acc[(t * per_thread + u) * tm + r] = acc[
-                                            (t * per_thread + u) * tm + r] + T.Cast(
-                                            "float32", val[cur[t * per_thread + u]]) * T.Cast(
-                                            "float32", xs[(col[cur[t * per_thread + u]] - ck * kc) * tm + r])
-                                    cur[t * per_thread + u] = cur[t * per_thread + u] + 1
+                                    cnt[0] = 0
+                                    for g in T.unroll(GROUP):
+                                        if T.if_then_else(
+                                                cur[t * per_thread + u] + g < rowptr[bn * tn + u * nt + t + 1],
+                                                col[cur[t * per_thread + u] + g], ck * kc + kc) < ck * kc + kc:
+                                            cnt[0] = cnt[0] + 1
+                                            for w in T.vectorized(tm // 2):  # one 16-byte load at tile_m = 8
+                                                words[w] = xs_words[(col[cur[t * per_thread + u] + g] - ck * kc)
+                                                                    * (tm // 2) + w]
+                                            for r in T.unroll(tm):
+                                                acc[(t * per_thread + u) * tm + r] = acc[
+                                                    (t * per_thread + u) * tm + r] + T.Cast(
+                                                    "float32", val[cur[t * per_thread + u] + g]) * T.Cast(
+                                                    "float32", T.reinterpret("float16", T.Cast(
+                                                        "uint16", words[r // 2] >> T.Cast("uint32", r % 2 * 16))))
+                                    cur[t * per_thread + u] = cur[t * per_thread + u] + cnt[0]
                     if not emulate:
                         T.tvm_storage_sync("shared")
                 for t in loop(nt, "threadIdx.x"):
