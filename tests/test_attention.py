@@ -130,3 +130,24 @@ def test_pass_leaves_an_unknown_graph_alone(traced, caplog):
     assert "softmax is not over the context axis" in caplog.text
     assert not any(c.startswith("decode_attention") for c in _callees(out["decode"]))
     assert "relax.nn.softmax" in _ops(out["decode"])
+
+
+def test_cuda_kernels_build_for_sm90_without_a_gpu(tmp_path):
+    """The export the GPU check loads: 7B, SmolLM2 and GQA-8 shapes at every chunk, one sm_90a fatbin."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sqcompile.kernels.cuda_host import cuda_build_env
+    try:
+        env = cuda_build_env()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    if not shutil.which("gcc") and not shutil.which("cc"):
+        pytest.skip("no C compiler for the driver stub")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check_attention.py"
+    subprocess.run([sys.executable, str(script), "export", str(tmp_path / "attn"), "--arch", "sm_90a"], env=env,
+                   check=True, capture_output=True)
+    assert (tmp_path / "attn" / "kernels.so").stat().st_size > 0
+    assert (tmp_path / "attn" / "manifest.json").is_file()
