@@ -8,7 +8,9 @@ themselves. Prefill (symbolic T) keeps the generic path, where the matmuls get t
 
 The match is strict: the query, key and value layouts, the permutations, the mask built from the
 function's ``positions`` input and the softmax axis are all checked, and a function where nothing matches
-is left as it was (logged), so an unexpected graph costs speed, never correctness.
+is left as it was (logged), so an unexpected graph costs speed, never correctness. The kernels keep the
+scores in float32 where the traced fp16 graph rounds them to fp16 once (torch's matmul output dtype): they
+are at least as accurate as the reference path.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class _Pattern:
 
     def __init__(self):
         self.q, self.keys, self.values = wildcard(), wildcard(), wildcard()
-        self.arange, self.positions, self.scale = wildcard(), wildcard(), is_const()
+        self.arange, self.positions, self.scale, self.fill = wildcard(), wildcard(), is_const(), is_const()
         self.q_split = is_op("relax.reshape")(self.q, wildcard())
         self.q_perm = is_op("relax.permute_dims")(self.q_split)
         qg = _maybe("relax.broadcast_to", is_op("relax.reshape")(self.q_perm, wildcard()), wildcard())
@@ -43,7 +45,7 @@ class _Pattern:
         scores = is_op("relax.reshape")(is_op("relax.multiply")(scores, self.scale), wildcard())
         self.mask = is_op("relax.less_equal")(is_op("relax.expand_dims")(self.arange),
                                               is_op("relax.expand_dims")(self.positions))
-        self.softmax = is_op("relax.nn.softmax")(is_op("relax.where")(self.mask, scores, is_const()))
+        self.softmax = is_op("relax.nn.softmax")(is_op("relax.where")(self.mask, scores, self.fill))
         probs = is_op("relax.reshape")(_maybe("relax.astype", self.softmax), wildcard())
         self.v_perm = is_op("relax.permute_dims")(self.values)
         out = is_op("relax.matmul")(_maybe("relax.broadcast_to", probs, wildcard()),
@@ -106,6 +108,8 @@ class _Rewriter:
         if not m[p.positions].same_as(self.positions) or not isinstance(m[p.arange], relax.Call) \
                 or m[p.arange].op != tvm.ir.Op.get("relax.arange"):
             return "the mask is not arange(ctx) <= positions"
+        if m[p.fill].value.numpy().size != 1 or float(m[p.fill].value.numpy().reshape(())) > -1e30:
+            return "masked scores are not filled with a huge negative value"
         if int(m[p.softmax].attrs.axis) not in (-1, 3):
             return "softmax is not over the context axis"
         scale = m[p.scale].value.numpy()
