@@ -5,7 +5,7 @@ Its work is tiny (m * nnz FMAs), so it is all about memory access: a CUDA block 
 and ``threads * rows`` rows of S (interleaved by the thread count, so y writes coalesce). Per ``chunk_k``
 columns it stages the x tile in shared memory as [column, row] (coalesced reads of x; the ``tile_m`` values
 one nonzero multiplies are contiguous), then each thread walks its rows' nonzeros of that column range
-from a saved cursor (CSR columns are sorted within a row), ``GROUP`` at a time, and accumulates ``tile_m``
+from a saved cursor (CSR columns are sorted within a row), ``group`` at a time, and accumulates ``tile_m``
 float32 sums per row.
 x is staged as fp16, as the tensor-core dense part rounds it too; a nonzero's ``tile_m`` values are read as
 whole 32-bit words in one vector load (a scattered gather: fewer shared-memory wavefronts than half loads).
@@ -23,7 +23,6 @@ from tvm.script import tirx as T
 
 from .knobs import MAX_THREADS, SHARED_LIMIT
 
-GROUP = 4  # nonzeros of a row loaded at once (independent loads instead of one load-compare-branch each)
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,10 @@ class CsrKnobs:
     chunk_k: int = 2816  # most columns of x staged per step (tile_m * chunk_k fp16 in shared memory)
     threads: int = 256
     rows: int = 4  # rows of S per thread
+    group: int = 4  # nonzeros of a row taken at once (independent loads instead of one load-compare-branch each)
 
     def validate(self) -> None:
-        if min(self.tile_m, self.chunk_k, self.threads, self.rows) < 1 or self.threads % 32 or self.tile_m % 2:
+        if min(self.tile_m, self.chunk_k, self.threads, self.rows, self.group) < 1 or self.threads % 32 or self.tile_m % 2:
             raise ValueError(f"CSR add knobs must be positive with a multiple of 32 threads and an even tile_m: {self}")
         if self.threads > MAX_THREADS or self.tile_m * self.chunk_k * 2 > SHARED_LIMIT:
             raise ValueError(f"CSR add knobs {self} exceed {MAX_THREADS} threads or {SHARED_LIMIT} B of shared memory")
@@ -89,7 +89,7 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
                                         cur[t * per_thread + u] < rowptr[bn * tn + u * nt + t + 1],
                                         col[cur[t * per_thread + u]], ck * kc + kc) < ck * kc + kc:
                                     cnt[0] = 0
-                                    for g in T.unroll(GROUP):
+                                    for g in T.unroll(knobs.group):
                                         if T.if_then_else(
                                                 cur[t * per_thread + u] + g < rowptr[bn * tn + u * nt + t + 1],
                                                 col[cur[t * per_thread + u] + g], ck * kc + kc) < ck * kc + kc:
