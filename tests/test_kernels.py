@@ -108,7 +108,8 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90'}, host={'kind': 'llvm'})\n"
         "mod = tvm.IRModule({'gemv': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t),\n"
         "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
-        "                    'gemm_sp': lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype='float16', target=t)})\n"
+        "                    'gemm_sp': lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype='float16',\n"
+        "                                          target=t)})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
     )

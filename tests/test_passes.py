@@ -171,7 +171,8 @@ def test_fp16_rmsnorm_chain_becomes_rms_norm():
         with bb.function("main", [x, w]):
             with bb.dataflow():
                 x32 = bb.emit(relax.op.astype(x, "float32"))
-                var = bb.emit(relax.op.mean(relax.op.power(x32, relax.const(power, "float32")), axis=[-1], keepdims=True))
+                square = relax.op.power(x32, relax.const(power, "float32"))
+                var = bb.emit(relax.op.mean(square, axis=[-1], keepdims=True))
                 inv = bb.emit(relax.op.rsqrt(relax.op.add(var, relax.const(1e-5, "float32"))))
                 normed = bb.emit(relax.op.astype(relax.op.multiply(x32, inv), "float16"))
                 out = bb.emit_output(relax.op.multiply(w, normed))
