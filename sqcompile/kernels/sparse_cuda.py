@@ -68,11 +68,14 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
                 words = T.alloc_buffer((tm // 2,), "uint32", scope=local)
                 acc = T.alloc_buffer((copies * nr * tm,), "float32", scope=local)
                 cur = T.alloc_buffer((copies * nr,), "int32", scope=local)
+                end = T.alloc_buffer((copies * nr,), "int32", scope=local)
                 cnt = T.alloc_buffer((1,), "int32", scope=local)
+                c = T.alloc_buffer((1,), "int32", scope=local)
                 for t in loop(nt, "threadIdx.x"):
                     for u in T.unroll(nr):
                         if bn * tn + u * nt + t < n:
                             cur[t * per_thread + u] = rowptr[bn * tn + u * nt + t]
+                            end[t * per_thread + u] = rowptr[bn * tn + u * nt + t + 1]
                         for r in T.unroll(tm):
                             acc[(t * per_thread + u) * tm + r] = T.float32(0)
                 for ck in range(nchunks):
@@ -89,18 +92,16 @@ def _csr_body(n: int, k: int, act_dtype: str, knobs: CsrKnobs, emulate: bool):
                     for t in loop(nt, "threadIdx.x"):
                         for u in T.unroll(nr):
                             if bn * tn + u * nt + t < n:
-                                while T.if_then_else(
-                                        cur[t * per_thread + u] < rowptr[bn * tn + u * nt + t + 1],
-                                        col[cur[t * per_thread + u]], ck * kc + kc) < ck * kc + kc:
+                                while T.if_then_else(cur[t * per_thread + u] < end[t * per_thread + u],
+                                                     col[cur[t * per_thread + u]], ck * kc + kc) < ck * kc + kc:
                                     cnt[0] = 0
                                     for g in T.unroll(knobs.group):
-                                        if T.if_then_else(
-                                                cur[t * per_thread + u] + g < rowptr[bn * tn + u * nt + t + 1],
-                                                col[cur[t * per_thread + u] + g], ck * kc + kc) < ck * kc + kc:
+                                        c[0] = T.if_then_else(cur[t * per_thread + u] + g < end[t * per_thread + u],
+                                                              col[cur[t * per_thread + u] + g], ck * kc + kc)
+                                        if c[0] < ck * kc + kc:
                                             cnt[0] = cnt[0] + 1
                                             for w in T.vectorized(tm // 2):  # one 16-byte load at tile_m = 8
-                                                words[w] = xs_words[(col[cur[t * per_thread + u] + g] - ck * kc)
-                                                                    * (tm // 2) + w]
+                                                words[w] = xs_words[(c[0] - ck * kc) * (tm // 2) + w]
                                             for r in T.unroll(tm):
                                                 acc[(t * per_thread + u) * tm + r] = acc[
                                                     (t * per_thread + u) * tm + r] + T.Cast(
