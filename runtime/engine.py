@@ -22,6 +22,9 @@ from .sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 DECODE_BUCKET = 64  # decode attends to the cache rounded up to this many rows
+# Greedy decode steps queued on the device between two reads of their tokens: the host's launch of the next
+# step overlaps the GPU's work on the previous ones; a stop token costs at most this many steps more.
+DEVICE_STEPS = 16
 
 
 @dataclass
@@ -81,6 +84,9 @@ class Engine:
             raise ValueError(f"prefill_chunk must be between 1 and the artifact's {most}, got {prefill_chunk}")
         self._decode_inputs = (tvm.runtime.empty((1, 1), "int64", self.device),
                                tvm.runtime.empty((1,), "int64", self.device))
+        # Tokens chosen on the device, by position (artifacts built before the `greedy` function have none).
+        self._history = (tvm.runtime.empty((int(spec["max_len"]) + 1,), "int64", self.device)
+                         if "greedy" in self.manifest.entry_functions else None)
         self._tokenizer = None
         gen = self.manifest.generation
         self.stop_token_ids = set(gen.get("stop_token_ids") or [])
@@ -147,17 +153,13 @@ class Engine:
     def _step(self, ids: np.ndarray, start: int) -> np.ndarray:
         t = len(ids)
         ctx = start + t
-        if t == 1:
-            # Decode attends to a view rounded up to DECODE_BUCKET rows (rows past `start` are masked), so its
-            # shapes, and the CUDA graph captured for them, stay the same for DECODE_BUCKET steps.
-            ctx = min(self.max_len, -(-ctx // DECODE_BUCKET) * DECODE_BUCKET)
-        views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
         if t == 1:  # decode: reuse two device scalars instead of allocating them every token
             ids_t, pos_t = self._decode_inputs
             ids_t.copyfrom(np.asarray(ids, np.int64).reshape(1, 1))
             pos_t.copyfrom(np.array([start], np.int64))
-            out = self.vm["decode"](ids_t, pos_t, *views, *self.params)
+            out = self._decode(start)
         else:
+            views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
             ids_t = self.tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
             pos_t = self.tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
             out = self.vm["prefill"](ids_t, pos_t, *views, *self.params)
@@ -168,6 +170,34 @@ class Engine:
                 f"the model produced non-finite logits at {len(rows)} of {t} positions (first: {start + rows[0]}): "
                 f"a kernel fault or an fp16 overflow; the same QDIR built with --dtype float32 or for llvm tells")
         return logits
+
+    def _decode(self, position: int):
+        """One decode step on the token and position held by ``self._decode_inputs`` -> logits (on the device).
+
+        Decode attends to a view rounded up to DECODE_BUCKET rows (rows past ``position`` are masked), so its
+        shapes, and the CUDA graph captured for them, stay the same for DECODE_BUCKET steps.
+        """
+        ctx = min(self.max_len, -(-(position + 1) // DECODE_BUCKET) * DECODE_BUCKET)
+        views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
+        return self.vm["decode"](*self._decode_inputs, *views, *self.params)
+
+    def _greedy_on_device(self, token: int, steps: int) -> list[int]:
+        """``steps`` greedy decode steps queued back to back, the first fed ``token``: each step's argmax
+        (``greedy`` function) becomes the next step's input on the device. -> the ``steps`` new tokens."""
+        ids_t, pos_t = self._decode_inputs
+        start = len(self.cached)
+        ids_t.copyfrom(np.array([[token]], np.int64))
+        pos_t.copyfrom(np.array([start], np.int64))
+        for i in range(steps):
+            out = self._decode(start + i)
+            self.vm["greedy"](out[0] if not hasattr(out, "numpy") else out, ids_t, pos_t, self._history)
+        tokens = self._history.numpy()[start + 1:start + steps + 1].tolist()
+        if min(tokens) < 0:
+            raise FloatingPointError(f"the model produced non-finite logits within positions {start}..{start + steps}"
+                                     ": a kernel fault or an fp16 overflow; the same QDIR built with --dtype float32 "
+                                     "or for llvm tells")
+        self.cached += [token] + tokens[:-1]  # the K/V rows written: the fed tokens
+        return tokens
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 ``[T, vocab]`` logits of every position of ``ids`` (int64 ``[T]``), from an empty cache."""
@@ -226,14 +256,25 @@ class Engine:
         stats.prefilled_tokens = len(prompt_ids) - keep
         stats.prefill_seconds = time.perf_counter() - t
         t = time.perf_counter()
-        for step in range(max_new_tokens):
-            token = sampler(logits)
+        on_device = self._history is not None and sampler.params.greedy
+        pending = [sampler(logits)]
+        while pending:
+            token = pending.pop(0)
             stats.generated_tokens += 1
             yield token
-            if token in stops or step == max_new_tokens - 1 or len(self.cached) >= self.max_len:
+            if token in stops or stats.generated_tokens >= max_new_tokens:
                 break
-            logits = self._run(np.asarray([token]), len(self.cached), last_only=True)[-1]
-            self.cached.append(token)
+            if pending:
+                continue
+            left = min(max_new_tokens - stats.generated_tokens, self.max_len - len(self.cached))
+            if left <= 0:
+                break
+            if on_device:
+                pending = self._greedy_on_device(token, min(left, DEVICE_STEPS))
+            else:
+                logits = self._run(np.asarray([token]), len(self.cached), last_only=True)[-1]
+                self.cached.append(token)
+                pending = [sampler(logits)]
             stats.decode_seconds = time.perf_counter() - t
 
     def stream(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,

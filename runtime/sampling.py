@@ -13,6 +13,10 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = no limit
     seed: int | None = None
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
     def validate(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -31,7 +35,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float64)
-        if p.temperature == 0:
+        if p.greedy:
             return int(np.argmax(logits))
         logits = logits / p.temperature
         order = np.argsort(-logits, kind="stable")

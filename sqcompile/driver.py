@@ -118,8 +118,13 @@ def lower(traced, target, kernel=None):
 
     from .passes import build_pipeline
 
+    from .kernels.greedy import add_greedy_function
+
+    logits = traced.mod["decode"].ret_ty.fields[0]
+    mod = add_greedy_function(traced.mod, int(logits.shape[-1]), str(logits.dtype), traced.spec.max_len,
+                              cuda=target.name == "cuda")
     with tvm.transform.PassContext(opt_level=3, config={"relax.backend.use_cuda_graph": target.cuda_graph}):
-        return build_pipeline(target, traced.quantized, kernel)(traced.mod)
+        return build_pipeline(target, traced.quantized, kernel)(mod)
 
 
 def export_library(lowered, target, path: Path) -> None:
@@ -146,7 +151,7 @@ def export_library_cuda(lowered, target, path: Path) -> None:
     check_no_source(path)
 
 
-def _signature(func, weight_names: list[str]) -> dict:
+def _signature(func, weight_names: list[str], returns_logits: bool = True) -> dict:
     """Inputs (name, shape with symbolic dims as names, dtype), weight names and outputs of an entry function."""
     import tvm
 
@@ -157,9 +162,11 @@ def _signature(func, weight_names: list[str]) -> dict:
     from .passes.cuda_graph import num_inputs
 
     num_input = num_inputs(func)
+    inputs = [describe(v.name, v.ty) for v in func.params[:num_input]]
+    if not returns_logits:  # greedy: updates its inputs in place
+        return {"inputs": inputs, "params": weight_names, "outputs": []}
     out = func.ret_ty.fields[0] if hasattr(func.ret_ty, "fields") else func.ret_ty
-    return {"inputs": [describe(v.name, v.ty) for v in func.params[:num_input]], "params": weight_names,
-            "outputs": [describe("logits", out)]}
+    return {"inputs": inputs, "params": weight_names, "outputs": [describe("logits", out)]}
 
 
 def weight_tensors(traced, func) -> dict:
@@ -234,7 +241,8 @@ def write_artifact(output: Path, traced, lowered, target, loaded: LoadedModel, f
             model={**asdict(traced.spec), "source": loaded.source, "hf_config": hf_config.to_dict()},
             quantization=quantization,
             target={"name": target.name, "arch": target.arch, "device": target.device},
-            entry_functions={name: _signature(lowered[name], names) for name in ENTRY_FUNCTIONS},
+            entry_functions={**{name: _signature(lowered[name], names) for name in ENTRY_FUNCTIONS},
+                             "greedy": _signature(lowered["greedy"], [], returns_logits=False)},
             generation=_generation_info(loaded.tokenizer, hf_config),
             weights={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in weights.items()},
             synthetic=traced.synthetic)

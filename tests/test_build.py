@@ -49,7 +49,7 @@ def test_artifact_layout_and_manifest(tiny_artifact):
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["format"] == "sqcompile-artifact" and manifest["format_version"] == 2
     assert manifest["target"]["name"] == "llvm" and manifest["quantization"]["bits"] == 3
-    assert set(manifest["entry_functions"]) == {"prefill", "decode"}
+    assert set(manifest["entry_functions"]) == {"prefill", "decode", "greedy"}
     params = manifest["entry_functions"]["decode"]["params"]
     assert "model.layers.0.self_attn.qkv_proj.qweight" in params and "model.layers.0.self_attn.q_proj.weight" not in params
     for name in ("model.so", "weights.safetensors", "tokenizer/tokenizer.json"):

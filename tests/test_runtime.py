@@ -113,3 +113,22 @@ def test_non_finite_logits_raise(tiny_artifact):  # noqa: F811
     engine.params[i] = engine.tvm.runtime.tensor(np.full(engine.params[i].shape, np.nan, "float32"), engine.device)
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         list(engine.generate_ids([5, 6, 7], 4, stop_token_ids=set()))
+
+
+def test_greedy_on_device_matches_host_sampling(tiny_artifact):  # noqa: F811
+    """Tokens chosen and fed on the device (queued DEVICE_STEPS at a time) equal the host's argmax path,
+    a stop token inside a chunk ends the output there, and the cache stays right for the next call."""
+    from sqcompile.runtime.engine import DEVICE_STEPS
+
+    device = Engine(tiny_artifact[1])
+    host = Engine(tiny_artifact[1])
+    host._history = None  # as an artifact without the `greedy` function
+    n = 2 * DEVICE_STEPS + 5
+    want = list(host.generate_ids([5, 6, 7], n, stop_token_ids=set()))
+    assert list(device.generate_ids([5, 6, 7], n, stop_token_ids=set())) == want
+    stop = want[DEVICE_STEPS + 3]
+    got = list(device.generate_ids([5, 6, 7], n, stop_token_ids={stop}))
+    assert got == want[:want.index(stop) + 1]
+    prompt = [5, 6, 7] + got  # continues from a cache that holds rows past the stop token
+    assert list(device.generate_ids(prompt, 8, stop_token_ids=set())) == list(
+        host.generate_ids(prompt, 8, stop_token_ids=set()))
