@@ -253,14 +253,24 @@ def measure(carry: Path, out: Path, systems: list[str]) -> list[dict]:
             row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    report(rows, out)
+    import torch
+
+    report(rows, out, torch.cuda.get_device_name(0))
     return rows
 
 
-def report(rows: list[dict], out: Path) -> None:
-    import torch
+def merge(parts: list[Path], out: Path) -> None:
+    """One report from the results.json of several ``measure`` runs on the same device (e.g. systems split
+    over calls that each fit a time limit)."""
+    docs = [json.loads((p / "results.json").read_text()) for p in parts]
+    devices = {d["device"] for d in docs}
+    if len(devices) != 1:
+        raise ValueError(f"results from different devices cannot share a table: {sorted(devices)}")
+    out.mkdir(parents=True, exist_ok=True)
+    report([r for d in docs for r in d["rows"]], out, devices.pop())
 
-    device = torch.cuda.get_device_name(0)
+
+def report(rows: list[dict], out: Path, device: str) -> None:
     torch_rows = [r for r in rows if r["system"] in TORCH_GRAPHS and "error" not in r]
     base = max((r[f"decode_tok_s@{CONTEXTS[0]}"] for r in torch_rows), default=None)
     head = ["system", *[f"decode tok/s @{c}" for c in CONTEXTS], f"prefill tok/s ({PREFILL_TOKENS})",
@@ -321,6 +331,9 @@ def main() -> int:
     pr.add_argument("system")
     pr.add_argument("dir", type=Path)
     pr.add_argument("--ctx", type=int, default=128)
+    g = sub.add_parser("merge", help="one report from several measure runs' folders (same device)")
+    g.add_argument("parts", type=Path, nargs="+")
+    g.add_argument("--out", type=Path, default=HERE)
     o = sub.add_parser("one", help=argparse.SUPPRESS)
     o.add_argument("system")
     o.add_argument("dir", type=Path)
@@ -329,6 +342,8 @@ def main() -> int:
         build(args.dir, args.arch)
     elif args.cmd == "measure":
         measure(args.dir, args.out, args.systems)
+    elif args.cmd == "merge":
+        merge(args.parts, args.out)
     elif args.cmd == "profile":
         profile(args.system, args.dir, args.ctx)
     else:
