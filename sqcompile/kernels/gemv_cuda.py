@@ -44,6 +44,8 @@ HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f
 
 
 def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
+    if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread
+        return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k) * 4
     table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
     x_pairs = (padded_k(k) + BLOCK) * 2 if knobs.pairs else 0
     stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
@@ -52,7 +54,10 @@ def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
 
 def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs) -> GemvKnobs:
     """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
-    same rows per block), then the float32 table (no x pairs); a K too large for any raises ValueError."""
+    same rows per block), then the float32 table (no x pairs); a K too large for any raises ValueError.
+    ``lane_rows`` (3 bits only) falls back to the default row-per-warp schedule where it does not apply."""
+    if knobs.layout == "lane_rows" and (bits != 3 or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
+        knobs = GemvKnobs.default(bits)
     while gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
         if knobs.rows_inner > 1:
             knobs = replace(knobs, rows_inner=knobs.rows_inner // 2, steps=knobs.steps * 2)

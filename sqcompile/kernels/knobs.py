@@ -17,13 +17,18 @@ class GemvKnobs:
     ``steps`` such batches (unrolled, the next batch's loads in flight during the current one's arithmetic);
     a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers. ``pairs`` picks the
     LUT placement: a per-row pair table of half2 in shared memory (one lookup and one HFMA2 per two codes,
-    ``pairs.py``) or a per-row float32 table (one lookup and one FFMA per code)."""
+    ``pairs.py``) or a per-row float32 table (one lookup and one FFMA per code).
+
+    ``layout="lane_rows"`` (3 bits, dense; ``gemv_lanes.py``) puts the 32 lanes of a warp on 32 rows with
+    transposed pair tables instead; it reads only ``threads_k`` (threads per 32-row block, its warps split K)
+    and ``steps`` (128-code groups a lane loads before using them)."""
 
     threads_k: int = 128
     rows_y: int = 1
     rows_inner: int = 2
     steps: int = 4
     pairs: bool = True
+    layout: str = "row_warps"
 
     @property
     def rows_per_block(self) -> int:
@@ -41,6 +46,8 @@ class GemvKnobs:
             raise ValueError(f"{self.threads_k * self.rows_y} threads per block exceed {MAX_THREADS}")
         if min(self.rows_y, self.rows_inner, self.steps) < 1:
             raise ValueError(f"rows_y, rows_inner and steps must be >= 1: {self}")
+        if self.layout not in ("row_warps", "lane_rows"):
+            raise ValueError(f"layout must be 'row_warps' or 'lane_rows', got {self.layout!r}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from .cpu import cpu_lut_matmul
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import cuda_lut_gemv, fit_gemv_knobs
+from .gemv_lanes import cuda_lut_gemv_lanes
 from .knobs import GemmKnobs, GemvKnobs
 from .sparse_cuda import sparse_after_dense
 
@@ -46,7 +47,8 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
                 knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
                                        or GemvKnobs.default(bits))
-            func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
+            rule = cuda_lut_gemv_lanes if knobs.layout == "lane_rows" else cuda_lut_gemv
+            func = rule(n, k, bits, sparse, act_dtype, knobs)
         else:
             # A sparse GEMM is the dense GEMM plus a cheap CSR add (sparse_cuda.py): the dense record decides.
             knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, False) or GemmKnobs()

@@ -1,0 +1,136 @@
+"""The lane-per-row CUDA decode GEMV (``GemvKnobs.layout == "lane_rows"``, 3 bits, dense).
+
+Why: in the row-per-warp rule (``gemv_cuda.py``) 32 lanes look up random entries of ONE row's 64-word pair
+table, 2 distinct words per bank: every lookup costs 2 shared-memory wavefronts, which bounds the kernel
+(benchmarks/kernels/bank_model.py). Here lane L of every warp works on row L of the block's 32 rows, so
+  * the 32 rows' pair tables are stored transposed, entry e of row L at word 32 e + L: lane L always hits
+    bank L, one wavefront per lookup;
+  * the x pairs are the same for all lanes: uniform 16-byte shared loads (broadcast, one wavefront each);
+  * the ``threads_k // 32`` warps of a block split K into contiguous ranges of 128-code groups; a lane
+    reads its row's 48-byte group with three 16-byte loads, ``steps`` groups loaded before their use;
+  * the warps' float32 partial sums are added through shared memory once at the end.
+"""
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from . import pairs as P
+from .gemv_cuda import HALF2_SUM, HFMA2_U32, LOAD_AT_BYTE, gemv_shared_bytes
+from .knobs import SHARED_LIMIT, GemvKnobs
+from .layout import BLOCK, GROUP, packed_words, padded_k
+
+LANES = 32
+PAIRS = BLOCK // 2  # pair slots per 32-code block
+
+
+def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs) -> tirx.PrimFunc:
+    knobs.validate()
+    if bits != 3 or sparse:
+        raise ValueError(f"the lane_rows GEMV supports dense 3-bit weights only, got bits={bits}, sparse={sparse}")
+    if gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
+        raise ValueError(f"lane_rows GEMV at K={k} needs {gemv_shared_bytes(k, bits, knobs)} bytes of shared memory")
+    words = packed_words(k, bits)
+    nblocks = padded_k(k) // BLOCK
+    gw = GROUP // BLOCK * bits  # words per 128-code group (12: three 16-byte loads)
+    groups = nblocks * BLOCK // GROUP
+    warps, unroll = knobs.threads_k // LANES, knobs.steps
+    per_warp = -(-groups // warps)
+    nthreads = warps * LANES
+    table = P.table_size(bits)
+    xs_words = nblocks * PAIRS
+    grid = -(-n // LANES)
+
+    @T.prim_func
+    def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
+             lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n), act_dtype)):
+        T.func_attr({"tirx.noalias": True})
+        for bx in T.thread_binding(grid, thread="blockIdx.x"):
+            for ty in T.thread_binding(warps, thread="threadIdx.y"):
+                for tx in T.thread_binding(LANES, thread="threadIdx.x"):
+                    # one allocation with views (gemv_cuda.py: storage rewrite misses uses through address_of)
+                    smem = T.alloc_buffer((LANES * table + xs_words + warps * LANES,), "uint32", scope="shared")
+                    tab = T.decl_buffer((LANES * table,), "uint32", data=smem.data, scope="shared")
+                    xs = T.decl_buffer((xs_words,), "uint32", data=smem.data, elem_offset=LANES * table,
+                                       scope="shared")
+                    red = T.decl_buffer((warps * LANES,), "float32", data=smem.data,
+                                        elem_offset=LANES * table + xs_words, scope="shared")
+                    cw = T.alloc_buffer((unroll * gw,), "uint32", scope="local")
+                    xp = T.alloc_buffer((PAIRS,), "uint32", scope="local")
+                    iw = T.alloc_buffer((4,), "uint32", scope="local")
+                    hs = T.alloc_buffer((1,), "uint32", scope="local")
+                    ht = T.alloc_buffer((1,), "uint32", scope="local")
+                    acc = T.alloc_buffer((1,), "float32", scope="local")
+                    acc2 = T.alloc_buffer((1,), "uint32", scope="local")
+                    for e in range(-(-LANES * table // nthreads)):  # tab[entry * 32 + lane row]
+                        if e * nthreads + ty * LANES + tx < LANES * table:
+                            tab[e * nthreads + ty * LANES + tx] = T.call_pure_extern(
+                                "uint32", "__pack_half2",
+                                lut[T.min(bx * LANES + tx, n - 1),
+                                    P.entry_codes(bits, (e * nthreads + ty * LANES + tx) // LANES)[0]],
+                                lut[T.min(bx * LANES + tx, n - 1),
+                                    P.entry_codes(bits, (e * nthreads + ty * LANES + tx) // LANES)[1]])
+                    for e in range(-(-xs_words // nthreads)):  # xs[block * 16 + slot]: x at the slot's two codes
+                        if e * nthreads + ty * LANES + tx < xs_words:
+                            xs[e * nthreads + ty * LANES + tx] = T.call_pure_extern(
+                                "uint32", "__pack_half2",
+                                T.if_then_else(
+                                    (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
+                                        bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
+                                        (e * nthreads + ty * LANES + tx) % 4)[0] < k,
+                                    T.Cast("float16", x[0, T.min(
+                                        (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
+                                            bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
+                                            (e * nthreads + ty * LANES + tx) % 4)[0], k - 1)]), T.float16(0)),
+                                T.if_then_else(
+                                    (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
+                                        bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
+                                        (e * nthreads + ty * LANES + tx) % 4)[1] < k,
+                                    T.Cast("float16", x[0, T.min(
+                                        (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
+                                            bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
+                                            (e * nthreads + ty * LANES + tx) % 4)[1], k - 1)]), T.float16(0)))
+                    T.tvm_storage_sync("shared")
+                    acc[0] = T.float32(0)
+                    for g in range(-(-per_warp // unroll)):
+                        for u in T.unroll(unroll):  # loads of all ``unroll`` groups first
+                            for c in T.unroll(gw // 4):
+                                for v in T.vectorized(4):
+                                    cw[u * gw + c * 4 + v] = q[T.min(bx * LANES + tx, n - 1), T.min(
+                                        ty * per_warp + g * unroll + u, groups - 1) * gw + c * 4 + v]
+                        for u in T.unroll(unroll):
+                            if g * unroll + u < per_warp and ty * per_warp + g * unroll + u < groups:
+                                for j in T.unroll(GROUP // BLOCK):
+                                    for c in T.unroll(PAIRS // 4):
+                                        for v in T.vectorized(4):
+                                            xp[c * 4 + v] = xs[((ty * per_warp + g * unroll + u) * (GROUP // BLOCK)
+                                                                + j) * PAIRS + c * 4 + v]
+                                    hs[0] = cw[u * gw + j * bits + 2]
+                                    ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
+                                    hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
+                                    ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
+                                    hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
+                                    ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
+                                    hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
+                                    ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
+                                    hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
+                                    for i in T.unroll(4):
+                                        iw[i] = P.index_word_3bit(cw[u * gw + j * bits], cw[u * gw + j * bits + 1],
+                                                                  hs[0], i)
+                                    acc2[0] = T.uint32(0)
+                                    for i in T.unroll(4):
+                                        for m in T.unroll(4):
+                                            acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[i * 4 + m], T.call_extern(
+                                                "uint32", LOAD_AT_BYTE, T.address_of(tab[tx]), T.call_pure_extern(
+                                                    "uint32", "__byte_perm", iw[i], T.uint32(0),
+                                                    T.uint32(0x4440 + m)) << T.uint32(5)), acc2[0])
+                                    acc[0] = acc[0] + T.call_pure_extern("float32", HALF2_SUM, acc2[0])
+                    red[ty * LANES + tx] = acc[0]
+                    T.tvm_storage_sync("shared")
+                    if ty == 0:
+                        for w in range(1, warps):
+                            acc[0] = acc[0] + red[w * LANES + tx]
+                        if bx * LANES + tx < n:
+                            y[0, bx * LANES + tx] = T.Cast(act_dtype, acc[0])
+
+    return func

@@ -1,0 +1,40 @@
+"""The lane-per-row GEMV (``gemv_lanes.py``): knob handling on any host, CUDA codegen where nvcc exists.
+Its numerics are checked on a GPU host (scripts/gpu_check_kernels.py): its extern CUDA calls have no llvm form."""
+import shutil
+
+import pytest
+import tvm
+
+from sqcompile.kernels.gemv_cuda import fit_gemv_knobs
+from sqcompile.kernels.gemv_lanes import cuda_lut_gemv_lanes
+from sqcompile.kernels.knobs import GemvKnobs, knobs_from_dict
+
+LANES = GemvKnobs(threads_k=128, steps=2, layout="lane_rows")
+
+
+def test_layout_knob_is_checked_and_round_trips():
+    with pytest.raises(ValueError, match="layout"):
+        GemvKnobs(layout="diagonal").validate()
+    assert knobs_from_dict("gemv", {"threads_k": 256, "layout": "lane_rows"}).layout == "lane_rows"
+
+
+def test_lane_rows_falls_back_where_it_does_not_apply():
+    assert fit_gemv_knobs(4096, 3, LANES) == LANES
+    assert fit_gemv_knobs(4096, 4, LANES) == fit_gemv_knobs(4096, 4, GemvKnobs.default(4))
+    assert fit_gemv_knobs(40000, 3, LANES).layout == "row_warps"  # x pairs past the shared-memory limit
+
+
+def test_lane_rows_rejects_sparse_and_other_bits():
+    with pytest.raises(ValueError, match="dense 3-bit"):
+        cuda_lut_gemv_lanes(64, 256, 3, True, "float16", LANES)
+    with pytest.raises(ValueError, match="dense 3-bit"):
+        cuda_lut_gemv_lanes(64, 256, 4, False, "float16", LANES)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_lane_rows_compiles_for_sm90_with_odd_shape():
+    from sqcompile.kernels import lut_matmul
+    t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    f = lut_matmul(37, 300, 3, m=1, sparse=False, act_dtype="float16", target=t, knobs=LANES)
+    with t:
+        tvm.compile(tvm.IRModule({"gemv": f}), target=t)
