@@ -43,9 +43,17 @@ LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
 
 
+def lane_row_stride(bits: int, steps: int) -> int:
+    """Words per row in a lane_rows staging buffer: ``steps`` 128-code groups, padded to an odd number of
+    16-byte units (conflict-free 16-byte loads by 32 lanes on 32 rows)."""
+    words = steps * 4 * bits
+    return words + 4 * (words // 4 % 2 == 0)
+
+
 def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
-    if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread
-        return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k) * 4
+    if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread,
+        stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
+        return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
     x_pairs = (padded_k(k) + BLOCK) * 2 if knobs.pairs else 0
     stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
