@@ -55,8 +55,9 @@ class GemmKnobs:
     """Prefill GEMM: a CUDA block computes a ``tile_m x tile_n`` output tile with one thread per
     ``micro_m x micro_n`` piece, stepping along K one 32-code block at a time: the weight tile is
     dequantized into shared memory once per block and reused by all ``tile_m`` rows of x. With
-    ``tensor_cores`` (the default) the dense GEMM is the tensor-core rule (``gemm_tc.py``) and the tile knobs
-    apply only to the sparse GEMM, which stays on this SIMT kernel."""
+    ``tensor_cores`` (the default) the GEMM is the tensor-core rule (``gemm_tc.py``), followed for a sparse
+    weight by the CSR add (``sparse_cuda.py``), and the tile knobs are unused; without, this SIMT kernel
+    computes dense and sparse parts together."""
 
     tile_m: int = 64
     tile_n: int = 64
