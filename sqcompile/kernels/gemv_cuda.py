@@ -180,14 +180,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         for j in T.unroll(it):
             if bits == 3:
                 hs[0] = word(stage, buf, ty, tx, r, j, 2)
-                ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
-                hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
-                ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
-                hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
-                ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
-                hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
-                ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
-                hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
+                P.shuffle_high_word(hs, ht)
                 for i in T.unroll(nw):
                     iw[i] = P.index_word_3bit(word(stage, buf, ty, tx, r, j, 0), word(stage, buf, ty, tx, r, j, 1),
                                               hs[0], i)

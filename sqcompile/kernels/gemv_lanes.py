@@ -134,14 +134,7 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                             xp[c * 4 + v] = xs[((ty * per_warp + g * unroll + u) * (GROUP // BLOCK)
                                                                 + j) * PAIRS + c * 4 + v]
                                     hs[0] = cw[u * gw + j * bits + 2]
-                                    ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
-                                    hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
-                                    ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
-                                    hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
-                                    ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
-                                    hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
-                                    ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
-                                    hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
+                                    P.shuffle_high_word(hs, ht)
                                     for i in T.unroll(4):
                                         iw[i] = P.index_word_3bit(cw[u * gw + j * bits], cw[u * gw + j * bits + 1],
                                                                   hs[0], i)

@@ -18,6 +18,7 @@ them, so they fold to constants after unrolling).
 from __future__ import annotations
 
 from tvm import tirx
+from tvm.script import tirx as T
 
 from ..quant.format import check_bits
 
@@ -72,6 +73,20 @@ def shuffle_step(x: tirx.Expr, t: tirx.Expr, step: int) -> tuple[tirx.Expr, tirx
     """One delta swap as two assignments: ``t = swap_bits(x)`` then ``x = apply(x, t)`` (values to store)."""
     delta, mask = SHUFFLE_STEPS[step]
     return ((x >> _u(delta)) ^ x) & _u(mask), x ^ t ^ (t << _u(delta))
+
+
+@T.macro
+def shuffle_high_word(hs, ht):
+    """Word 2 of a 3-bit block (the codes' high bits), held in ``hs[0]``, bit-shuffled in place by the four
+    delta swaps so that the high bits of each pair sit side by side; ``ht`` is a scratch register."""
+    ht[0] = shuffle_step(hs[0], ht[0], 0)[0]
+    hs[0] = shuffle_step(hs[0], ht[0], 0)[1]
+    ht[0] = shuffle_step(hs[0], ht[0], 1)[0]
+    hs[0] = shuffle_step(hs[0], ht[0], 1)[1]
+    ht[0] = shuffle_step(hs[0], ht[0], 2)[0]
+    hs[0] = shuffle_step(hs[0], ht[0], 2)[1]
+    ht[0] = shuffle_step(hs[0], ht[0], 3)[0]
+    hs[0] = shuffle_step(hs[0], ht[0], 3)[1]
 
 
 def index_word_3bit(w0: tirx.Expr, w1: tirx.Expr, hi_shuffled: tirx.Expr, i) -> tirx.Expr:
