@@ -48,6 +48,11 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
     rs = lane_row_stride(bits, unroll)
     st_words = warps * 2 * LANES * rs
 
+    def x_at_slot(x, slot, half):
+        """x (fp16, 0 past k) at code ``half`` of pair slot ``slot`` (block ``slot // PAIRS``)."""
+        code = slot // PAIRS * BLOCK + P.pair_codes(bits, slot % PAIRS // 4, slot % 4)[half]
+        return T.if_then_else(code < k, T.Cast("float16", x[0, T.min(code, k - 1)]), T.float16(0))
+
     @T.macro
     def issue(q, st, bx, ty, tx, g, buf):
         """cp.async of the warp's stage g (``unroll`` groups of its 32 rows) into its buffer ``buf``, one commit
@@ -97,23 +102,8 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                     for e in range(-(-xs_words // nthreads)):  # xs[block * 16 + slot]: x at the slot's two codes
                         if e * nthreads + ty * LANES + tx < xs_words:
                             xs[e * nthreads + ty * LANES + tx] = T.call_pure_extern(
-                                "uint32", "__pack_half2",
-                                T.if_then_else(
-                                    (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
-                                        bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
-                                        (e * nthreads + ty * LANES + tx) % 4)[0] < k,
-                                    T.Cast("float16", x[0, T.min(
-                                        (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
-                                            bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
-                                            (e * nthreads + ty * LANES + tx) % 4)[0], k - 1)]), T.float16(0)),
-                                T.if_then_else(
-                                    (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
-                                        bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
-                                        (e * nthreads + ty * LANES + tx) % 4)[1] < k,
-                                    T.Cast("float16", x[0, T.min(
-                                        (e * nthreads + ty * LANES + tx) // PAIRS * BLOCK + P.pair_codes(
-                                            bits, (e * nthreads + ty * LANES + tx) % PAIRS // 4,
-                                            (e * nthreads + ty * LANES + tx) % 4)[1], k - 1)]), T.float16(0)))
+                                "uint32", "__pack_half2", x_at_slot(x, e * nthreads + ty * LANES + tx, 0),
+                                x_at_slot(x, e * nthreads + ty * LANES + tx, 1))
                     T.tvm_storage_sync("shared")
                     issue(q, st, bx, ty, tx, 0, 0)
                     issue(q, st, bx, ty, tx, 1, 1)
