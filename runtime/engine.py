@@ -27,6 +27,16 @@ DECODE_BUCKET = 64  # decode attends to the cache rounded up to this many rows
 DEVICE_STEPS = 16
 
 
+def _logits(out):
+    """The logits tensor of an entry function's result (a one-element tuple, or the tensor itself)."""
+    return out if hasattr(out, "numpy") else out[0]
+
+
+def _non_finite(where: str) -> FloatingPointError:
+    return FloatingPointError(f"the model produced non-finite logits {where}: a kernel fault or an fp16 overflow; "
+                              "the same QDIR built with --dtype float32 or for llvm tells")
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0  # tokens of the request
@@ -163,12 +173,10 @@ class Engine:
             ids_t = self.tvm.runtime.tensor(np.asarray(ids, np.int64).reshape(1, t), self.device)
             pos_t = self.tvm.runtime.tensor(np.arange(start, ctx, dtype=np.int64), self.device)
             out = self.vm["prefill"](ids_t, pos_t, *views, *self.params)
-        logits = (out[0] if not hasattr(out, "numpy") else out).numpy()[0].astype(np.float32, copy=False)
+        logits = _logits(out).numpy()[0].astype(np.float32, copy=False)
         if not np.isfinite(logits).all():  # loud, not garbage tokens: argmax of NaN is token 0 every step
             rows = np.nonzero(~np.isfinite(logits).all(-1))[0]
-            raise FloatingPointError(
-                f"the model produced non-finite logits at {len(rows)} of {t} positions (first: {start + rows[0]}): "
-                f"a kernel fault or an fp16 overflow; the same QDIR built with --dtype float32 or for llvm tells")
+            raise _non_finite(f"at {len(rows)} of {t} positions (first: {start + rows[0]})")
         return logits
 
     def _decode(self, position: int):
@@ -179,7 +187,7 @@ class Engine:
         """
         ctx = min(self.max_len, -(-(position + 1) // DECODE_BUCKET) * DECODE_BUCKET)
         views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
-        return self.vm["decode"](*self._decode_inputs, *views, *self.params)
+        return _logits(self.vm["decode"](*self._decode_inputs, *views, *self.params))
 
     def _greedy_on_device(self, token: int, steps: int) -> list[int]:
         """``steps`` greedy decode steps queued back to back, the first fed ``token``: each step's argmax
@@ -189,13 +197,10 @@ class Engine:
         ids_t.copyfrom(np.array([[token]], np.int64))
         pos_t.copyfrom(np.array([start], np.int64))
         for i in range(steps):
-            out = self._decode(start + i)
-            self.vm["greedy"](out[0] if not hasattr(out, "numpy") else out, ids_t, pos_t, self._history)
+            self.vm["greedy"](self._decode(start + i), ids_t, pos_t, self._history)
         tokens = self._history.numpy()[start + 1:start + steps + 1].tolist()
         if min(tokens) < 0:
-            raise FloatingPointError(f"the model produced non-finite logits within positions {start}..{start + steps}"
-                                     ": a kernel fault or an fp16 overflow; the same QDIR built with --dtype float32 "
-                                     "or for llvm tells")
+            raise _non_finite(f"within positions {start}..{start + steps}")
         self.cached += [token] + tokens[:-1]  # the K/V rows written: the fed tokens
         return tokens
 

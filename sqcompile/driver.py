@@ -116,9 +116,8 @@ def lower(traced, target, kernel=None):
     """Run the Relax pipeline (rewrites, fusion, schedules, VM lowering) for ``target``."""
     import tvm
 
-    from .passes import build_pipeline
-
     from .kernels.greedy import add_greedy_function
+    from .passes import build_pipeline
 
     logits = traced.mod["decode"].ret_ty.fields[0]
     mod = add_greedy_function(traced.mod, int(logits.shape[-1]), str(logits.dtype), traced.spec.max_len,
