@@ -9,12 +9,30 @@ def reference_code(qweight: np.ndarray, bits: int, n: int, k: int) -> int:
     """Decode one code bit by bit from the prose of docs/format.md (independent of unpack_codes)."""
     block, j = divmod(k, 32)
     words = qweight[n, block * bits:(block + 1) * bits]
-    if bits == 3:
-        lo_word, lo_pos = (words[0], j) if j < 16 else (words[1], j - 16)
-        lo = (int(lo_word) >> (2 * lo_pos)) & 3
-        return lo | (((int(words[2]) >> j) & 1) << 2)
+    if bits == 3:  # pair p = codes (2p, 2p+1), index code_2p | code_2p+1 << 3
+        p, half = divmod(j, 2)
+        if p < 12:
+            idx = (int(words[p // 4]) >> (8 * (p % 4) + 2)) & 63
+        else:
+            idx = sum(((int(words[i]) >> (8 * (p - 12))) & 3) << (2 * i) for i in range(3))
+        return (idx >> (3 * half)) & 7
     per = 32 // bits
     return (int(words[j // per]) >> (bits * (j % per))) & ((1 << bits) - 1)
+
+
+def test_version_1_three_bit_codes_are_repacked():
+    """A format-1 QDIR stored 3 bits as low bits of codes 0-15 / 16-31 in words 0 / 1, high bits in word 2."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 8, size=(4, 200)).astype(np.uint32)
+    c = np.zeros((4, 256), np.uint32)
+    c[:, :200] = codes
+    blocks = c.reshape(4, -1, 32)
+    s2 = 2 * np.arange(16, dtype=np.uint32)
+    v1 = np.stack([((blocks[..., :16] & 3) << s2).sum(-1), ((blocks[..., 16:] & 3) << s2).sum(-1),
+                   ((blocks >> 2) << np.arange(32, dtype=np.uint32)).sum(-1)], -1).astype(np.uint32).reshape(4, -1)
+    np.testing.assert_array_equal(fmt.unpack_codes(fmt.upgrade_qweight(v1, 3, 200, 1), 3, 200), codes)
+    q4 = fmt.pack_codes(codes, 3)
+    assert fmt.upgrade_qweight(q4, 3, 200, 2) is q4
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

@@ -133,22 +133,11 @@ def test_pair_index_words_decode_every_code(bits):
     @T.prim_func
     def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), out: T.Buffer((n, k), "int32")):
         iw = T.alloc_buffer((nw,), "uint32")
-        hs = T.alloc_buffer((1,), "uint32")
-        ht = T.alloc_buffer((1,), "uint32")
         for r in range(n):
             for b in range(nblk):
                 if bits == 3:
-                    hs[0] = q[r, b * 3 + 2]
-                    ht[0] = P.shuffle_step(hs[0], ht[0], 0)[0]
-                    hs[0] = P.shuffle_step(hs[0], ht[0], 0)[1]
-                    ht[0] = P.shuffle_step(hs[0], ht[0], 1)[0]
-                    hs[0] = P.shuffle_step(hs[0], ht[0], 1)[1]
-                    ht[0] = P.shuffle_step(hs[0], ht[0], 2)[0]
-                    hs[0] = P.shuffle_step(hs[0], ht[0], 2)[1]
-                    ht[0] = P.shuffle_step(hs[0], ht[0], 3)[0]
-                    hs[0] = P.shuffle_step(hs[0], ht[0], 3)[1]
                     for i in range(nw):
-                        iw[i] = P.index_word_3bit(q[r, b * 3], q[r, b * 3 + 1], hs[0], i)
+                        iw[i] = P.index_word_3bit(lambda w: q[r, b * 3 + w], i)
                 else:
                     for i in range(nw):
                         iw[i] = q[r, b * bits + i]

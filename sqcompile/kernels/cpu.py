@@ -25,7 +25,7 @@ def cpu_lut_matmul(n: int, k: int, bits: int, m: int | None, sparse: bool, act_d
         for b in range(nblocks):
             for j in range(bits):
                 blk[j] = q[i, b * bits + j]
-            for c in range(BLOCK):
+            for c in T.unroll(BLOCK):  # constant shifts per code (the 3-bit layout branches on c)
                 w[b * BLOCK + c] = T.Cast("float32", lut[i, code_at(lambda j: blk[j], bits, c)])
         if sparse:
             for s in range(rowptr[i + 1] - rowptr[i]):

@@ -175,15 +175,14 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         T.Cast("float16", xh[j * BLOCK + P.pair_codes(bits, i, m)[1]]))
 
     @T.macro
-    def dot_pairs(tab, stage, xp, iw, hs, ht, acc, acc2, slot, ty, tx, r, a, buf):
+    def dot_pairs(tab, stage, xp, iw, cw, acc, acc2, slot, ty, tx, r, a, buf):
         acc[a] = T.float32(0)
         for j in T.unroll(it):
             if bits == 3:
-                hs[0] = word(stage, buf, ty, tx, r, j, 2)
-                P.shuffle_high_word(hs, ht)
+                for w in T.unroll(3):
+                    cw[w] = word(stage, buf, ty, tx, r, j, w)
                 for i in T.unroll(nw):
-                    iw[i] = P.index_word_3bit(word(stage, buf, ty, tx, r, j, 0), word(stage, buf, ty, tx, r, j, 1),
-                                              hs[0], i)
+                    iw[i] = P.index_word_3bit(lambda w: cw[w], i)
             else:
                 for i in T.unroll(nw):
                     iw[i] = word(stage, buf, ty, tx, r, j, i)
@@ -224,8 +223,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
                     xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
                     iw = T.alloc_buffer((nw,), "uint32", scope="local")
-                    hs = T.alloc_buffer((1,), "uint32", scope="local")
-                    ht = T.alloc_buffer((1,), "uint32", scope="local")
+                    cw = T.alloc_buffer((3,), "uint32", scope="local")  # a 3-bit block's words
                     acc = T.alloc_buffer((slots,), "float32", scope="local")
                     acc2 = T.alloc_buffer((1,), "uint32", scope="local")  # half2 bits
                     rp = T.alloc_buffer((2 * slots,), "int32", scope="local")
@@ -268,7 +266,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         T.tvm_storage_sync("shared")
                         for r in T.unroll(ri):
                             if pairs:
-                                dot_pairs(tab, stage, xp, iw, hs, ht, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
+                                dot_pairs(tab, stage, xp, iw, cw, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
                                           s * ri + r, s % 2)
                             else:
                                 dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)

@@ -87,8 +87,6 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                     cw = T.alloc_buffer((unroll * gw,), "uint32", scope="local")
                     xp = T.alloc_buffer((PAIRS,), "uint32", scope="local")
                     iw = T.alloc_buffer((4,), "uint32", scope="local")
-                    hs = T.alloc_buffer((1,), "uint32", scope="local")
-                    ht = T.alloc_buffer((1,), "uint32", scope="local")
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     acc2 = T.alloc_buffer((1,), "uint32", scope="local")
                     for e in range(-(-LANES * table // nthreads)):  # tab[entry * 32 + lane row]
@@ -123,11 +121,8 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                         for v in T.vectorized(4):
                                             xp[c * 4 + v] = xs[((ty * per_warp + g * unroll + u) * (GROUP // BLOCK)
                                                                 + j) * PAIRS + c * 4 + v]
-                                    hs[0] = cw[u * gw + j * bits + 2]
-                                    P.shuffle_high_word(hs, ht)
                                     for i in T.unroll(4):
-                                        iw[i] = P.index_word_3bit(cw[u * gw + j * bits], cw[u * gw + j * bits + 1],
-                                                                  hs[0], i)
+                                        iw[i] = P.index_word_3bit(lambda w: cw[u * gw + j * bits + w], i)
                                     acc2[0] = T.uint32(0)
                                     for i in T.unroll(4):
                                         for m in T.unroll(4):

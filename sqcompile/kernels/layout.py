@@ -25,12 +25,25 @@ def _u32(v) -> tirx.Expr:
 def code_at(word: Word, bits: int, c) -> tirx.Expr:
     """The uint32 code at position ``c`` (0..31) of a block whose words ``word(0..bits-1)`` returns."""
     check_bits(bits)
-    if bits == 3:  # low 2 bits of codes 0-15 / 16-31 in words 0 / 1, high bits of all 32 in word 2
-        lo = (word(c // 16) >> _u32(c % 16 * 2)) & tirx.const(3, "uint32")
-        hi = (word(2) >> _u32(c)) & tirx.const(1, "uint32")
-        return lo | (hi << tirx.const(2, "uint32"))
+    if bits == 3:
+        return _code_3bit(word, c)
     per_word = 32 // bits
     return (word(c // per_word) >> _u32(c % per_word * bits)) & tirx.const((1 << bits) - 1, "uint32")
+
+
+def _code_3bit(word: Word, c) -> tirx.Expr:
+    """Code ``c`` of the 3-bit pair layout: pair p = c // 2 in bits 2-7 of byte p % 4 of word p // 4 (p < 12),
+    or spread over bits 0-1 of byte p - 12 of all three words (p >= 12); the code is bits 3 (c % 2) .. + 2
+    of the pair index."""
+    p, half = c // 2, c % 2
+    main = (word(min(p // 4, 2) if isinstance(p, int) else T.min(p // 4, 2)) >> _u32(p % 4 * 8 + 2 + half * 3)) & tirx.const(7, "uint32")
+    m = _u32((p - 12) % 4 * 8) if not isinstance(p, int) else _u32(max(p - 12, 0) * 8)
+    spread = (((word(0) >> m) & tirx.const(3, "uint32")) | ((word(1) >> m) & tirx.const(3, "uint32")) << _u32(2)
+              | ((word(2) >> m) & tirx.const(3, "uint32")) << _u32(4))
+    spare = (spread >> _u32(half * 3)) & tirx.const(7, "uint32")
+    if isinstance(p, int):
+        return main if p < 12 else spare
+    return T.if_then_else(p < 12, main, spare)
 
 
 def rows_dim(m: int | None) -> int | tirx.Var:

@@ -10,9 +10,12 @@ Layout of ``qweight`` (uint32, shape ``[N, packed_words(K, bits)]``), for a weig
     ``bits`` 128-bit loads);
   * codes come in blocks of 32 codes = ``bits`` words, least significant bits first;
   * 2 and 4 bits: word j of a block holds codes ``j*32/bits .. (j+1)*32/bits - 1``, ``bits`` bits each;
-  * 3 bits: word 0 holds the low 2 bits of codes 0-15, word 1 the low 2 bits of codes 16-31, word 2 the
-    high bit of codes 0-31. No code straddles two words, so every code is decoded by shifts and masks of
-    one or two words.
+  * 3 bits: the block is 16 *pairs* of neighbouring codes, pair p = codes (2p, 2p + 1), each a 6-bit pair
+    index ``code_2p | code_2p+1 << 3``. Byte m of word i holds the index of pair 4i + m in its bits 2-7
+    (pairs 0-11); the two low bits of those 12 bytes hold pairs 12-15: bits 0-1 of byte m of word i are
+    index bits 2i, 2i + 1 of pair 12 + m. Why: the GEMV looks up one half2 table entry per pair by byte
+    offset (4 * index), and here ``word & 0xFCFCFCFC`` already is four such offsets, the fourth offset word
+    three masks and shifts (``kernels/pairs.py``).
 """
 from __future__ import annotations
 
@@ -51,13 +54,11 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     c[:, :k] = codes
     blocks = c.reshape(n, -1, BLOCK)  # [N, nblocks, 32]
     if bits == 3:
-        lo = blocks & 3
-        hi = blocks >> 2
-        shifts2 = (2 * np.arange(16, dtype=np.uint32))
-        w0 = (lo[..., :16] << shifts2).sum(-1, dtype=np.uint64)
-        w1 = (lo[..., 16:] << shifts2).sum(-1, dtype=np.uint64)
-        w2 = (hi << np.arange(32, dtype=np.uint32)).sum(-1, dtype=np.uint64)
-        words = np.stack([w0, w1, w2], axis=-1)
+        idx = blocks[..., 0::2] | blocks[..., 1::2] << 3  # [N, nblocks, 16] pair indices
+        main = idx[..., :12].reshape(n, -1, 3, 4)  # pair 4i + m -> word i, byte m
+        spare = (idx[..., 12:, None] >> (2 * np.arange(3, dtype=np.uint32))) & 3  # [N, nb, m, i]
+        fields = (main << 2) | spare.swapaxes(-1, -2)  # [N, nb, i, m] bytes
+        words = (fields << (8 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint64)
     else:
         per_word = 32 // bits
         sub = blocks.reshape(n, -1, bits, per_word)
@@ -75,15 +76,29 @@ def unpack_codes(qweight: np.ndarray, bits: int, k: int) -> np.ndarray:
         raise ValueError(f"qweight has {w} words per row, expected {packed_words(k, bits)} for K={k}, {bits} bits")
     words = qweight.reshape(n, -1, bits)  # [N, nblocks, bits]
     if bits == 3:
-        s2 = 2 * np.arange(16, dtype=np.uint32)
-        lo = np.concatenate([(words[..., 0:1] >> s2) & 3, (words[..., 1:2] >> s2) & 3], axis=-1)
-        hi = (words[..., 2:3] >> np.arange(32, dtype=np.uint32)) & 1
-        codes = lo | (hi << 2)
+        fields = (words[..., None] >> (8 * np.arange(4, dtype=np.uint32))) & 0xFF  # [N, nb, i, m]
+        main = (fields >> 2).reshape(n, -1, 12)
+        spare = ((fields & 3) << (2 * np.arange(3, dtype=np.uint32))[:, None]).sum(-2)  # [N, nb, m]
+        idx = np.concatenate([main, spare], axis=-1)
+        codes = np.stack([idx & 7, idx >> 3], axis=-1)
     else:
         per_word = 32 // bits
         shifts = bits * np.arange(per_word, dtype=np.uint32)
         codes = (words[..., None] >> shifts) & ((1 << bits) - 1)
     return codes.reshape(n, -1)[:, :k].astype(np.uint8)
+
+
+def upgrade_qweight(qweight: np.ndarray, bits: int, k: int, version: int) -> np.ndarray:
+    """``qweight`` of a QDIR written in format ``version`` repacked in the current layout. Version 1 stored 3
+    bits as low bits of codes 0-15 / 16-31 in words 0 / 1 and the high bits of all 32 in word 2; 2 and 4 bits
+    are unchanged."""
+    if version == 1 and bits == 3:
+        words = np.asarray(qweight, dtype=np.uint32).reshape(qweight.shape[0], -1, 3)
+        s2 = 2 * np.arange(16, dtype=np.uint32)
+        lo = np.concatenate([(words[..., 0:1] >> s2) & 3, (words[..., 1:2] >> s2) & 3], axis=-1)
+        hi = (words[..., 2:3] >> np.arange(32, dtype=np.uint32)) & 1
+        return pack_codes((lo | hi << 2).reshape(qweight.shape[0], -1)[:, :k], bits)
+    return qweight
 
 
 @dataclass

@@ -19,12 +19,13 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import write_atomically
-from .format import QuantizedWeight, check_bits
+from .format import QuantizedWeight, check_bits, upgrade_qweight
 
 log = logging.getLogger(__name__)
 
 FORMAT = "sqcompile"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the 3-bit pair layout (format.py); version 1 QDIRs are repacked when loaded
+READS_VERSIONS = (1, 2)
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -55,9 +56,9 @@ class QuantConfig:
             raise ValueError(f"{where} is not valid JSON: {e}") from e
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ValueError(f"{where} is not a sqcompile quantization config (format != {FORMAT!r})")
-        if raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format_version") not in READS_VERSIONS:
             raise ValueError(f"{where} has format_version {raw.get('format_version')}, this sqcompile reads "
-                             f"{FORMAT_VERSION}")
+                             f"{' and '.join(map(str, READS_VERSIONS))}")
         known = set(QuantConfig.__dataclass_fields__)
         try:
             config = QuantConfig(**{k: v for k, v in raw.items() if k in known})
@@ -149,15 +150,21 @@ def load_quantized(qdir: str | os.PathLike, tokenizer: bool = True) -> Quantized
         raise ValueError(f"{qdir / WEIGHTS_FILE} is corrupt or truncated: {e}") from e
 
     weights: dict[str, QuantizedWeight] = {}
+    if config.format_version != FORMAT_VERSION:
+        log.info("%s is format version %d: repacking its codes to version %d in memory", qdir,
+                 config.format_version, FORMAT_VERSION)
     for name, info in config.modules.items():
         try:
-            weights[name] = QuantizedWeight.from_tensors(
-                {k: v.numpy() for k, v in tensors.items() if k.startswith(name + ".")}, name, config.bits,
-                int(info["out_features"]), int(info["in_features"]))
+            own = {k: v.numpy() for k, v in tensors.items() if k.startswith(name + ".")}
+            own[f"{name}.qweight"] = upgrade_qweight(own[f"{name}.qweight"], config.bits, int(info["in_features"]),
+                                                     config.format_version)
+            weights[name] = QuantizedWeight.from_tensors(own, name, config.bits, int(info["out_features"]),
+                                                         int(info["in_features"]))
         except KeyError as e:
             raise ValueError(f"{qdir / WEIGHTS_FILE} lacks tensor {e} of quantized module {name}") from e
         for suffix in QuantizedWeight.SUFFIXES:
             tensors.pop(f"{name}.{suffix}")
+    config.format_version = FORMAT_VERSION  # what the weights in memory are now
 
     hf_config = AutoConfig.from_pretrained(str(qdir))
     dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
