@@ -55,14 +55,13 @@ def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
-    x_pairs = (padded_k(k) + BLOCK) * 2 if knobs.pairs else 0
     stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
-    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + x_pairs + stage
+    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
 
 
 def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs) -> GemvKnobs:
     """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
-    same rows per block), then the float32 table (no x pairs); a K too large for any raises ValueError.
+    same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any raises ValueError.
     ``lane_rows`` (3 bits only) falls back to the default row-per-warp schedule where it does not apply."""
     if knobs.layout == "lane_rows" and (bits != 3 or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
@@ -96,7 +95,6 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     warps = nthreads // 32
     tab_iters = -(-rpb * table // nthreads)
     red_iters = -(-rpb // warps)
-    xs_words = (nblocks + 1) * BLOCK // 2 if pairs else 0
     row_chunks = words // 4  # 16-byte chunks per row (a row is a whole number of them: format.GROUP)
     batch_chunks = ry * ri * row_chunks
     chunk_iters = -(-batch_chunks // nthreads)
@@ -163,18 +161,6 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
 
     @T.macro
-    def store_x_pairs(xh, xs, tx):
-        """xs[q * (nblocks + 1) + b]: half2 bits of x at the codes of pair slot q of block b (slot-major, so a
-        warp's stores and loads hit consecutive words); every thread with a clamped block writes zeros to
-        block ``nblocks``."""
-        for j in T.unroll(it):
-            for i in T.unroll(nw):
-                for m in T.unroll(fpw):
-                    xs[(i * fpw + m) * (nblocks + 1) + T.min(j * tk + tx, nblocks)] = T.call_pure_extern(
-                        "uint32", "__pack_half2", T.Cast("float16", xh[j * BLOCK + P.pair_codes(bits, i, m)[0]]),
-                        T.Cast("float16", xh[j * BLOCK + P.pair_codes(bits, i, m)[1]]))
-
-    @T.macro
     def dot_pairs(tab, stage, xp, iw, cw, acc, acc2, slot, ty, tx, r, a, buf):
         acc[a] = T.float32(0)
         for j in T.unroll(it):
@@ -209,16 +195,14 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     # One shared allocation with three views: separate ones let TVM's storage rewrite overlap
                     # the partial sums with the table (it misses the table's uses through address_of), a race
                     # when a fast thread stores its sums while others still look up.
-                    smem = T.alloc_buffer((rpb * table + rpb * tk + xs_words + stage_words,), "uint32",
+                    smem = T.alloc_buffer((rpb * table + rpb * tk + stage_words,), "uint32",
                                           scope="shared")
                     tab = T.decl_buffer((rpb * table,), "uint32" if pairs else "float32", data=smem.data,
                                         scope="shared")
                     red = T.decl_buffer((rpb * tk,), "float32", data=smem.data, elem_offset=rpb * table,
                                         scope="shared")
-                    xs = T.decl_buffer((max(xs_words, 1),), "uint32", data=smem.data,
-                                       elem_offset=rpb * table + rpb * tk, scope="shared")
                     stage = T.decl_buffer((stage_words,), "uint32", data=smem.data,
-                                          elem_offset=rpb * table + rpb * tk + xs_words, scope="shared")
+                                          elem_offset=rpb * table + rpb * tk, scope="shared")
                     xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
                     xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
                     xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
@@ -240,16 +224,14 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                     rp[(s * ri + r) * 2 + h] = rowptr[T.min(slot_row(bx, ty, s, r), n - 1) + h]
                     fill_table(lut, tab, bx, ty, tx)
                     load_x(x, xh, tx)
-                    if pairs:
-                        store_x_pairs(xh, xs, tx)
+                    if pairs:  # pair slot q of a block is its codes (2q, 2q + 1): x's own half2 words
+                        for c in T.unroll(it * BLOCK // 2):
+                            xp[c] = T.call_pure_extern("uint32", "__pack_half2", T.Cast("float16", xh[2 * c]),
+                                                       T.Cast("float16", xh[2 * c + 1]))
                     else:
                         for c in T.unroll(it * BLOCK):
                             xr[c] = T.Cast("float32", xh[c])
                     T.tvm_storage_sync("shared")
-                    if pairs:  # back from shared memory, so that ptxas cannot re-pack them at every use
-                        for j in T.unroll(it):
-                            for q in T.unroll(BLOCK // 2):
-                                xp[j * BLOCK // 2 + q] = xs[q * (nblocks + 1) + T.min(j * tk + tx, nblocks)]
                     if sparse:  # the thread's first nonzero of each row, loaded now, used after the dense loop
                         for s in T.unroll(steps):
                             for r in T.unroll(ri):
