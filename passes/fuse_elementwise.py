@@ -1,6 +1,7 @@
 """Lower ordinary Relax ops to TIR and fuse chains of them into single kernels.
 
-This is where RMSNorm (``fuse_rms_norm.py``: one ``rms_norm``), rotary embedding (multiply, rotate, add, with
+This is where RMSNorm (``fuse_rms_norm.py``: one ``rms_norm``, with the residual add before it when a target
+is given), rotary embedding (multiply, rotate, add, with
 its q or k slice of the merged projection: ``split_to_slices.py``) and the SiLU gate (silu, multiply) each
 become one loop nest instead of several passes over memory. TVM's own LegalizeOps / FuseOps / FuseTIR do the
 work; our scheduled kernels are marked opaque so they stay whole.
@@ -10,13 +11,17 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .fuse_add_rms_norm import FuseAddRMSNorm
 from .fuse_rms_norm import FuseRMSNorm
 from .split_to_slices import SplitToSlices
 
 
-def fuse_elementwise() -> tvm.transform.Pass:
+def fuse_elementwise(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+    """With a ``target``, residual adds also fuse with the RMSNorm that reads them (``fuse_add_rms_norm.py``:
+    a kernel per target kind); without, the graph keeps only TVM's own fusion."""
     return tvm.transform.Sequential([
         FuseRMSNorm(),
+        *([FuseAddRMSNorm(target)] if target is not None else []),
         SplitToSlices(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

@@ -29,7 +29,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
         FoldWeightTranspose(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
-        fuse_elementwise(),
+        fuse_elementwise(target.tvm_target()),
         *target.schedule_passes(),
     ]
 

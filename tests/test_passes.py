@@ -248,3 +248,46 @@ def test_tiny_decode_launches_fewer_kernels(tmp_path):
     before, after = kernels(True), kernels(False)
     assert len(after) <= len(before) - 5 * 2, (before, after)
     assert not [k for k in after if k.startswith(("split", "power", "cast"))]
+
+
+def test_residual_add_fuses_with_the_rms_norm_that_reads_it():
+    """add -> rms_norm (the sum also used later, as a residual) is one add_rms_norm kernel with two outputs,
+    the same numbers as the separate ops within fp16 rounding; a broadcasting add is left alone."""
+    rng = np.random.default_rng(7)
+    rows = tvm.tirx.Var("t", "int64")
+
+    def layer(b_rows) -> tvm.IRModule:
+        bb = relax.BlockBuilder()
+        a = relax.Var("a", relax.TensorType((rows, 96), "float16"))
+        b = relax.Var("b", relax.TensorType((b_rows, 96), "float16"))
+        w = relax.Var("w", relax.TensorType((96,), "float16"))
+        with bb.function("main", [a, b, w]):
+            with bb.dataflow():
+                s = bb.emit(relax.op.add(a, b))
+                n = bb.emit(relax.op.nn.rms_norm(s, w, axes=[-1], epsilon=1e-5))
+                out = bb.emit_output(relax.op.add(s, n))  # s has a second user, as the residual does
+            bb.emit_func_output(out)
+        return bb.get()
+
+    fused = fuse_elementwise(LLVM.tvm_target())(layer(rows))
+    names = _calls(fused)
+    assert names.count("add_rms_norm_96_float16") == 1 and "relax.nn.rms_norm" not in names
+    assert "add_rms_norm_96_float16" in _prim_funcs(fused)
+    assert "add_rms_norm_96_float16" not in _prim_funcs(fuse_elementwise(LLVM.tvm_target())(layer(1)))
+    av, bv = (rng.standard_normal((2, 5, 96)) * 3).astype(np.float16)
+    wv = rng.standard_normal(96).astype(np.float16)
+    vm = relax.VirtualMachine(tvm.compile(fused, LLVM.tvm_target()), tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(v) for v in (av, bv, wv))).numpy()
+    s = (av + bv).astype(np.float64)
+    ref = s + wv * s / np.sqrt((s ** 2).mean(-1, keepdims=True) + 1e-5)
+    assert rel_error(got, ref) < 2e-3
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="needs nvcc")
+def test_add_rms_norm_compiles_for_cuda():
+    from sqcompile.kernels.norm import add_rms_norm
+    t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    for hidden in (576, 4096, 100):
+        with t:
+            tvm.compile(tvm.IRModule({"main": add_rms_norm(hidden, "float16", 1e-5, t).with_attr(
+                "global_symbol", "main")}), target=t)

@@ -1,0 +1,91 @@
+"""Residual add fused with the RMSNorm that reads it: ``s = a + b`` and ``n = rms_norm(s) * w`` in one kernel.
+
+A decoder layer adds each sublayer's output to the residual stream and normalizes the sum right away. As two
+kernels that is one more launch per sublayer (64 per 7B decode step) and one more round trip of the hidden
+state through memory; here each row is read once, and both the new residual ``s`` and the normalized ``n``
+are written. Numerics follow TVM's ``rms_norm`` legalization (topi): ``s`` is rounded to the activation dtype
+(as the separate add rounds it), then ``n = dtype(rsqrt(sum(s32^2) / H + eps) * s32 * w32)``.
+
+On CUDA one block of ``THREADS`` threads owns a row: each thread keeps its strided elements of ``s`` in
+registers between the sum of squares (warp shuffles, then one shared-memory step across warps) and the scaling.
+On llvm the same math runs as plain loops, one parallel task per row.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+THREADS = 256
+FULL_MASK = 0xFFFFFFFF
+OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
+
+
+def add_rms_norm(hidden: int, dtype: str, eps: float, target: tvm.target.Target) -> tirx.PrimFunc:
+    """``(a [rows, hidden], b [rows, hidden], w [hidden]) -> (s, n)``, rows symbolic."""
+    if target.kind.name == "cuda":
+        return _cuda(hidden, dtype, eps)
+    if target.kind.name == "llvm":
+        return _llvm(hidden, dtype, eps)
+    raise ValueError(f"no add + RMSNorm kernel for target kind {target.kind.name!r}")
+
+
+def _cuda(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
+    per = -(-hidden // THREADS)  # elements per thread
+    warps = THREADS // 32
+
+    @T.prim_func(private=True, s_tir=True)
+    def add_rms_norm(a_h: T.handle, b_h: T.handle, w: T.Buffer((hidden,), dtype), s_h: T.handle, n_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        rows = T.int64()
+        a = T.match_buffer(a_h, (rows, hidden), dtype)
+        b = T.match_buffer(b_h, (rows, hidden), dtype)
+        s = T.match_buffer(s_h, (rows, hidden), dtype)
+        n = T.match_buffer(n_h, (rows, hidden), dtype)
+        for r in T.thread_binding(rows, thread="blockIdx.x"):
+            for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
+                sr = T.alloc_buffer((per,), "float32", scope="local")
+                acc = T.alloc_buffer((1,), "float32", scope="local")
+                warp_sums = T.alloc_buffer((warps,), "float32", scope="shared")
+                acc[0] = T.float32(0)
+                for e in T.unroll(per):
+                    if e * THREADS + tx < hidden:
+                        s[r, e * THREADS + tx] = a[r, e * THREADS + tx] + b[r, e * THREADS + tx]
+                        sr[e] = T.Cast("float32", a[r, e * THREADS + tx] + b[r, e * THREADS + tx])
+                        acc[0] = acc[0] + sr[e] * sr[e]
+                for i in T.unroll(5):
+                    acc[0] = acc[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), acc[0], 16 >> i, 32, 32)
+                if tx % 32 == 0:
+                    warp_sums[tx // 32] = acc[0]
+                T.tvm_storage_sync("shared")
+                acc[0] = T.float32(0)
+                for i in T.unroll(warps):
+                    acc[0] = acc[0] + warp_sums[i]
+                acc[0] = T.rsqrt(acc[0] / T.float32(hidden) + T.float32(eps))
+                for e in T.unroll(per):
+                    if e * THREADS + tx < hidden:
+                        n[r, e * THREADS + tx] = T.Cast(dtype, acc[0] * sr[e] * T.Cast("float32", w[e * THREADS + tx]))
+
+    return add_rms_norm
+
+
+def _llvm(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
+    @T.prim_func(private=True, s_tir=True)
+    def add_rms_norm(a_h: T.handle, b_h: T.handle, w: T.Buffer((hidden,), dtype), s_h: T.handle, n_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+        rows = T.int64()
+        a = T.match_buffer(a_h, (rows, hidden), dtype)
+        b = T.match_buffer(b_h, (rows, hidden), dtype)
+        s = T.match_buffer(s_h, (rows, hidden), dtype)
+        n = T.match_buffer(n_h, (rows, hidden), dtype)
+        for r in T.parallel(rows):
+            acc = T.alloc_buffer((1,), "float32")
+            acc[0] = T.float32(0)
+            for i in range(hidden):
+                s[r, i] = a[r, i] + b[r, i]
+                acc[0] = acc[0] + T.Cast("float32", s[r, i]) * T.Cast("float32", s[r, i])
+            acc[0] = T.rsqrt(acc[0] / T.float32(hidden) + T.float32(eps))
+            for i in range(hidden):
+                n[r, i] = T.Cast(dtype, acc[0] * T.Cast("float32", s[r, i]) * T.Cast("float32", w[i]))
+
+    return add_rms_norm
