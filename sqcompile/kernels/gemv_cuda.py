@@ -3,13 +3,13 @@
 Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
   * x is read once per CUDA block into registers: thread ``tx`` owns the 32-code blocks
     ``tx, tx + threads_k, ...`` of every row, so its slice of x is the same for all rows of the block;
-  * codes are read row-major with consecutive threads on consecutive blocks (coalesced); a thread loads the
-    words of ``rows_inner`` rows at once, and the ``steps`` batches are unrolled with the next batch's loads
-    issued before the current batch's arithmetic (register double buffering), to keep many loads in flight;
+  * codes are copied row-major into shared memory with ``cp.async`` (whole rows: coalesced 16-byte chunks),
+    ``rows_inner`` rows per thread group and batch; ``stages`` batches are in flight at once, each buffer
+    refilled with a later batch once every thread is done with it;
   * LUT placement (``pairs`` knob): a per-row pair table of half2 (``pairs.py``: one field extraction, one
-    lookup and one HFMA2 per two codes; x held as fp16 pairs; the half2 partial sums of a 32-code block are
-    added into float32), or a per-row float32 table (one decode, lookup and FFMA per code). All lanes of a
-    warp read the same row's table;
+    lookup and one HFMA2 per two neighbouring codes, whose x pair is x's own half2 word; the half2 partial
+    sums of a 32-code block are added into float32), or a per-row float32 table (one decode, lookup and
+    FFMA per code). All lanes of a warp read the same row's table;
   * the sparse part is fused: a row's nonzeros are split over its ``threads_k`` threads; the first one of
     each thread (col, val) is loaded before the dense loop so its latency hides behind it, the rare rest after;
   * partial sums go to shared memory and are reduced once at the end, one warp per row with shuffles;

@@ -16,19 +16,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def import_results(doc: dict, folder: Path | None = None) -> Path:
-    """Keep the fastest correct candidate of every measured shape as that shape's record."""
+def import_results(docs: list[dict], folder: Path | None = None) -> Path:
+    """Keep the fastest correct candidate of every measured shape as that shape's record. Several documents
+    (runs of different candidate sets on the same GPU) are pooled per shape."""
     from sqcompile.targets.tuning import Record, load, save
-    recs = load(doc["arch"], folder)
-    recs.device = doc.get("device", recs.device)
-    for cfg in doc["configs"]:
-        timed = [c for c in cfg["candidates"] if c["us"] is not None]
+    if len({d["arch"] for d in docs}) != 1:
+        raise ValueError(f"results of different architectures: {sorted({d['arch'] for d in docs})}")
+    recs = load(docs[0]["arch"], folder)
+    recs.device = docs[-1].get("device", recs.device)
+    pooled: dict[tuple, list[dict]] = {}
+    for doc in docs:
+        for cfg in doc["configs"]:
+            key = (cfg["kind"], cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], cfg["m"])
+            pooled.setdefault(key, []).extend(cfg["candidates"])
+    for (kind, n, k, bits, sparse, m), cands in pooled.items():
+        timed = [c for c in cands if c["us"] is not None]
         if not timed:
             continue
         best = min(timed, key=lambda c: c["us"])
-        default = next((c["us"] for c in cfg["candidates"] if c["default"]), None)
-        recs.add(Record(cfg["kind"], cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], best["knobs"], best["us"],
-                        default, cfg["m"]))
+        default = next((c["us"] for c in cands if c["default"] and c["us"] is not None), None)
+        recs.add(Record(kind, n, k, bits, sparse, best["knobs"], best["us"], default, m))
     return save(recs, folder)
 
 
@@ -36,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target != "cuda":
         raise ValueError(f"only --target cuda is tunable, got {args.target!r}")
     if args.import_results:
-        path = import_results(json.loads(Path(args.import_results).read_text()))
+        path = import_results([json.loads(Path(p).read_text()) for p in args.import_results])
         log.info("tuning records written to %s", path)
         return 0
     from .export import export_candidates
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from .measure import measure_export
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_candidates(Path(tmp) / "candidates", args.arch, "benchmark")
-        path = import_results(measure_export(folder))
+        path = import_results([measure_export(folder)])
     log.info("tuning records written to %s", path)
     return 0
 
@@ -62,6 +69,6 @@ def register(subparsers) -> None:
     p.add_argument("--target", default="cuda", help="target kind (cuda)")
     p.add_argument("--arch", default="sm_90", help="GPU architecture, e.g. sm_80, sm_86, sm_89, sm_90")
     p.add_argument("--export", metavar="DIR", help="only build the candidates into DIR (no GPU needed)")
-    p.add_argument("--import", dest="import_results", metavar="RESULTS_JSON",
-                   help="turn measured results into targets/records/<arch>.json")
+    p.add_argument("--import", dest="import_results", metavar="RESULTS_JSON", nargs="+",
+                   help="turn measured results (one or more runs, pooled per shape) into targets/records/<arch>.json")
     p.set_defaults(func=run)
