@@ -240,14 +240,14 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         for c in T.unroll(it * BLOCK):
                             xr[c] = T.Cast("float32", xh[c])
                     T.tvm_storage_sync("shared")
-                    if sparse:  # the thread's first nonzero of each row, loaded now, used after the dense loop
+                    if sparse:  # the thread's first nonzero of each row and its x, loaded now, added after the loop
                         for s in T.unroll(steps):
                             for r in T.unroll(ri):
                                 sc[s * ri + r] = T.if_then_else(rp[(s * ri + r) * 2] + tx < rp[(s * ri + r) * 2 + 1],
                                                                 col[rp[(s * ri + r) * 2] + tx], 0)
                                 sv[s * ri + r] = T.if_then_else(rp[(s * ri + r) * 2] + tx < rp[(s * ri + r) * 2 + 1],
                                                                 T.Cast("float32", val[rp[(s * ri + r) * 2] + tx]),
-                                                                T.float32(0))
+                                                                T.float32(0)) * T.Cast("float32", x[0, sc[s * ri + r]])
                     for s in T.unroll(steps):
                         # batch s landed; the later ones issued so far may still be in flight
                         T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_N, T.min(steps - s - 1, depth - 1)))
@@ -265,7 +265,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     if sparse:
                         for s in T.unroll(steps):
                             for r in T.unroll(ri):
-                                acc[s * ri + r] = acc[s * ri + r] + sv[s * ri + r] * T.Cast("float32", x[0, sc[s * ri + r]])
+                                acc[s * ri + r] = acc[s * ri + r] + sv[s * ri + r]
                                 for e in range(1, T.ceildiv(rp[(s * ri + r) * 2 + 1] - rp[(s * ri + r) * 2], tk)):
                                     if rp[(s * ri + r) * 2] + e * tk + tx < rp[(s * ri + r) * 2 + 1]:
                                         acc[s * ri + r] = acc[s * ri + r] + T.Cast(
