@@ -37,18 +37,15 @@ class Config:
 def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnobs]:
     """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
     first H100 exploration (pair table at 2-3 bits, float32 table at 4 bits: NOTES.md) gets the full grid,
-    the other one two points; every grid point of 4+ steps also with all its batches in flight at once
-    (``stages``); dense 3 bits also the lane_rows layout (2-17% slower than v4 on the H100)."""
+    the other one two points; dense 3 bits also the lane_rows layout (2-17% slower than v4 on the H100)."""
     from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
     primary = bits < 4
-    grid = [(primary, tk, ri, steps, 2) for tk in (128, 64)
-            for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4), (1, 4), (1, 8))]
-    grid += [(primary, tk, ri, steps, steps) for tk in (128, 64) for ri, steps in ((2, 4), (4, 4), (1, 4), (1, 8))]
-    grid += [(not primary, 128, ri, 2, 2) for ri in (2, 4)]
+    grid = [(primary, tk, ri, steps) for tk in (128, 64) for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4))]
+    grid += [(not primary, 128, ri, 2) for ri in (2, 4)]
     out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits))]
-    for pairs, tk, ri, steps, stages in grid:
-        kn = GemvKnobs(threads_k=tk, rows_y=1, rows_inner=ri, steps=steps, pairs=pairs, stages=stages)
+    for pairs, tk, ri, steps in grid:
+        kn = GemvKnobs(threads_k=tk, rows_y=1, rows_inner=ri, steps=steps, pairs=pairs)
         if -(-nblocks // tk) * ri > 16 or -(-n // kn.rows_per_block) < 132:
             continue  # too many registers, or too few blocks to fill the GPU
         if kn not in out and gemv_shared_bytes(k, bits, kn) <= SHARED_LIMIT:
@@ -84,8 +81,7 @@ def check_configs() -> list[tuple[Config, list]]:
     from .gemv_cuda import fit_gemv_knobs
     out = []
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
-            GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
-            GemvKnobs(128, 1, 2, 4, stages=4), GemvKnobs(64, 1, 1, 8, pairs=False, stages=8)]
+            GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False)]
     shapes = ((1000, 1000), (333, 4160), (4096, 11008))
     for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
         fitted = list(dict.fromkeys(fit_gemv_knobs(k, bits, kn) for kn in gemv))
@@ -98,11 +94,14 @@ def check_configs() -> list[tuple[Config, list]]:
 
 
 def explore_configs() -> list[tuple[Config, list]]:
-    """The GEMV candidates with more than two batches in flight (``stages``), dense, on every 7B shape."""
+    """A quick look at the GEMV knobs (one row group per block, 1-2 steps) on three shapes, dense, plus the
+    sparse variant of one shape: about 120 kernels, a few minutes of nvcc."""
     out = []
-    for (n, k), bits in itertools.product(LLAMA7B_SHAPES, (3, 4)):
-        space = [kn for kn in gemv_space(n, k, bits) if kn.stages > 2]
-        out.append((Config("gemv", n, k, bits, False, 1), space))
+    for (n, k), bits, sparse in itertools.product(LLAMA7B_SHAPES[:3], (3, 4), (False, True)):
+        if sparse and (n, k) != (11008, 4096):
+            continue
+        space = [kn for kn in gemv_space(n, k, bits, sparse) if kn.rows_y == 1 and kn.steps <= 2 and kn.threads_k <= 128]
+        out.append((Config("gemv", n, k, bits, sparse, 1), space[:8] if sparse else space))
     return out
 
 

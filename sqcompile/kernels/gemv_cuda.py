@@ -36,14 +36,8 @@ HFMA2_U32 = ("[](unsigned a, unsigned b, unsigned c) { __half2 r = __hfma2(*(__h
 CP_ASYNC_16 = ('[](void* dst, const void* src) { asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: '
                '"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory"); return 0; }')
 CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
-
 CP_ASYNC_WAIT_0 = '[]() { asm volatile("cp.async.wait_group 0;" ::: "memory"); return 0; }'
 CP_ASYNC_WAIT_1 = '[]() { asm volatile("cp.async.wait_group 1;" ::: "memory"); return 0; }'
-MAX_STAGES = 8
-# Wait until at most n commit groups are in flight; n must be an immediate in PTX, so a switch that folds
-# away once the unrolled caller passes a constant.
-CP_ASYNC_WAIT_N = "[](int n) { switch (n) { " + " ".join(
-    f'case {i}: asm volatile("cp.async.wait_group {i};" ::: "memory"); break;' for i in range(MAX_STAGES)) + " } return 0; }"
 # A table entry by byte offset, so that the offset (4 * index, as the index words hold it) needs no scaling.
 LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*)((const char*)row + off); }"
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
@@ -61,20 +55,18 @@ def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
-    stage = min(knobs.stages, knobs.steps) * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
+    stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
     return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
 
 
 def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs) -> GemvKnobs:
-    """``knobs`` made to fit the static shared-memory limit at this K: fewer batches in flight (down to two),
-    fewer rows per batch (more steps, the same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any raises ValueError.
+    """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
+    same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any raises ValueError.
     ``lane_rows`` (3 bits only) falls back to the default row-per-warp schedule where it does not apply."""
     if knobs.layout == "lane_rows" and (bits != 3 or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
     while gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
-        if min(knobs.stages, knobs.steps) > 2:
-            knobs = replace(knobs, stages=min(knobs.stages, knobs.steps) - 1)
-        elif knobs.rows_inner > 1:
+        if knobs.rows_inner > 1:
             knobs = replace(knobs, rows_inner=knobs.rows_inner // 2, steps=knobs.steps * 2)
         elif knobs.rows_y > 1:
             knobs = replace(knobs, rows_y=knobs.rows_y // 2, steps=knobs.steps * 2)
@@ -106,8 +98,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     row_chunks = words // 4  # 16-byte chunks per row (a row is a whole number of them: format.GROUP)
     batch_chunks = ry * ri * row_chunks
     chunk_iters = -(-batch_chunks // nthreads)
-    depth = min(knobs.stages, steps)  # batches in flight
-    stage_words = depth * ry * ri * words
+    stage_words = 2 * ry * ri * words
 
     def byte_offset(word, m):
         """Byte offset of the table entry named by field m: at 3 bits the field is 4 * index already and one
@@ -223,8 +214,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     sc = T.alloc_buffer((slots,), "int32", scope="local")
                     sv = T.alloc_buffer((slots,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
-                    for b in T.unroll(depth):
-                        issue_batch(q, stage, bx, ty, tx, b, b)
+                    issue_batch(q, stage, bx, ty, tx, 0, 0)
+                    if steps > 1:
+                        issue_batch(q, stage, bx, ty, tx, 1, 1)
                     if sparse:
                         for s in T.unroll(steps):
                             for r in T.unroll(ri):
@@ -249,19 +241,20 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                                                 T.Cast("float32", val[rp[(s * ri + r) * 2] + tx]),
                                                                 T.float32(0)) * T.Cast("float32", x[0, sc[s * ri + r]])
                     for s in T.unroll(steps):
-                        # batch s landed; the later ones issued so far may still be in flight
-                        T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_N, T.min(steps - s - 1, depth - 1)))
+                        if s + 1 < steps:  # batch s landed (s + 1 may still be in flight)
+                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_1))
+                        else:
+                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_0))
                         T.tvm_storage_sync("shared")
                         for r in T.unroll(ri):
                             if pairs:
                                 dot_pairs(tab, stage, xp, iw, cw, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
-                                          s * ri + r, s % depth)
+                                          s * ri + r, s % 2)
                             else:
-                                dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r,
-                                           s % depth)
-                        if s + depth < steps:  # every thread is done with buffer s % depth: refill it
+                                dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)
+                        if s + 2 < steps:  # every thread is done with buffer s % 2: refill it with batch s + 2
                             T.tvm_storage_sync("shared")
-                            issue_batch(q, stage, bx, ty, tx, s + depth, s % depth)
+                            issue_batch(q, stage, bx, ty, tx, s + 2, s % 2)
                     if sparse:
                         for s in T.unroll(steps):
                             for r in T.unroll(ri):

@@ -21,12 +21,7 @@ class GemvKnobs:
 
     ``layout="lane_rows"`` (3 bits, dense; ``gemv_lanes.py``) puts the 32 lanes of a warp on 32 rows with
     transposed pair tables instead; it reads only ``threads_k`` (threads per 32-row block, its warps split K)
-    and ``steps`` (128-code groups a lane loads before using them).
-
-    ``stages``: batches whose codes are in flight at once (cp.async buffers in shared memory, at most
-    ``steps``). Two overlap one batch's loads with the previous batch's arithmetic; ``stages == steps``
-    issues every load of the block before the first use, one memory latency per block instead of
-    ``steps - 1``."""
+    and ``steps`` (128-code groups a lane loads before using them)."""
 
     threads_k: int = 128
     rows_y: int = 1
@@ -34,7 +29,6 @@ class GemvKnobs:
     steps: int = 4
     pairs: bool = True
     layout: str = "row_warps"
-    stages: int = 2
 
     @property
     def rows_per_block(self) -> int:
@@ -52,8 +46,6 @@ class GemvKnobs:
             raise ValueError(f"{self.threads_k * self.rows_y} threads per block exceed {MAX_THREADS}")
         if min(self.rows_y, self.rows_inner, self.steps) < 1:
             raise ValueError(f"rows_y, rows_inner and steps must be >= 1: {self}")
-        if not 1 <= self.stages <= 8:
-            raise ValueError(f"stages must be 1..8, got {self.stages}")
         if self.layout not in ("row_warps", "lane_rows"):
             raise ValueError(f"layout must be 'row_warps' or 'lane_rows', got {self.layout!r}")
 
