@@ -1,7 +1,7 @@
 """Tuning records: importing measured runs (pooled per shape) and reading knobs back."""
 import pytest
 
-from sqcompile.kernels.knobs import GemvKnobs, knobs_from_dict, knobs_to_dict
+from sqcompile.kernels.knobs import GemvKnobs, knobs_to_dict
 from sqcompile.kernels.tune import import_results
 from sqcompile.targets.tuning import load
 
@@ -14,7 +14,7 @@ def _doc(candidates: list[tuple[dict, float | None, bool]], n: int = 4096) -> di
 
 
 def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
-    base, deep = knobs_to_dict(GemvKnobs()), knobs_to_dict(GemvKnobs(steps=4, stages=4))
+    base, deep = knobs_to_dict(GemvKnobs()), knobs_to_dict(GemvKnobs(steps=8))
     failed = knobs_to_dict(GemvKnobs(threads_k=64))
     first = _doc([(base, 6.0, True), (failed, None, False)])
     second = _doc([(deep, 4.5, False)])
@@ -25,9 +25,3 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
     assert len(load("sm_90", tmp_path).records) == 2
     with pytest.raises(ValueError, match="architectures"):
         import_results([first, {**second, "arch": "sm_80"}], tmp_path)
-
-
-def test_stages_knob_is_checked_and_round_trips():
-    assert knobs_from_dict("gemv", {"steps": 8, "stages": 8}).stages == 8
-    with pytest.raises(ValueError, match="stages"):
-        knobs_from_dict("gemv", {"stages": 9})

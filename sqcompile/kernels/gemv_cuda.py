@@ -4,8 +4,8 @@ Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
   * x is read once per CUDA block into registers: thread ``tx`` owns the 32-code blocks
     ``tx, tx + threads_k, ...`` of every row, so its slice of x is the same for all rows of the block;
   * codes are copied row-major into shared memory with ``cp.async`` (whole rows: coalesced 16-byte chunks),
-    ``rows_inner`` rows per thread group and batch; ``stages`` batches are in flight at once, each buffer
-    refilled with a later batch once every thread is done with it;
+    ``rows_inner`` rows per thread group and batch, two batches in flight (double buffering: more buffers
+    measured slower on the H100, fewer blocks fit an SM);
   * LUT placement (``pairs`` knob): a per-row pair table of half2 (``pairs.py``: one field extraction, one
     lookup and one HFMA2 per two neighbouring codes, whose x pair is x's own half2 word; the half2 partial
     sums of a 32-code block are added into float32), or a per-row float32 table (one decode, lookup and

@@ -89,6 +89,8 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                     iw = T.alloc_buffer((4,), "uint32", scope="local")
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     acc2 = T.alloc_buffer((1,), "uint32", scope="local")
+                    lane4 = T.alloc_buffer((1,), "uint32", scope="local")  # byte offset of the lane's row
+                    lane4[0] = T.Cast("uint32", tx * 4)
                     for e in range(-(-LANES * table // nthreads)):  # tab[entry * 32 + lane row]
                         if e * nthreads + ty * LANES + tx < LANES * table:
                             tab[e * nthreads + ty * LANES + tx] = T.call_pure_extern(
@@ -127,9 +129,9 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                     for i in T.unroll(4):
                                         for m in T.unroll(4):
                                             acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[i * 4 + m], T.call_extern(
-                                                "uint32", LOAD_AT_BYTE, T.address_of(tab[tx]), T.call_pure_extern(
+                                                "uint32", LOAD_AT_BYTE, T.address_of(tab[0]), (T.call_pure_extern(
                                                     "uint32", "__byte_perm", iw[i], T.uint32(0),
-                                                    T.uint32(0x4440 + m)) << T.uint32(5)), acc2[0])
+                                                    T.uint32(0x4440 + m)) << T.uint32(5)) + lane4[0]), acc2[0])
                                     acc[0] = acc[0] + T.call_pure_extern("float32", HALF2_SUM, acc2[0])
                     T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_0))
                     red[ty * LANES + tx] = acc[0]
