@@ -81,7 +81,8 @@ def check_configs() -> list[tuple[Config, list]]:
     from .gemv_cuda import fit_gemv_knobs
     out = []
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
-            GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False)]
+            GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
+            GemvKnobs(128, steps=2, layout="lane_rows")]
     shapes = ((1000, 1000), (333, 4160), (4096, 11008))
     for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
         fitted = list(dict.fromkeys(fit_gemv_knobs(k, bits, kn) for kn in gemv))
@@ -94,14 +95,14 @@ def check_configs() -> list[tuple[Config, list]]:
 
 
 def explore_configs() -> list[tuple[Config, list]]:
-    """A quick look at the GEMV knobs (one row group per block, 1-2 steps) on three shapes, dense, plus the
-    sparse variant of one shape: about 120 kernels, a few minutes of nvcc."""
+    """A quick look at two things on every 7B shape: the lane_rows layout (dense 3 bits, four thread/step
+    shapes) beside v4's default, and the sparse GEMV (3 and 4 bits) over the first candidates of its space."""
     out = []
-    for (n, k), bits, sparse in itertools.product(LLAMA7B_SHAPES[:3], (3, 4), (False, True)):
-        if sparse and (n, k) != (11008, 4096):
-            continue
-        space = [kn for kn in gemv_space(n, k, bits, sparse) if kn.rows_y == 1 and kn.steps <= 2 and kn.threads_k <= 128]
-        out.append((Config("gemv", n, k, bits, sparse, 1), space[:8] if sparse else space))
+    lanes = [GemvKnobs(threads_k=tk, steps=st, layout="lane_rows") for tk, st in ((128, 1), (128, 2), (256, 1), (64, 2))]
+    for n, k in LLAMA7B_SHAPES:
+        out.append((Config("gemv", n, k, 3, False, 1), [GemvKnobs.default(3), *lanes]))
+        for bits in (3, 4):
+            out.append((Config("gemv", n, k, bits, True, 1), gemv_space(n, k, bits, True)[:6]))
     return out
 
 
