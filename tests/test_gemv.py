@@ -22,6 +22,7 @@ def test_lane_rows_falls_back_where_it_does_not_apply():
     assert fit_gemv_knobs(4096, 3, LANES) == LANES
     assert fit_gemv_knobs(4096, 4, LANES) == fit_gemv_knobs(4096, 4, GemvKnobs.default(4))
     assert fit_gemv_knobs(40000, 3, LANES).layout == "row_warps"  # x pairs past the shared-memory limit
+    assert fit_gemv_knobs(4096, 3, LANES, sparse=True).layout == "row_warps"  # a dense record, a sparse shape
 
 
 def test_lane_rows_rejects_sparse_and_other_bits():

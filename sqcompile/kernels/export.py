@@ -85,9 +85,9 @@ def check_configs() -> list[tuple[Config, list]]:
             GemvKnobs(128, steps=2, layout="lane_rows")]
     shapes = ((1000, 1000), (333, 4160), (4096, 11008))
     for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
-        fitted = list(dict.fromkeys(fit_gemv_knobs(k, bits, kn) for kn in gemv))
         for sparse in (False, True):
-            out.append((Config("gemv", n, k, bits, sparse, 1), fitted))
+            out.append((Config("gemv", n, k, bits, sparse, 1),
+                        list(dict.fromkeys(fit_gemv_knobs(k, bits, kn, sparse) for kn in gemv))))
         out.append((Config("gemm", n, k, bits, True, 37), gemm_space()[:2]))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), gemm_space()[:1]))
@@ -97,10 +97,12 @@ def check_configs() -> list[tuple[Config, list]]:
 def explore_configs() -> list[tuple[Config, list]]:
     """A quick look at two things on every 7B shape: the lane_rows layout (dense 3 bits, four thread/step
     shapes) beside v4's default, and the sparse GEMV (3 and 4 bits) over the first candidates of its space."""
+    from .gemv_cuda import fit_gemv_knobs
     out = []
     lanes = [GemvKnobs(threads_k=tk, steps=st, layout="lane_rows") for tk, st in ((128, 1), (128, 2), (256, 1), (64, 2))]
     for n, k in LLAMA7B_SHAPES:
-        out.append((Config("gemv", n, k, 3, False, 1), [GemvKnobs.default(3), *lanes]))
+        space = dict.fromkeys(fit_gemv_knobs(k, 3, kn) for kn in [GemvKnobs.default(3), *lanes])
+        out.append((Config("gemv", n, k, 3, False, 1), list(space)))
         for bits in (3, 4):
             out.append((Config("gemv", n, k, bits, True, 1), gemv_space(n, k, bits, True)[:6]))
     return out

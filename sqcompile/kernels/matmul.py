@@ -46,7 +46,7 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
         if m == 1:
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
                 knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
-                                       or GemvKnobs.default(bits))
+                                       or GemvKnobs.default(bits), sparse)
             rule = cuda_lut_gemv_lanes if knobs.layout == "lane_rows" else cuda_lut_gemv
             func = rule(n, k, bits, sparse, act_dtype, knobs)
         else:
