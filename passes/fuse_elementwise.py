@@ -13,16 +13,19 @@ from tvm import relax
 
 from .fuse_add_rms_norm import FuseAddRMSNorm
 from .fuse_rms_norm import FuseRMSNorm
+from .fuse_rope_kv_write import FuseRopeKVWrite
 from .split_to_slices import SplitToSlices
 
 
 def fuse_elementwise(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """With a ``target``, residual adds also fuse with the RMSNorm that reads them (``fuse_add_rms_norm.py``:
-    a kernel per target kind); without, the graph keeps only TVM's own fusion."""
+    """With a ``target``, residual adds also fuse with the RMSNorm that reads them (``fuse_add_rms_norm.py``)
+    and a decode step's rotary with its KV-cache writes (``fuse_rope_kv_write.py``): kernels per target kind.
+    Without, the graph keeps only TVM's own fusion."""
     return tvm.transform.Sequential([
         FuseRMSNorm(),
         *([FuseAddRMSNorm(target)] if target is not None else []),
         SplitToSlices(),
+        *([FuseRopeKVWrite(target)] if target is not None else []),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

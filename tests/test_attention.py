@@ -81,7 +81,7 @@ def _callees(func: relax.Function) -> list[str]:
     found = []
 
     def visit(e):
-        if isinstance(e, relax.Call) and e.op.name == "relax.call_tir":
+        if isinstance(e, relax.Call) and e.op.name in ("relax.call_tir", "relax.call_tir_inplace"):
             found.append(e.args[0].name_hint)
     relax.analysis.post_order_visit(func.body, visit)
     return found
@@ -151,3 +151,40 @@ def test_cuda_kernels_build_for_sm90_without_a_gpu(tmp_path):
                    check=True, capture_output=True)
     assert (tmp_path / "attn" / "kernels.so").stat().st_size > 0
     assert (tmp_path / "attn" / "manifest.json").is_file()
+
+
+def test_rotary_and_kv_writes_fuse_in_decode_only(traced):
+    """q/k rotary, v's slice and both cache writes of a decode layer are one rope_kv_write call; prefill keeps
+    the generic ops and the row-write kernel."""
+    from sqcompile.passes.fuse_rope_kv_write import FuseRopeKVWrite
+    from sqcompile.passes.split_to_slices import SplitToSlices
+    mod = FuseRopeKVWrite(LLVM)(SplitToSlices()(traced))
+    decode, prefill = _callees(mod["decode"]), _callees(mod["prefill"])
+    assert sum(c.startswith("rope_kv_write") for c in decode) == 2  # one per layer
+    assert not any(c.startswith("kv_write_rows") for c in decode)
+    assert "relax.concat" not in _ops(mod["decode"])
+    assert sum(c.startswith("kv_write_rows") for c in prefill) == 4
+
+
+def test_rope_kv_write_kernel_matches_numpy():
+    """The fused kernel against the graph's own arithmetic (fp16 products and sum), caches written at the
+    position only."""
+    from sqcompile.kernels.rope import rope_kv_write
+    rng = np.random.default_rng(5)
+    heads, nkv, d, ctx, pos = 4, 2, 16, 7, 5
+    qkv = rng.standard_normal((1, (heads + 2 * nkv) * d)).astype(np.float16)
+    cos, sin = (rng.standard_normal((2, 1, 1, d))).astype(np.float16)
+    caches = [np.full((ctx, nkv, d), 7, np.float16) for _ in range(2)]
+    f = rope_kv_write(heads, nkv, d, "float16", LLVM)
+    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=LLVM)
+    args = [tvm.runtime.tensor(a) for a in (qkv, cos, sin, *caches, np.array([pos], np.int64),
+                                              np.zeros((1, heads, d), np.float16))]
+    lib["main"](*args)
+    x = qkv.reshape(heads + 2 * nkv, d)
+    rotated = np.concatenate([-x[:, d // 2:], x[:, :d // 2]], axis=1)
+    ref = x * cos[0, 0] + rotated * sin[0, 0]  # fp16 throughout, as traced
+    np.testing.assert_allclose(args[6].numpy()[0], ref[:heads], rtol=1e-3, atol=1e-3)
+    k_out, v_out = args[3].numpy(), args[4].numpy()
+    np.testing.assert_allclose(k_out[pos], ref[heads:heads + nkv], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(v_out[pos], x[heads + nkv:])
+    assert (np.delete(k_out, pos, axis=0) == 7).all() and (np.delete(v_out, pos, axis=0) == 7).all()
