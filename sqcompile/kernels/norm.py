@@ -23,16 +23,10 @@ OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
 
 def add_rms_norm(hidden: int, dtype: str, eps: float, target: tvm.target.Target) -> tirx.PrimFunc:
     """``(a [rows, hidden], b [rows, hidden], w [hidden]) -> (s, n)``, rows symbolic."""
-    if target.kind.name == "cuda":
-        return _cuda(hidden, dtype, eps)
-    if target.kind.name == "llvm":
-        return _llvm(hidden, dtype, eps)
-    raise ValueError(f"no add + RMSNorm kernel for target kind {target.kind.name!r}")
-
-
-def _cuda(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
-    per = -(-hidden // THREADS)  # elements per thread
-    warps = THREADS // 32
+    kinds = {"cuda": _cuda_rows, "llvm": _llvm_rows}
+    if target.kind.name not in kinds:
+        raise ValueError(f"no add + RMSNorm kernel for target kind {target.kind.name!r}")
+    rows_body = kinds[target.kind.name](hidden, dtype, eps)
 
     @T.prim_func(private=True, s_tir=True)
     def add_rms_norm(a_h: T.handle, b_h: T.handle, w: T.Buffer((hidden,), dtype), s_h: T.handle, n_h: T.handle):
@@ -42,6 +36,17 @@ def _cuda(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
         b = T.match_buffer(b_h, (rows, hidden), dtype)
         s = T.match_buffer(s_h, (rows, hidden), dtype)
         n = T.match_buffer(n_h, (rows, hidden), dtype)
+        rows_body(a, b, w, s, n, rows)
+
+    return add_rms_norm
+
+
+def _cuda_rows(hidden: int, dtype: str, eps: float):
+    per = -(-hidden // THREADS)  # elements per thread
+    warps = THREADS // 32
+
+    @T.macro
+    def body(a, b, w, s, n, rows):
         for r in T.thread_binding(rows, thread="blockIdx.x"):
             for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
                 sr = T.alloc_buffer((per,), "float32", scope="local")
@@ -66,18 +71,12 @@ def _cuda(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
                     if e * THREADS + tx < hidden:
                         n[r, e * THREADS + tx] = T.Cast(dtype, acc[0] * sr[e] * T.Cast("float32", w[e * THREADS + tx]))
 
-    return add_rms_norm
+    return body
 
 
-def _llvm(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
-    @T.prim_func(private=True, s_tir=True)
-    def add_rms_norm(a_h: T.handle, b_h: T.handle, w: T.Buffer((hidden,), dtype), s_h: T.handle, n_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-        rows = T.int64()
-        a = T.match_buffer(a_h, (rows, hidden), dtype)
-        b = T.match_buffer(b_h, (rows, hidden), dtype)
-        s = T.match_buffer(s_h, (rows, hidden), dtype)
-        n = T.match_buffer(n_h, (rows, hidden), dtype)
+def _llvm_rows(hidden: int, dtype: str, eps: float):
+    @T.macro
+    def body(a, b, w, s, n, rows):
         for r in T.parallel(rows):
             acc = T.alloc_buffer((1,), "float32")
             acc[0] = T.float32(0)
@@ -88,4 +87,4 @@ def _llvm(hidden: int, dtype: str, eps: float) -> tirx.PrimFunc:
             for i in range(hidden):
                 n[r, i] = T.Cast(dtype, acc[0] * T.Cast("float32", s[r, i]) * T.Cast("float32", w[i]))
 
-    return add_rms_norm
+    return body
