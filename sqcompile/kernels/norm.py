@@ -6,8 +6,9 @@ state through memory; here each row is read once, and both the new residual ``s`
 are written. Numerics follow TVM's ``rms_norm`` legalization (topi): ``s`` is rounded to the activation dtype
 (as the separate add rounds it), then ``n = dtype(rsqrt(sum(s32^2) / H + eps) * s32 * w32)``.
 
-On CUDA one block of ``THREADS`` threads owns a row: each thread keeps its strided elements of ``s`` in
-registers between the sum of squares (warp shuffles, then one shared-memory step across warps) and the scaling.
+On CUDA one block owns a row, a thread per 8 elements (one 16-byte load of a and of b, up to 1024 threads;
+more elements per thread for wider rows): each thread keeps its part of ``s`` in registers between the sum of
+squares (warp shuffles, then one shared-memory step across warps) and the scaling.
 On llvm the same math runs as plain loops, one parallel task per row.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-THREADS = 256
+VEC = 8  # fp16 elements per 16-byte access
+MAX_THREADS = 1024
 FULL_MASK = 0xFFFFFFFF
 OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
 
@@ -42,22 +44,35 @@ def add_rms_norm(hidden: int, dtype: str, eps: float, target: tvm.target.Target)
 
 
 def _cuda_rows(hidden: int, dtype: str, eps: float):
-    per = -(-hidden // THREADS)  # elements per thread
-    warps = THREADS // 32
+    vec = VEC if hidden % VEC == 0 else 1  # 16-byte loads and stores where rows allow them
+    units = -(-hidden // vec)
+    threads = min(MAX_THREADS, -(-units // 32) * 32)
+    per = -(-hidden // (threads * vec))  # vectors per thread
+    warps = threads // 32
 
     @T.macro
     def body(a, b, w, s, n, rows):
         for r in T.thread_binding(rows, thread="blockIdx.x"):
-            for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
-                sr = T.alloc_buffer((per,), "float32", scope="local")
+            for tx in T.thread_binding(T.int64(threads), thread="threadIdx.x"):
+                ar = T.alloc_buffer((vec,), dtype, scope="local")
+                br = T.alloc_buffer((vec,), dtype, scope="local")
+                sh = T.alloc_buffer((per * vec,), dtype, scope="local")
+                out = T.alloc_buffer((vec,), dtype, scope="local")
                 acc = T.alloc_buffer((1,), "float32", scope="local")
                 warp_sums = T.alloc_buffer((warps,), "float32", scope="shared")
                 acc[0] = T.float32(0)
                 for e in T.unroll(per):
-                    if e * THREADS + tx < hidden:
-                        s[r, e * THREADS + tx] = a[r, e * THREADS + tx] + b[r, e * THREADS + tx]
-                        sr[e] = T.Cast("float32", a[r, e * THREADS + tx] + b[r, e * THREADS + tx])
-                        acc[0] = acc[0] + sr[e] * sr[e]
+                    if (e * threads + tx) * vec < hidden:
+                        for v in T.vectorized(vec):
+                            ar[v] = a[r, (e * threads + tx) * vec + v]
+                        for v in T.vectorized(vec):
+                            br[v] = b[r, (e * threads + tx) * vec + v]
+                        for v in T.vectorized(vec):
+                            sh[e * vec + v] = ar[v] + br[v]
+                        for v in T.vectorized(vec):
+                            s[r, (e * threads + tx) * vec + v] = sh[e * vec + v]
+                        for v in T.unroll(vec):
+                            acc[0] = acc[0] + T.Cast("float32", sh[e * vec + v]) * T.Cast("float32", sh[e * vec + v])
                 for i in T.unroll(5):
                     acc[0] = acc[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), acc[0], 16 >> i, 32, 32)
                 if tx % 32 == 0:
@@ -68,8 +83,12 @@ def _cuda_rows(hidden: int, dtype: str, eps: float):
                     acc[0] = acc[0] + warp_sums[i]
                 acc[0] = T.rsqrt(acc[0] / T.float32(hidden) + T.float32(eps))
                 for e in T.unroll(per):
-                    if e * THREADS + tx < hidden:
-                        n[r, e * THREADS + tx] = T.Cast(dtype, acc[0] * sr[e] * T.Cast("float32", w[e * THREADS + tx]))
+                    if (e * threads + tx) * vec < hidden:
+                        for v in T.unroll(vec):
+                            out[v] = T.Cast(dtype, acc[0] * T.Cast("float32", sh[e * vec + v])
+                                            * T.Cast("float32", w[(e * threads + tx) * vec + v]))
+                        for v in T.vectorized(vec):
+                            n[r, (e * threads + tx) * vec + v] = out[v]
 
     return body
 
