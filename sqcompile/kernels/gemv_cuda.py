@@ -61,7 +61,8 @@ def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
 
 def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) -> GemvKnobs:
     """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
-    same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any raises ValueError.
+    same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any
+    raises ValueError.
     ``lane_rows`` (dense 3 bits only) falls back to the default row-per-warp schedule where it does not apply."""
     if knobs.layout == "lane_rows" and (bits != 3 or sparse or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)

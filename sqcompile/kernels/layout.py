@@ -32,15 +32,16 @@ def code_at(word: Word, bits: int, c) -> tirx.Expr:
 
 
 def _code_3bit(word: Word, c) -> tirx.Expr:
-    """Code ``c`` of the 3-bit pair layout: pair p = c // 2 in bits 2-7 of byte p % 4 of word p // 4 (p < 12),
-    or spread over bits 0-1 of byte p - 12 of all three words (p >= 12); the code is bits 3 (c % 2) .. + 2
-    of the pair index."""
+    """Code ``c`` of the 3-bit pair layout (``format.py``): pair p = c // 2 sits in byte p % 4, in bits 2-7 of
+    word p // 4 (p < 12) or spread over bits 0-1 of all three words (p >= 12); the code is bits
+    3 (c % 2) .. 3 (c % 2) + 2 of the pair index."""
     p, half = c // 2, c % 2
-    main = (word(min(p // 4, 2) if isinstance(p, int) else T.min(p // 4, 2)) >> _u32(p % 4 * 8 + 2 + half * 3)) & tirx.const(7, "uint32")
-    m = _u32((p - 12) % 4 * 8) if not isinstance(p, int) else _u32(max(p - 12, 0) * 8)
-    spread = (((word(0) >> m) & tirx.const(3, "uint32")) | ((word(1) >> m) & tirx.const(3, "uint32")) << _u32(2)
-              | ((word(2) >> m) & tirx.const(3, "uint32")) << _u32(4))
-    spare = (spread >> _u32(half * 3)) & tirx.const(7, "uint32")
+    byte = p % 4 * 8
+    three = tirx.const(3, "uint32")
+    main = (word(min(p // 4, 2) if isinstance(p, int) else T.min(p // 4, 2)) >> _u32(byte + 2 + half * 3))
+    spread = (((word(0) >> _u32(byte)) & three) | ((word(1) >> _u32(byte)) & three) << _u32(2)
+              | ((word(2) >> _u32(byte)) & three) << _u32(4))
+    main, spare = main & tirx.const(7, "uint32"), (spread >> _u32(half * 3)) & tirx.const(7, "uint32")
     if isinstance(p, int):
         return main if p < 12 else spare
     return T.if_then_else(p < 12, main, spare)
