@@ -22,6 +22,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from sqcompile.kernels.attention import decode_attention, num_chunks
 
+from .shapes import static_ints
+
 log = logging.getLogger(__name__)
 
 
@@ -54,11 +56,6 @@ class _Pattern:
         self.root = is_op("relax.reshape")(self.o_perm, wildcard())
 
 
-def _static(shape) -> list[int] | None:
-    dims = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in shape]
-    return None if None in dims else dims
-
-
 def _same_shape(a, b) -> bool:
     analyzer = tvm.sym.Analyzer()
     return len(a) == len(b) and all(analyzer.can_prove_equal(x, y) for x, y in zip(a, b))
@@ -89,19 +86,19 @@ class _Rewriter:
         """The reason this match is not the decoder's decode attention, or None when it is."""
         p = self.pattern
         q, keys, values, out = m[p.q], m[p.keys], m[p.values], m[p.root]
-        q_shape, out_shape = _static(q.ty.shape), _static(out.ty.shape)
+        q_shape, out_shape = static_ints(q.ty.shape), static_ints(out.ty.shape)
         if q_shape is None or len(q_shape) != 3 or q_shape[0] != 1:
             return f"query shape {q.ty.shape} is not [1, heads, head_dim]"
         _, heads, d = q_shape
         kv = list(keys.ty.shape)
-        if len(kv) != 3 or _static(kv[1:]) is None or not _same_shape(keys.ty.shape, values.ty.shape):
+        if len(kv) != 3 or static_ints(kv[1:]) is None or not _same_shape(keys.ty.shape, values.ty.shape):
             return f"K/V shapes {keys.ty.shape}, {values.ty.shape} are not [ctx, kv_heads, head_dim]"
         nkv = int(kv[1])
         if int(kv[2]) != d or heads % nkv or keys.ty.dtype != q.ty.dtype or values.ty.dtype != q.ty.dtype:
             return "query and K/V heads, head_dim or dtypes disagree"
         if out_shape != [1, heads * d] or out.ty.dtype != q.ty.dtype:
             return f"output {out.ty.shape} is not [1, {heads * d}]"
-        if (_static(m[p.q_split].ty.shape) != [1, nkv, heads // nkv, d] or _axes(m[p.q_perm]) != [1, 2, 0, 3]
+        if (static_ints(m[p.q_split].ty.shape) != [1, nkv, heads // nkv, d] or _axes(m[p.q_perm]) != [1, 2, 0, 3]
                 or _axes(m[p.k_perm]) != [1, 2, 0] or _axes(m[p.v_perm]) != [1, 0, 2]
                 or _axes(m[p.o_perm]) != [2, 0, 1, 3]):
             return "query/K/V/output permutations are not the decoder's grouped layout"
@@ -146,7 +143,7 @@ class _Rewriter:
                 continue
             self.positions = next((p for p in func.params if p.name == "positions"), None)
             ids = next((p for p in func.params if p.name == "input_ids"), None)
-            if self.positions is None or ids is None or _static(ids.ty.shape) != [1, 1]:
+            if self.positions is None or ids is None or static_ints(ids.ty.shape) != [1, 1]:
                 continue  # not a one-token entry function: prefill keeps the generic attention
             before = self.rewritten
             new = rewrite_call(self.pattern.root, self._rewrite, func)

@@ -15,14 +15,9 @@ from tvm.relax.dpl import PatternContext, is_op, rewrite_bindings, wildcard
 
 from sqcompile.kernels.norm import add_rms_norm
 
+from .shapes import static_ints
+
 log = logging.getLogger(__name__)
-
-
-def _static(shape) -> list[int] | None:
-    try:
-        return [int(s) for s in shape]
-    except TypeError:
-        return None
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseAddRMSNorm")
@@ -51,10 +46,10 @@ class FuseAddRMSNorm:
             shape, dtype = list(s_var.ty.shape), s_var.ty.dtype
             axes = [int(x) for x in call.attrs.axes]
             a_shape, b_shape = list(av.ty.shape), list(bv.ty.shape)
-            if (len(shape) != 2 or axes not in ([-1], [1]) or _static(shape[1:]) is None
-                    or _static(list(wv.ty.shape)) != _static(shape[1:])
+            if (len(shape) != 2 or axes not in ([-1], [1]) or static_ints(shape[1:]) is None
+                    or static_ints(list(wv.ty.shape)) != static_ints(shape[1:])
                     or any(v.ty.dtype != dtype for v in (av, bv, wv)) or len(a_shape) != 2 or len(b_shape) != 2
-                    or _static(a_shape[1:]) != _static(b_shape[1:])
+                    or static_ints(a_shape[1:]) != static_ints(b_shape[1:])
                     or not tvm.sym.Analyzer().can_prove_equal(a_shape[0], b_shape[0])):
                 return {}
             fused = relax.call_tir(kernel(int(shape[1]), dtype, float(call.attrs.epsilon)), [av, bv, wv],

@@ -1,9 +1,9 @@
 """Lower ordinary Relax ops to TIR and fuse chains of them into single kernels.
 
-This is where RMSNorm (``fuse_rms_norm.py``: one ``rms_norm``, with the residual add before it when a target
-is given), rotary embedding (multiply, rotate, add, with
+This is where RMSNorm (``fuse_rms_norm.py``: one ``rms_norm``), rotary embedding (multiply, rotate, add, with
 its q or k slice of the merged projection: ``split_to_slices.py``) and the SiLU gate (silu, multiply) each
-become one loop nest instead of several passes over memory. TVM's own LegalizeOps / FuseOps / FuseTIR do the
+become one loop nest instead of several passes over memory; with a target, the residual add joins its
+RMSNorm and a decode layer's rotary joins its KV-cache writes (our kernels). TVM's own LegalizeOps / FuseOps / FuseTIR do the
 work; our scheduled kernels are marked opaque so they stay whole.
 """
 from __future__ import annotations

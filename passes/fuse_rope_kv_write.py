@@ -22,23 +22,18 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.rope import rope_kv_write
 
+from .shapes import static_ints
+
 log = logging.getLogger(__name__)
 KV_WRITE_PREFIX = "kv_write_rows_"
 CALL_TIR_INPLACE = tvm.ir.Op.get("relax.call_tir_inplace")
-
-
-def _ints(values) -> list[int] | None:
-    try:
-        return [int(v) for v in values]
-    except TypeError:
-        return None
 
 
 def _slice(call: relax.Call) -> tuple[list[int], list[int], list[int]] | None:
     """(axes, begin, end) of a unit-stride ``strided_slice`` with static bounds, else None."""
     def values(arg) -> list[int] | None:
         fields = arg.fields if isinstance(arg, relax.Tuple) else None
-        return _ints([f.value for f in fields]) if fields is not None else None
+        return static_ints([f.value for f in fields]) if fields is not None else None
 
     axes, begin, end = (values(a) for a in call.args[1:4])
     strides = values(call.args[4]) if len(call.args) > 4 else None
@@ -54,14 +49,6 @@ class _Heads:
     count: int
 
 
-@dataclass
-class _Layer:
-    q: relax.Var  # the rotated q's binding
-    k_write: relax.Var
-    v_write: relax.Var
-    call: relax.Call  # the fused call
-
-
 class _Matcher:
     def __init__(self, bindings: dict):
         self.bindings = bindings
@@ -74,12 +61,12 @@ class _Matcher:
     def heads(self, x3) -> _Heads | None:
         """``reshape(strided_slice(qkv, axis 1, [h0 d, (h0 + n) d)), [1, n, d])`` of a [1, width] qkv."""
         reshape = self.call(x3, "relax.reshape")
-        shape = _ints(x3.ty.shape) if isinstance(x3, relax.Var) else None
+        shape = static_ints(x3.ty.shape) if isinstance(x3, relax.Var) else None
         sliced = self.call(reshape.args[0], "relax.strided_slice") if reshape is not None else None
         if sliced is None or shape is None or len(shape) != 3 or shape[0] != 1:
             return None
         qkv, d = sliced.args[0], shape[2]
-        width, bounds = _ints(qkv.ty.shape), _slice(sliced)
+        width, bounds = static_ints(qkv.ty.shape), _slice(sliced)
         if width is None or len(width) != 2 or width[0] != 1 or bounds is None:
             return None
         axes, begin, end = bounds
@@ -108,7 +95,7 @@ class _Matcher:
         if not isinstance(parts, relax.Tuple) or len(parts.fields) != 2:
             return None
         x3 = left.args[0]
-        shape = _ints(x3.ty.shape) if isinstance(x3, relax.Var) else None
+        shape = static_ints(x3.ty.shape) if isinstance(x3, relax.Var) else None
         neg = self.call(parts.fields[0], "relax.negative")
         if shape is None or len(shape) != 3 or neg is None:
             return None
@@ -118,8 +105,9 @@ class _Matcher:
         return x3, left.args[1], right.args[1]
 
 
-def _plan(func: relax.Function, kernel) -> dict[relax.Var, tuple[_Layer, int]]:
-    """Binding var -> (its layer, output index of the fused call) for every layer that matches."""
+def _plan(func: relax.Function, kernel) -> dict[relax.Var, tuple[relax.Call, int]]:
+    """Binding var -> (its layer's fused call, output index) for the q, k-write and v-write vars of every
+    layer that matches."""
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings
                 if isinstance(b, relax.VarBinding)}
     m = _Matcher(bindings)
@@ -147,18 +135,17 @@ def _plan(func: relax.Function, kernel) -> dict[relax.Var, tuple[_Layer, int]]:
         q_var, q_heads, q_rot_parts = q_rot[qkv]
         heads, nkv = q_heads.count, k_heads.count
         d = int(q_var.ty.shape[2])
-        width = _ints(qkv.ty.shape)[1]
+        width = static_ints(qkv.ty.shape)[1]
         cos, sin = q_rot_parts[1], q_rot_parts[2]
         if (k_heads.first != heads or v_heads.first != heads + nkv or v_heads.count != nkv
                 or width != (heads + 2 * nkv) * d or not v_pos.same_as(pos)
                 or not (k_rot[1].same_as(cos) and k_rot[2].same_as(sin))
-                or _ints(cos.ty.shape) != [1, 1, d] or _ints(sin.ty.shape) != [1, 1, d]
+                or static_ints(cos.ty.shape) != [1, 1, d] or static_ints(sin.ty.shape) != [1, 1, d]
                 or any(t.ty.dtype != q_var.ty.dtype for t in (qkv, cos, sin, k_cache, v_cache))):
             continue
         call = relax.call_tir_inplace(kernel(heads, nkv, d, q_var.ty.dtype), [qkv, cos, sin, k_cache, v_cache, pos],
                                       inplace_indices=[-1, 3, 4], out_ty=[q_var.ty, k_var.ty, v_var.ty])
-        layer = _Layer(q_var, k_var, v_var, call)
-        plan.update({q_var: (layer, 0), k_var: (layer, 1), v_var: (layer, 2)})
+        plan.update({q_var: (call, 0), k_var: (call, 1), v_var: (call, 2)})
     return plan
 
 
@@ -183,10 +170,10 @@ class _Rewriter(PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var not in self.plan:
             return super().visit_var_binding_(binding)
-        layer, index = self.plan[binding.var]
-        if id(layer) not in self.emitted:
-            self.emitted[id(layer)] = self.builder_.emit(layer.call, "rope_kv")
-        self.set_var_remap(binding.var, self.builder_.emit(relax.TupleGetItem(self.emitted[id(layer)], index)))
+        call, index = self.plan[binding.var]
+        if id(call) not in self.emitted:
+            self.emitted[id(call)] = self.builder_.emit(call, "rope_kv")
+        self.set_var_remap(binding.var, self.builder_.emit(relax.TupleGetItem(self.emitted[id(call)], index)))
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseRopeKVWrite")
