@@ -37,7 +37,7 @@ class Config:
 def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnobs]:
     """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
     first H100 exploration (pair table at 2-3 bits, float32 table at 4 bits: NOTES.md) gets the full grid,
-    the other one two points; dense 3 bits also the lane_rows layout (2-17% slower than v4 on the H100)."""
+    the other one two points; dense 3 bits also the lane_rows layout (within -7%..+6% of v4 on the H100)."""
     from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
     primary = bits < 4
