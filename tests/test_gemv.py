@@ -1,6 +1,9 @@
-"""The lane-per-row GEMV (``gemv_lanes.py``): knob handling on any host, CUDA codegen where nvcc exists.
-Its numerics are checked on a GPU host (scripts/gpu_check_kernels.py): its extern CUDA calls have no llvm form."""
+"""GEMV schedule variants: the lane-per-row layout (``gemv_lanes.py``) and the 3-bit register table
+(``reg_words``): knob handling on any host, CUDA codegen where nvcc exists. Their numerics are checked on a GPU
+host (scripts/gpu_check_kernels.py): their extern CUDA calls have no llvm form (the register table's decode is
+run on llvm in test_kernels.py)."""
 import shutil
+from dataclasses import replace
 
 import pytest
 import tvm
@@ -39,3 +42,33 @@ def test_lane_rows_compiles_for_sm90_with_odd_shape():
     f = lut_matmul(37, 300, 3, m=1, sparse=False, act_dtype="float16", target=t, knobs=LANES)
     with t:
         tvm.compile(tvm.IRModule({"gemv": f}), target=t)
+
+
+def test_reg_words_knob_is_checked_and_dropped_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="reg_words"):
+        GemvKnobs(reg_words=5).validate()
+    reg = GemvKnobs(reg_words=4)
+    assert fit_gemv_knobs(4096, 3, reg) == reg
+    assert fit_gemv_knobs(4096, 4, replace(reg, pairs=False)).reg_words == 0
+    assert fit_gemv_knobs(4096, 2, reg).reg_words == 0  # 2 bits: no register table
+    assert knobs_from_dict("gemv", {"reg_words": 2}).reg_words == 2
+
+
+def test_register_table_frees_the_pair_table():
+    from sqcompile.kernels.gemv_cuda import gemv_shared_bytes, row_table_words
+    assert row_table_words(3, GemvKnobs()) == (64, 0)
+    assert row_table_words(3, GemvKnobs(reg_words=2)) == (64, 4)
+    assert row_table_words(3, GemvKnobs(reg_words=4)) == (0, 4)
+    assert gemv_shared_bytes(4096, 3, GemvKnobs(reg_words=4)) < gemv_shared_bytes(4096, 3, GemvKnobs())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("reg_words", [2, 4])
+def test_register_table_compiles_for_sm90_with_odd_shape(reg_words):
+    from sqcompile.kernels import lut_matmul
+    t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    f = lut_matmul(37, 300, 3, m=1, sparse=True, act_dtype="float16", target=t,
+                   knobs=GemvKnobs(threads_k=64, reg_words=reg_words))
+    with t:
+        src = tvm.compile(tvm.IRModule({"gemv": f}), target=t).mod.imports[0].inspect_source()
+    assert src.count("prmt.b32") > 0

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .knobs import SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to_dict
@@ -36,18 +36,21 @@ class Config:
 
 def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnobs]:
     """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
-    first H100 exploration (pair table at 2-3 bits, float32 table at 4 bits: NOTES.md) gets the full grid,
-    the other one two points; dense 3 bits also the lane_rows layout (within -7%..+6% of v4 on the H100)."""
+    H100 explorations (NOTES.md) gets the full grid: at 3 bits the register table (``reg_words=4``), at 2 bits
+    the pair table, at 4 bits the float32 table; the others a few points, dense 3 bits also the lane_rows
+    layout."""
     from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
-    primary = bits < 4
-    grid = [(primary, tk, ri, steps) for tk in (128, 64) for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4))]
-    grid += [(not primary, 128, ri, 2) for ri in (2, 4)]
-    out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits))]
-    for pairs, tk, ri, steps in grid:
-        kn = GemvKnobs(threads_k=tk, rows_y=1, rows_inner=ri, steps=steps, pairs=pairs)
-        if -(-nblocks // tk) * ri > 16 or -(-n // kn.rows_per_block) < 132:
+    primary = GemvKnobs(pairs=bits < 4, reg_words=4 if bits == 3 else 0)
+    others = [GemvKnobs(pairs=bits >= 4)] + ([GemvKnobs()] if bits == 3 else [])
+    grid = [replace(primary, threads_k=tk, rows_inner=ri, steps=steps) for tk in (128, 64)
+            for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4))]
+    grid += [replace(kn, threads_k=128, rows_inner=ri, steps=2) for kn in others for ri in (2, 4)]
+    out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)]
+    for kn in grid:
+        if -(-nblocks // kn.threads_k) * kn.rows_inner > 16 or -(-n // kn.rows_per_block) < 132:
             continue  # too many registers, or too few blocks to fill the GPU
+        kn = fit_gemv_knobs(k, bits, kn, sparse)
         if kn not in out and gemv_shared_bytes(k, bits, kn) <= SHARED_LIMIT:
             out.append(kn)
     lanes = GemvKnobs(threads_k=128, steps=1, layout="lane_rows")
@@ -82,7 +85,8 @@ def check_configs() -> list[tuple[Config, list]]:
     out = []
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
             GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
-            GemvKnobs(128, steps=2, layout="lane_rows")]
+            GemvKnobs(128, steps=2, layout="lane_rows"), GemvKnobs(reg_words=4), GemvKnobs(64, 2, 1, 4, reg_words=2),
+            GemvKnobs(256, 1, 2, 2, reg_words=3), GemvKnobs(64, 1, 4, 4, reg_words=1)]
     shapes = ((1000, 1000), (333, 4160), (4096, 11008))
     for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
         for sparse in (False, True):
@@ -95,16 +99,24 @@ def check_configs() -> list[tuple[Config, list]]:
 
 
 def explore_configs() -> list[tuple[Config, list]]:
-    """A quick look at two things on every 7B shape: the lane_rows layout (dense 3 bits, four thread/step
-    shapes) beside v4's default, and the sparse GEMV (3 and 4 bits) over the first candidates of its space."""
+    """A quick look around the 3-bit register table (``reg_words=4``, the winner of the first look on the
+    H100: NOTES.md) on every 7B shape, dense and sparse: batch shapes, two thread groups per block, one batch
+    in flight, beside the current record."""
+    from sqcompile.targets.tuning import load
+
     from .gemv_cuda import fit_gemv_knobs
+    from .knobs import knobs_from_dict
+    recs = load("sm_90")
+    dense = [(128, 1, 4, 2), (128, 1, 2, 2), (128, 1, 8, 1), (128, 1, 4, 1), (128, 1, 2, 8), (128, 1, 6, 2),
+             (128, 2, 2, 2), (128, 2, 4, 2), (64, 1, 4, 2), (64, 1, 8, 2), (64, 2, 2, 4), (64, 2, 4, 2)]
+    sparse = [(128, 1, 4, 2), (128, 1, 2, 2), (64, 1, 4, 2), (128, 2, 2, 2), (64, 2, 2, 4)]
     out = []
-    lanes = [GemvKnobs(threads_k=tk, steps=st, layout="lane_rows") for tk, st in ((128, 1), (128, 2), (256, 1), (64, 2))]
-    for n, k in LLAMA7B_SHAPES:
-        space = dict.fromkeys(fit_gemv_knobs(k, 3, kn) for kn in [GemvKnobs.default(3), *lanes])
-        out.append((Config("gemv", n, k, 3, False, 1), list(space)))
-        for bits in (3, 4):
-            out.append((Config("gemv", n, k, bits, True, 1), gemv_space(n, k, bits, True)[:6]))
+    for (n, k), sp in itertools.product(LLAMA7B_SHAPES, (False, True)):
+        rec = [r.knobs for r in recs.records if (r.kind, r.n, r.k, r.bits, r.sparse) == ("gemv", n, k, 3, sp)]
+        space = [GemvKnobs.default(3)] + [knobs_from_dict("gemv", r) for r in rec]
+        space += [GemvKnobs(tk, ry, ri, st, reg_words=4) for tk, ry, ri, st in (sparse if sp else dense)]
+        out.append((Config("gemv", n, k, 3, sp, 1),
+                    list(dict.fromkeys(fit_gemv_knobs(k, 3, kn, sp) for kn in space))))
     return out
 
 

@@ -9,7 +9,9 @@ Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
   * LUT placement (``pairs`` knob): a per-row pair table of half2 (``pairs.py``: one field extraction, one
     lookup and one HFMA2 per two neighbouring codes, whose x pair is x's own half2 word; the half2 partial
     sums of a 32-code block are added into float32), or a per-row float32 table (one decode, lookup and
-    FFMA per code). All lanes of a warp read the same row's table;
+    FFMA per code). All lanes of a warp read the same row's table. At 3 bits ``reg_words`` of a block's four
+    index words skip the shared table: the row's eight entries sit in four registers and PRMTs select them
+    (``pairs.reg_*``), so the integer pipe and the shared-memory pipe share the lookups;
   * the sparse part is fused: a row's nonzeros are split over its ``threads_k`` threads; the first one of
     each thread (col, val) is loaded before the dense loop so its latency hides behind it, the rare rest after;
   * partial sums go to shared memory and are reduced once at the end, one warp per row with shuffles;
@@ -50,11 +52,19 @@ def lane_row_stride(bits: int, steps: int) -> int:
     return words + 4 * (words // 4 % 2 == 0)
 
 
+def row_table_words(bits: int, knobs: GemvKnobs) -> tuple[int, int]:
+    """Shared words per row: (pair or float32 table entries, register table words after them)."""
+    if not knobs.pairs:
+        return 1 << bits, 0
+    reg = P.REG_TABLE_WORDS if knobs.reg_words else 0
+    return (0 if knobs.reg_words == P.index_words(bits) else P.table_size(bits)), reg
+
+
 def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
     if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread,
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
-    table = P.table_size(bits) * 4 if knobs.pairs else (1 << bits) * 4
+    table = sum(row_table_words(bits, knobs)) * 4
     stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
     return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
 
@@ -63,7 +73,10 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
     """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
     same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any
     raises ValueError.
-    ``lane_rows`` (dense 3 bits only) falls back to the default row-per-warp schedule where it does not apply."""
+    ``lane_rows`` (dense 3 bits only) falls back to the default row-per-warp schedule where it does not apply;
+    ``reg_words`` (3-bit pair tables only) is dropped elsewhere."""
+    if knobs.reg_words and (bits != 3 or not knobs.pairs or knobs.layout != "row_warps"):
+        knobs = replace(knobs, reg_words=0)
     if knobs.layout == "lane_rows" and (bits != 3 or sparse or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
     while gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
@@ -72,7 +85,7 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
         elif knobs.rows_y > 1:
             knobs = replace(knobs, rows_y=knobs.rows_y // 2, steps=knobs.steps * 2)
         elif knobs.pairs:
-            knobs = replace(knobs, pairs=False)
+            knobs = replace(knobs, pairs=False, reg_words=0)
         else:
             raise ValueError(f"no GEMV schedule fits {SHARED_LIMIT} bytes of shared memory at K={k}, {bits} bits")
     return knobs
@@ -80,13 +93,17 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
 
 def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs) -> tirx.PrimFunc:
     knobs.validate()
+    if knobs.reg_words and (bits != 3 or not knobs.pairs):
+        raise ValueError(f"reg_words needs the 3-bit pair table, got {bits} bits and {knobs}")
     shared = gemv_shared_bytes(k, bits, knobs)
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMV knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
     words = packed_words(k, bits)
     nblocks = padded_k(k) // BLOCK
     tk, ry, ri, steps, pairs = knobs.threads_k, knobs.rows_y, knobs.rows_inner, knobs.steps, knobs.pairs
-    table = P.table_size(bits) if pairs else 1 << bits
+    pair_entries, reg_entries = row_table_words(bits, knobs)
+    table = pair_entries + reg_entries
+    shared_words = P.index_words(bits) - knobs.reg_words  # index words looked up in the shared pair table
     nw, fpw = P.index_words(bits), P.fields_per_word(bits)
     it = -(-nblocks // tk)  # 32-code blocks per thread and row
     rpb = knobs.rows_per_block
@@ -134,7 +151,11 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         for e in range(tab_iters):
             if e * nthreads + ty * tk + tx < rpb * table:
                 if bx * rpb + (e * nthreads + ty * tk + tx) // table < n:
-                    if pairs:
+                    if not pairs:
+                        tab[e * nthreads + ty * tk + tx] = T.Cast(
+                            "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                           (e * nthreads + ty * tk + tx) % table])
+                    elif (e * nthreads + ty * tk + tx) % table < pair_entries:
                         tab[e * nthreads + ty * tk + tx] = T.call_pure_extern(
                             "uint32", "__pack_half2",
                             lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
@@ -142,9 +163,10 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                             lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
                                 P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]])
                     else:
-                        tab[e * nthreads + ty * tk + tx] = T.Cast(
-                            "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                           (e * nthreads + ty * tk + tx) % table])
+                        tab[e * nthreads + ty * tk + tx] = P.reg_table_word(
+                            lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[
+                                bx * rpb + (e * nthreads + ty * tk + tx) // table, c])),
+                            (e * nthreads + ty * tk + tx) % P.REG_TABLE_WORDS)  # pair_entries: 0 or 64
 
     @T.macro
     def load_x(x, xh, tx):
@@ -162,22 +184,35 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
 
     @T.macro
-    def dot_pairs(tab, stage, xp, iw, cw, acc, acc2, slot, ty, tx, r, a, buf):
+    def dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, acc, acc2, slot, ty, tx, r, a, buf):
         acc[a] = T.float32(0)
+        for t in T.unroll(reg_entries):  # the row's register table (uniform shared loads: broadcasts)
+            rt[t] = tab[slot * table + pair_entries + t]
         for j in T.unroll(it):
             if bits == 3:
                 for w in T.unroll(3):
                     cw[w] = word(stage, buf, ty, tx, r, j, w)
-                for i in T.unroll(nw):
+                for i in T.unroll(shared_words):
                     iw[i] = P.index_word_3bit(lambda w: cw[w], i)
+                for i in T.unroll(shared_words, nw):
+                    iw[i] = P.index_word_3bit(lambda w: cw[w], i, masked=False)
             else:
                 for i in T.unroll(nw):
                     iw[i] = word(stage, buf, ty, tx, r, j, i)
             acc2[0] = T.uint32(0)
-            for i in T.unroll(nw):
+            for i in T.unroll(shared_words):
                 for m in T.unroll(fpw):
                     acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + m], T.call_extern(
                         "uint32", LOAD_AT_BYTE, T.address_of(tab[slot * table]), byte_offset(iw[i], m)), acc2[0])
+            for i in T.unroll(shared_words, nw):
+                sl[0] = P.reg_selector(iw[i])
+                sl[1] = P.reg_selector_high(sl[0])
+                for g in T.unroll(2):
+                    lh[0] = P.reg_bytes(lambda t: rt[t], sl[g])[0]
+                    lh[1] = P.reg_bytes(lambda t: rt[t], sl[g])[1]
+                    for h in T.unroll(2):
+                        acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + 2 * g + h],
+                                                     P.reg_half2(lh[0], lh[1], h), acc2[0])
             acc[a] = acc[a] + T.call_pure_extern("float32", HALF2_SUM, acc2[0])
 
     @T.macro
@@ -209,6 +244,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
                     iw = T.alloc_buffer((nw,), "uint32", scope="local")
                     cw = T.alloc_buffer((3,), "uint32", scope="local")  # a 3-bit block's words
+                    rt = T.alloc_buffer((P.REG_TABLE_WORDS,), "uint32", scope="local")  # register table
+                    sl = T.alloc_buffer((2,), "uint32", scope="local")  # PRMT selectors of codes 0-3, 4-7
+                    lh = T.alloc_buffer((2,), "uint32", scope="local")  # low and high bytes of 4 entries
                     acc = T.alloc_buffer((slots,), "float32", scope="local")
                     acc2 = T.alloc_buffer((1,), "uint32", scope="local")  # half2 bits
                     rp = T.alloc_buffer((2 * slots,), "int32", scope="local")
@@ -249,7 +287,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         T.tvm_storage_sync("shared")
                         for r in T.unroll(ri):
                             if pairs:
-                                dot_pairs(tab, stage, xp, iw, cw, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
+                                dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
                                           s * ri + r, s % 2)
                             else:
                                 dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)

@@ -12,6 +12,12 @@ every width field m of index word j is the pair of codes (8j + 2m, 8j + 2m + 1) 
     0xFCFCFCFC, word i is index word i with every field 4 * idx, the table entry's byte offset. Index word 3
     (pairs 12-15) gathers the three words' low two bits of each byte.
 
+**Register table (3 bits, ``reg_*``).** The shared pair table costs a shared-memory lookup per pair, and on the
+H100 those lookups, not DRAM, bound the GEMV. The register form keeps a row's eight fp16 entries in four words:
+the low bytes of entries 0-3 and 4-7, then their high bytes. A PRMT (``__byte_perm``) whose selector nibbles
+are four codes picks four low (or high) bytes at once, and two more PRMTs interleave them into the half2
+words of two pairs: 4 PRMTs per 4 codes, all on the integer pipe, no shared memory.
+
 All helpers take TIR expressions; ``i``/``m``/``j`` may be unrolled loop variables (the results are affine in
 them, so they fold to constants after unrolling).
 """
@@ -64,11 +70,71 @@ def entry_codes(bits: int, idx: tirx.Expr) -> tuple[tirx.Expr, tirx.Expr]:
     return idx & ((1 << check_bits(bits)) - 1), idx >> bits
 
 
-def index_word_3bit(word, i) -> tirx.Expr:
+def index_word_3bit(word, i, masked: bool = True) -> tirx.Expr:
     """Index word ``i`` (0..3) of a 3-bit block whose words ``word(0..2)`` returns: byte m = 4 * idx of pair
-    4i + m. ``i`` may be an unrolled loop variable: the select folds away after unrolling."""
+    4i + m. ``i`` may be an unrolled loop variable: the select folds away after unrolling. ``masked=False``
+    leaves the spare bits 0-1 of words 0-2 in place, for ``reg_selector`` (which ignores them)."""
     spare = _u(SPARE)
     gathered = ((word(0) & spare) << _u(2)) | ((word(1) & spare) << _u(4)) | ((word(2) & spare) << _u(6))
     if isinstance(i, int):
-        return word(i) & _u(OFFSETS) if i < 3 else gathered
-    return T.if_then_else(i < 3, word(T.min(i, 2)) & _u(OFFSETS), gathered)
+        return (word(i) & _u(OFFSETS) if masked else word(i)) if i < 3 else gathered
+    own = word(T.min(i, 2))
+    return T.if_then_else(i < 3, own & _u(OFFSETS) if masked else own, gathered)
+
+
+REG_TABLE_WORDS = 4
+# PTX prmt as an extern call: CUDA's ``__byte_perm`` is defined on the low 3 bits of each selector nibble, so
+# nvcc masks every non-constant selector with 0x7777 first (one LOP3 per selector); our selectors have bit 3
+# clear already. Not volatile: nvcc may still merge or drop it like any pure expression.
+PRMT_U32 = ('[](unsigned a, unsigned b, unsigned s) { unsigned r; asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : '
+            '"r"(a), "r"(b), "r"(s)); return r; }')
+# Interleave four low bytes (word a) and four high bytes (word b) into the half2 of entries 0, 1 (h = 0) or
+# 2, 3 (h = 1): selector INTERLEAVE + h * INTERLEAVE_STEP.
+INTERLEAVE, INTERLEAVE_STEP = 0x5140, 0x2222
+
+
+def byte_perm(a: tirx.Expr, b: tirx.Expr, sel, extern: bool = True) -> tirx.Expr:
+    """PTX ``prmt.b32`` (CUDA's ``__byte_perm``): byte i of the result is byte ``(sel >> 4i) & 7`` of the eight
+    bytes (a's four, then b's). Bit 3 of a nibble would replicate a sign bit instead: callers keep it clear.
+    ``extern=False`` spells it out in plain TIR, for running the same decode on llvm."""
+    if extern:
+        return T.call_pure_extern("uint32", PRMT_U32, a, b, _u(sel))
+    out = _u(0)
+    for i in range(4):
+        s = (_u(sel) >> _u(4 * i)) & _u(7)
+        src = T.if_then_else(s < _u(4), a, b)
+        out = out | (((src >> ((s & _u(3)) * _u(8))) & _u(0xFF)) << _u(8 * i))
+    return out
+
+
+def reg_table_word(entry_bits, t: int) -> tirx.Expr:
+    """Word ``t`` (0..3) of a row's register table: byte b = low (t < 2) or high (t >= 2) byte of entry
+    ``4 * (t % 2) + b``. ``entry_bits(c)`` returns entry c's fp16 bits as uint32."""
+    shift = 8 * (t // 2)
+    out = _u(0)
+    for b in range(4):
+        out = out | (((entry_bits(4 * (t % 2) + b) >> _u(shift)) & _u(0xFF)) << _u(8 * b))
+    return out
+
+
+def reg_selector(index_word: tirx.Expr) -> tirx.Expr:
+    """The eight codes of a 3-bit index word (4 * pair index in bits 2-7 of each byte, bits 0-1 ignored) as
+    PRMT selector nibbles, in code order: pair m's codes are nibbles 2m and 2m + 1, bit 3 of every nibble 0."""
+    return ((index_word >> _u(2)) & _u(0x07070707)) | ((index_word >> _u(1)) & _u(0x70707070))
+
+
+def reg_selector_high(sel: tirx.Expr, extern: bool = True) -> tirx.Expr:
+    """The selector of codes 4-7 (``sel``'s high half; PRMT reads only the low 16 bits). A PRMT, not a
+    shift: nvcc pushes a shift back through ``reg_selector``'s two masks (4 instructions instead of 1)."""
+    return byte_perm(sel, sel, _u(0x3232)) if extern else sel >> _u(16)  # the same low 16 bits
+
+
+def reg_bytes(table, sel: tirx.Expr, extern: bool = True) -> tuple[tirx.Expr, tirx.Expr]:
+    """Low and high bytes of the entries of the four codes in selector ``sel``'s low nibbles;
+    ``table(t)`` returns register table word t."""
+    return byte_perm(table(0), table(1), sel, extern), byte_perm(table(2), table(3), sel, extern)
+
+
+def reg_half2(lo: tirx.Expr, hi: tirx.Expr, h: int, extern: bool = True) -> tirx.Expr:
+    """half2 bits of the pair h (0 or 1) of ``reg_bytes``' four codes."""
+    return byte_perm(lo, hi, _u(INTERLEAVE) + _u(h) * _u(INTERLEAVE_STEP), extern)
