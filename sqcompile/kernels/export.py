@@ -99,24 +99,22 @@ def check_configs() -> list[tuple[Config, list]]:
 
 
 def explore_configs() -> list[tuple[Config, list]]:
-    """A quick look around the 3-bit register table (``reg_words=4``, the winner of the first look on the
-    H100: NOTES.md) on every 7B shape, dense and sparse: batch shapes, two thread groups per block, one batch
-    in flight, beside the current record."""
+    """A quick look at the block-balanced sparse GEMV on every 7B shape at 3 and 4 bits: the dense record's
+    schedule (the sparse part should cost only its bytes), the current sparse record, and a few batch shapes."""
     from sqcompile.targets.tuning import load
 
     from .gemv_cuda import fit_gemv_knobs
     from .knobs import knobs_from_dict
     recs = load("sm_90")
-    dense = [(128, 1, 4, 2), (128, 1, 2, 2), (128, 1, 8, 1), (128, 1, 4, 1), (128, 1, 2, 8), (128, 1, 6, 2),
-             (128, 2, 2, 2), (128, 2, 4, 2), (64, 1, 4, 2), (64, 1, 8, 2), (64, 2, 2, 4), (64, 2, 4, 2)]
-    sparse = [(128, 1, 4, 2), (128, 1, 2, 2), (64, 1, 4, 2), (128, 2, 2, 2), (64, 2, 2, 4)]
     out = []
-    for (n, k), sp in itertools.product(LLAMA7B_SHAPES, (False, True)):
-        rec = [r.knobs for r in recs.records if (r.kind, r.n, r.k, r.bits, r.sparse) == ("gemv", n, k, 3, sp)]
-        space = [GemvKnobs.default(3)] + [knobs_from_dict("gemv", r) for r in rec]
-        space += [GemvKnobs(tk, ry, ri, st, reg_words=4) for tk, ry, ri, st in (sparse if sp else dense)]
-        out.append((Config("gemv", n, k, 3, sp, 1),
-                    list(dict.fromkeys(fit_gemv_knobs(k, 3, kn, sp) for kn in space))))
+    for (n, k), bits in itertools.product(LLAMA7B_SHAPES, (3, 4)):
+        rec = [r.knobs for r in recs.records if (r.kind, r.n, r.k, r.bits) == ("gemv", n, k, bits)]
+        space = [GemvKnobs.default(bits)] + [knobs_from_dict("gemv", r) for r in rec]
+        reg = 4 if bits == 3 else 0
+        space += [GemvKnobs(tk, 1, ri, st, pairs=bits < 4, reg_words=reg)
+                  for tk, ri, st in ((128, 8, 1), (128, 4, 1), (128, 4, 2), (128, 2, 4), (128, 2, 8), (64, 2, 4))]
+        out.append((Config("gemv", n, k, bits, True, 1),
+                    list(dict.fromkeys(fit_gemv_knobs(k, bits, kn, True) for kn in space))))
     return out
 
 
