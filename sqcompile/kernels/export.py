@@ -67,11 +67,21 @@ def gemm_space() -> list[GemmKnobs]:
 
 
 def benchmark_configs(space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
-    """Llama-2-7B decode shapes at 3 and 4 bits, dense and sparse, plus the prefill GEMM."""
+    """Llama-2-7B decode shapes at 3 and 4 bits, dense and sparse, plus the prefill GEMM. With ``space_limit``
+    (the ``lite`` set) each GEMV measures the untuned default, the sm_90 record's schedule, then the space's
+    next candidates up to the limit: a re-run of what the records chose, beside cuBLAS."""
+    from sqcompile.targets.tuning import load
+
+    from .knobs import knobs_from_dict
+    recs = load("sm_90")
     out = []
     for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
         space = gemv_space(n, k, bits, sparse)
-        out.append((Config("gemv", n, k, bits, sparse, 1), space[:space_limit] if space_limit else space))
+        if space_limit:
+            rec = [knobs_from_dict("gemv", r.knobs) for r in recs.records
+                   if (r.kind, r.n, r.k, r.bits, r.sparse) == ("gemv", n, k, bits, sparse)]
+            space = list(dict.fromkeys([space[0], *rec, *space[1:]]))[:space_limit]
+        out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
         out.append((Config("gemm", n, k, bits, sparse, m), gemm_space()[:2]))
     return out
