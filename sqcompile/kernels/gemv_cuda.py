@@ -133,9 +133,6 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
             return T.call_pure_extern("uint32", "__byte_perm", word, T.uint32(0), T.uint32(0x4440) + T.Cast("uint32", m))
         return P.field(bits, word, m) << T.uint32(2)
 
-    def slot_row(bx, ty, s, r):
-        return bx * rpb + (s * ry + ty) * ri + r
-
     def word(stage, buf, ty, tx, r, j, w):
         """Word w of the thread's j-th block of batch row r, from the shared staging buffer ``buf``."""
         return stage[(buf * ry * ri + ty * ri + r) * words + T.min(j * tk + tx, nblocks - 1) * bits + w]
