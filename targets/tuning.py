@@ -42,6 +42,12 @@ class Records:
     device: str = ""
     records: list[Record] = field(default_factory=list)
 
+    def exact(self, kind: str, n: int, k: int, bits: int, sparse: bool) -> GemvKnobs | GemmKnobs | None:
+        """The knobs recorded for exactly this shape (``lookup`` falls back to the nearest one)."""
+        rec = next((r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) == (kind, n, k, bits, sparse)),
+                   None)
+        return knobs_from_dict(kind, rec.knobs) if rec else None
+
     def add(self, rec: Record) -> None:
         key = (rec.kind, rec.n, rec.k, rec.bits, rec.sparse)
         self.records = [r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) != key] + [rec]

@@ -179,8 +179,8 @@ def test_register_table_decodes_every_code():
                     sl[0] = P.reg_selector(P.index_word_3bit(lambda w: q[r, b * 3 + w], i, masked=False))
                     sl[1] = P.reg_selector_high(sl[0], extern=False)
                     for g in T.unroll(2):
-                        lh[0] = P.reg_bytes(lambda t: rt[t], sl[g], extern=False)[0]
-                        lh[1] = P.reg_bytes(lambda t: rt[t], sl[g], extern=False)[1]
+                        for h in T.unroll(2):
+                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False)
                         for h in T.unroll(2):
                             out[r, b * 16 + i * 4 + 2 * g + h] = P.reg_half2(lh[0], lh[1], h, extern=False)
 

@@ -21,6 +21,8 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
     import_results([first, second], tmp_path)
     (rec,) = load("sm_90", tmp_path).records
     assert rec.knobs == deep and rec.us == 4.5 and rec.default_us == 6.0
+    assert load("sm_90", tmp_path).exact("gemv", 4096, 4096, 3, False) == GemvKnobs(steps=8)
+    assert load("sm_90", tmp_path).exact("gemv", 4096, 4096, 3, True) is None  # exact: no nearest shape
     import_results([_doc([(base, 5.0, True)], n=11008)], tmp_path)  # another shape keeps the first record
     assert len(load("sm_90", tmp_path).records) == 2
     with pytest.raises(ValueError, match="architectures"):

@@ -66,21 +66,18 @@ def gemm_space() -> list[GemmKnobs]:
             GemmKnobs(128, 64, 8, 4, False), GemmKnobs(64, 128, 4, 8, False)]
 
 
-def benchmark_configs(space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
+def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
     """Llama-2-7B decode shapes at 3 and 4 bits, dense and sparse, plus the prefill GEMM. With ``space_limit``
-    (the ``lite`` set) each GEMV measures the untuned default, the sm_90 record's schedule, then the space's
+    (the ``lite`` set) each GEMV measures the untuned default, the ``arch`` record's schedule, then the space's
     next candidates up to the limit: a re-run of what the records chose, beside cuBLAS."""
     from sqcompile.targets.tuning import load
-
-    from .knobs import knobs_from_dict
-    recs = load("sm_90")
+    recs = load(arch)
     out = []
     for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
         space = gemv_space(n, k, bits, sparse)
         if space_limit:
-            rec = [knobs_from_dict("gemv", r.knobs) for r in recs.records
-                   if (r.kind, r.n, r.k, r.bits, r.sparse) == ("gemv", n, k, bits, sparse)]
-            space = list(dict.fromkeys([space[0], *rec, *space[1:]]))[:space_limit]
+            rec = recs.exact("gemv", n, k, bits, sparse)
+            space = list(dict.fromkeys([space[0], *([rec] if rec else []), *space[1:]]))[:space_limit]
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
         out.append((Config("gemm", n, k, bits, sparse, m), gemm_space()[:2]))
@@ -108,18 +105,17 @@ def check_configs() -> list[tuple[Config, list]]:
     return out
 
 
-def explore_configs() -> list[tuple[Config, list]]:
+def explore_configs(arch: str) -> list[tuple[Config, list]]:
     """A quick look at the block-balanced sparse GEMV on every 7B shape at 3 and 4 bits: the dense record's
     schedule (the sparse part should cost only its bytes), the current sparse record, and a few batch shapes."""
     from sqcompile.targets.tuning import load
 
     from .gemv_cuda import fit_gemv_knobs
-    from .knobs import knobs_from_dict
-    recs = load("sm_90")
+    recs = load(arch)
     out = []
     for (n, k), bits in itertools.product(LLAMA7B_SHAPES, (3, 4)):
-        rec = [r.knobs for r in recs.records if (r.kind, r.n, r.k, r.bits) == ("gemv", n, k, bits)]
-        space = [GemvKnobs.default(bits)] + [knobs_from_dict("gemv", r) for r in rec]
+        rec = [recs.exact("gemv", n, k, bits, sparse) for sparse in (False, True)]
+        space = [GemvKnobs.default(bits)] + [kn for kn in rec if kn]
         reg = 4 if bits == 3 else 0
         space += [GemvKnobs(tk, 1, ri, st, pairs=bits < 4, reg_words=reg)
                   for tk, ri, st in ((128, 8, 1), (128, 4, 1), (128, 4, 2), (128, 2, 4), (128, 2, 8), (64, 2, 4))]
@@ -176,6 +172,6 @@ def export_candidates(folder: Path, arch: str, which: str = "benchmark", space_l
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
-    cfgs = {"benchmark": lambda: benchmark_configs(limit), "check": check_configs,
-            "explore": explore_configs, "lite": lambda: benchmark_configs(4)}[which_]()
+    cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": check_configs,
+            "explore": lambda: explore_configs(arch_), "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
     build(out, arch_, cfgs)

@@ -213,8 +213,8 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                 sl[0] = P.reg_selector(iw[i])
                 sl[1] = P.reg_selector_high(sl[0])
                 for g in T.unroll(2):
-                    lh[0] = P.reg_bytes(lambda t: rt[t], sl[g])[0]
-                    lh[1] = P.reg_bytes(lambda t: rt[t], sl[g])[1]
+                    for h in T.unroll(2):
+                        lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h)
                     for h in T.unroll(2):
                         acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + 2 * g + h],
                                                      P.reg_half2(lh[0], lh[1], h), acc2[0])

@@ -101,9 +101,13 @@ def byte_perm(a: tirx.Expr, b: tirx.Expr, sel, extern: bool = True) -> tirx.Expr
         return T.call_pure_extern("uint32", PRMT_U32, a, b, _u(sel))
     out = _u(0)
     for i in range(4):
-        s = (_u(sel) >> _u(4 * i)) & _u(7)
-        src = T.if_then_else(s < _u(4), a, b)
-        out = out | (((src >> ((s & _u(3)) * _u(8))) & _u(0xFF)) << _u(8 * i))
+        if isinstance(sel, int):  # a constant selector picks its bytes here (TIR's folding trips on it)
+            s = sel >> 4 * i & 7
+            src, shift = (a if s < 4 else b), _u(s % 4 * 8)
+        else:
+            s = (sel >> _u(4 * i)) & _u(7)
+            src, shift = T.if_then_else(s < _u(4), a, b), (s & _u(3)) * _u(8)
+        out = out | (((src >> shift) & _u(0xFF)) << _u(8 * i))
     return out
 
 
@@ -126,13 +130,13 @@ def reg_selector(index_word: tirx.Expr) -> tirx.Expr:
 def reg_selector_high(sel: tirx.Expr, extern: bool = True) -> tirx.Expr:
     """The selector of codes 4-7 (``sel``'s high half; PRMT reads only the low 16 bits). A PRMT, not a
     shift: nvcc pushes a shift back through ``reg_selector``'s two masks (4 instructions instead of 1)."""
-    return byte_perm(sel, sel, _u(0x3232)) if extern else sel >> _u(16)  # the same low 16 bits
+    return byte_perm(sel, sel, 0x3232, extern)
 
 
-def reg_bytes(table, sel: tirx.Expr, extern: bool = True) -> tuple[tirx.Expr, tirx.Expr]:
-    """Low and high bytes of the entries of the four codes in selector ``sel``'s low nibbles;
-    ``table(t)`` returns register table word t."""
-    return byte_perm(table(0), table(1), sel, extern), byte_perm(table(2), table(3), sel, extern)
+def reg_bytes(table, sel: tirx.Expr, half, extern: bool = True) -> tirx.Expr:
+    """The low (``half`` 0) or high (1) bytes of the entries of the four codes in selector ``sel``'s low
+    nibbles; ``table(t)`` returns register table word t."""
+    return byte_perm(table(2 * half), table(2 * half + 1), sel, extern)
 
 
 def reg_half2(lo: tirx.Expr, hi: tirx.Expr, h: int, extern: bool = True) -> tirx.Expr:
