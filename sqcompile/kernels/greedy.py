@@ -15,6 +15,7 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 
 THREADS = 1024  # 32 warps: the second reduction level is exactly one warp
+IN_FLIGHT = 16  # logits a thread loads before comparing any: one dependent load at a time took ~11 us
 WARP = 32
 FULL_MASK = 0xFFFFFFFF
 OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
@@ -22,11 +23,13 @@ OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
 
 def greedy_feed_func(vocab: int, dtype: str, history_len: int, cuda: bool) -> tirx.PrimFunc:
     """``greedy_feed(logits [1, 1, vocab], ids [1, 1], positions [1], history [history_len])``; all but
-    ``logits`` are updated in place. CUDA: one block, a strided scan per thread, (value, index, bad) reduced
+    ``logits`` are updated in place. CUDA: one block, a strided scan per thread (``IN_FLIGHT`` loads issued
+    before their comparisons), (value, index, bad) reduced
     with warp shuffles, then across warps through shared memory; llvm: the same scan with one thread."""
     threads = THREADS if cuda else 1
     warps = max(threads // WARP, 1)
     per_thread = -(-vocab // threads)
+    rounds = -(-per_thread // IN_FLIGHT)
 
     @T.macro
     def warp_reduce(v, i, b):
@@ -48,17 +51,21 @@ def greedy_feed_func(vocab: int, dtype: str, history_len: int, cuda: bool) -> ti
             v = T.alloc_buffer((2,), "float32", scope="local")  # [own, partner's]
             i = T.alloc_buffer((2,), "int32", scope="local")
             b = T.alloc_buffer((2,), "int32", scope="local")
+            ld = T.alloc_buffer((IN_FLIGHT,), "float32", scope="local")
             v[0] = T.float32(-3.4e38)
             i[0] = vocab
             b[0] = 0
-            for j in range(per_thread):  # ascending indices: a strict > keeps the first maximum
-                if j * threads + tx < vocab:
-                    v[1] = T.Cast("float32", logits[0, 0, j * threads + tx])
-                    if not T.isfinite(v[1]):
-                        b[0] = 1
-                    elif v[1] > v[0]:
-                        v[0] = v[1]
-                        i[0] = j * threads + tx
+            for r in range(rounds):  # ascending indices: a strict > keeps the first maximum
+                for u in T.unroll(IN_FLIGHT):
+                    if (r * IN_FLIGHT + u) * threads + tx < vocab:
+                        ld[u] = T.Cast("float32", logits[0, 0, (r * IN_FLIGHT + u) * threads + tx])
+                for u in T.unroll(IN_FLIGHT):
+                    if (r * IN_FLIGHT + u) * threads + tx < vocab:
+                        if not T.isfinite(ld[u]):
+                            b[0] = 1
+                        elif ld[u] > v[0]:
+                            v[0] = ld[u]
+                            i[0] = (r * IN_FLIGHT + u) * threads + tx
             if cuda:
                 sv = T.alloc_buffer((warps,), "float32", scope="shared")
                 si = T.alloc_buffer((warps,), "int32", scope="shared")
