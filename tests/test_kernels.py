@@ -192,3 +192,26 @@ def test_register_table_decodes_every_code():
     lib["main"](tvm.runtime.tensor(pack_codes(codes, 3), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
     got = out.numpy().view(np.float16).reshape(n, k)  # each word: the half2 of codes (2p, 2p + 1)
     np.testing.assert_array_equal(got, np.take_along_axis(lut, codes, axis=1))
+
+
+def test_greedy_feed_takes_the_first_maximum_and_flags_non_finite_logits():
+    """The on-device argmax (llvm: one thread, the same rounds of ``IN_FLIGHT`` loads) over a vocab that leaves
+    a partial last round: the first of two equal maxima wins, the position advances and the token lands in
+    ``history[position + 1]``; a NaN logit records -1 and feeds token 0."""
+    from sqcompile.kernels.greedy import IN_FLIGHT, greedy_feed_func
+    vocab = 1000
+    assert vocab % IN_FLIGHT
+    ex = tvm.compile(tvm.IRModule({"main": greedy_feed_func(vocab, "float16", 8, cuda=False).with_attr(
+        "global_symbol", "main")}), LLVM)
+    rng = np.random.default_rng(5)
+    for top, bad in ((997, False), (3, False), (500, True)):
+        logits = rng.standard_normal((1, 1, vocab)).astype(np.float16)
+        logits[0, 0, top] = logits[0, 0, vocab - 1] = 9.0  # a tie: the first index must win
+        if bad:
+            logits[0, 0, 17] = np.nan
+        ids, pos = tvm.runtime.tensor(np.zeros((1, 1), np.int64)), tvm.runtime.tensor(np.array([4], np.int64))
+        history = tvm.runtime.tensor(np.full(8, -7, np.int64))
+        ex["main"](tvm.runtime.tensor(logits), ids, pos, history)
+        assert int(pos.numpy()[0]) == 5
+        assert int(history.numpy()[5]) == (-1 if bad else top)
+        assert int(ids.numpy()[0, 0]) == (0 if bad else top)
