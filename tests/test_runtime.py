@@ -115,6 +115,18 @@ def test_non_finite_logits_raise(tiny_artifact):  # noqa: F811
         list(engine.generate_ids([5, 6, 7], 4, stop_token_ids=set()))
 
 
+def test_prefill_reads_only_the_last_row(tiny_artifact):  # noqa: F811
+    """Generation's prefill copies only the last position's logits off the device: they equal that row of the
+    full logits, also when the prompt goes in several chunks."""
+    engine = Engine(tiny_artifact[1], prefill_chunk=3)
+    ids = np.arange(5, 13)
+    full = engine.logits(ids)
+    engine.reset()
+    last = engine._run(ids, 0, last_only=True)
+    assert last.shape == (1, full.shape[1])
+    np.testing.assert_array_equal(last[0], full[-1])
+
+
 def test_greedy_on_device_matches_host_sampling(tiny_artifact):  # noqa: F811
     """Tokens chosen and fed on the device (queued DEVICE_STEPS at a time) equal the host's argmax path,
     a stop token inside a chunk ends the output there, and the cache stays right for the next call."""
