@@ -24,6 +24,8 @@ from sqcompile.kernels.attention import decode_attention, num_chunks
 
 from .shapes import static_ints
 
+SCALE_ATTR = "sqcompile.attention_scale"  # the score scale, on the partial kernels (fuse_rope_attention.py)
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +80,7 @@ class _Rewriter:
         if key not in self.kernels:
             partial, combine = decode_attention(heads, nkv, d, dtype, self.target, scale)
             name = f"decode_attention_{heads}x{nkv}x{d}_{dtype}"
-            self.kernels[key] = (self.builder.add_func(partial, f"{name}_partial"),
+            self.kernels[key] = (self.builder.add_func(partial.with_attr(SCALE_ATTR, scale), f"{name}_partial"),
                                  self.builder.add_func(combine, f"{name}_combine"))
         return self.kernels[key]
 

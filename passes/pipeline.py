@@ -15,6 +15,7 @@ from .cuda_graph import StaticDecodeInputs
 from .decode_attention import DecodeAttention
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
+from .fuse_rope_attention import FuseRopeAttention
 from .kv_cache_inplace import KVCacheInplace
 from .rewrite_quantized_linear import KernelFactory, RewriteQuantizedLinear
 
@@ -30,6 +31,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         fuse_elementwise(target.tvm_target()),
+        FuseRopeAttention(target.tvm_target()),
         *target.schedule_passes(),
     ]
 

@@ -188,3 +188,39 @@ def test_rope_kv_write_kernel_matches_numpy():
     np.testing.assert_allclose(k_out[pos], ref[heads:heads + nkv], rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(v_out[pos], x[heads + nkv:])
     assert (np.delete(k_out, pos, axis=0) == 7).all() and (np.delete(v_out, pos, axis=0) == 7).all()
+
+
+@pytest.mark.parametrize("heads,nkv,d,dtype,ctx,pos", [(9, 3, 64, "float16", 130, 77), (4, 4, 32, "float32", 64, 0)])
+def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
+    """The partial kernel with the rotary folded in (``rope=True``) gives the same chunks as rope_kv_write
+    followed by the plain partial, and writes the same cache rows: row ``pos`` only, rows past it never read."""
+    from sqcompile.kernels.rope import rope_kv_write
+    rng = np.random.default_rng(pos + d)
+    qkv = rng.standard_normal((1, (heads + 2 * nkv) * d)).astype(dtype)
+    cos, sin = rng.standard_normal((2, 1, 1, d)).astype(dtype)
+    keys, values = rng.standard_normal((2, ctx, nkv, d)).astype(dtype)
+    keys[pos:], values[pos:] = np.nan, np.inf  # row pos is written by the kernels; later rows must stay unread
+    chunks, group = num_chunks(ctx), heads // nkv
+    plain, _ = decode_attention(heads, nkv, d, dtype, LLVM)
+    fused, _ = decode_attention(heads, nkv, d, dtype, LLVM, rope=True)
+    ex = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in [
+        ("rope", rope_kv_write(heads, nkv, d, dtype, LLVM)), ("plain", plain), ("fused", fused)]}), LLVM)
+    t = tvm.runtime.tensor
+    pos_t = t(np.array([pos], np.int64))
+
+    def outputs():
+        return (t(np.full((nkv, chunks, group, d), np.nan, "float32")),
+                t(np.full((nkv, chunks, group, 2), np.nan, "float32")))
+
+    k1, v1, q1 = t(keys), t(values), t(np.zeros((1, heads, d), dtype))
+    ex["rope"](t(qkv), t(cos), t(sin), k1, v1, pos_t, q1)
+    o1, ml1 = outputs()
+    ex["plain"](q1, k1, v1, pos_t, o1, ml1)
+    k2, v2 = t(keys), t(values)
+    o2, ml2 = outputs()
+    ex["fused"](t(qkv), t(cos), t(sin), k2, v2, pos_t, o2, ml2)
+    np.testing.assert_allclose(o2.numpy(), o1.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ml2.numpy(), ml1.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(k2.numpy()[:pos + 1], k1.numpy()[:pos + 1])
+    np.testing.assert_array_equal(v2.numpy()[:pos + 1], v1.numpy()[:pos + 1])
+    assert np.isnan(k2.numpy()[pos + 1:]).all() and np.isinf(v2.numpy()[pos + 1:]).all()

@@ -6,6 +6,8 @@ Two kernels, both for any context length ``ctx`` (symbolic):
     head, the chunk's score maximum ``m``, the sum ``l`` of ``exp(score - m)`` and the unnormalized output
     ``sum exp(score - m) * v`` (float32);
   * ``combine``: rescales the chunks to the global maximum and divides by the global sum.
+With ``rope`` the partial kernel also does ``rope.py``'s work for the new token (``_partial_func``), one launch
+fewer per decode layer (``passes/fuse_rope_attention.py``).
 Rows past ``positions[0]`` (the runtime passes views rounded up to a bucket of rows) are masked: their K and V
 are never read, so garbage or NaN there cannot leak. Softmax and accumulation are float32.
 
@@ -69,7 +71,14 @@ def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
     return vec, lanes
 
 
-def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
+def _rotated(qkv, cos, sin, base, i, d: int):
+    """Element ``i`` of the rotary embedding of the head at column ``base`` of the merged projection ``qkv``, in
+    the activation dtype, as ``rope.py`` computes it: ``x * cos + rotate_half(x) * sin``."""
+    partner = qkv[0, base + (i + d // 2) % d]
+    return qkv[0, base + i] * cos[0, 0, i] + T.if_then_else(i < d // 2, -partner, partner) * sin[0, 0, i]
+
+
+def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
     heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
     vec, lanes = _cuda_layout(s)
     chunk = s.chunk
@@ -82,16 +91,14 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
     row_steps = (32 // lanes).bit_length() - 1  # log2(rows a warp reads at once)
     out_iters = -(-group * d // THREADS)
 
-    @T.prim_func(private=True, s_tir=True)
-    def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-        ctx = T.int64()
-        q = T.match_buffer(q_h, (1, heads, d), dtype)
-        keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
-        values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
-        positions = T.match_buffer(pos_h, (1,), "int64")
-        o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+    def cached(row, positions):
+        """Whether K/V row ``row`` comes from the cache: with ``rope`` the new token's row is computed here (no
+        block reads it from the cache in this kernel, so its write cannot race)."""
+        return row != positions[0] if rope else True
+
+    @T.macro
+    def body(q, cos, sin, keys, values, positions, o, ml, ctx):
+        """``q`` is the rotated query [1, H, d], or with ``rope`` the merged projection, rotated here."""
         for c in T.thread_binding((ctx + chunk - 1) // chunk, thread="blockIdx.x"):
             for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
                 for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
@@ -106,11 +113,9 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                     # write-after-read on scores inside the per-warp branch, where no barrier may go
                     sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
                     valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
-                    for g in T.unroll(group):
-                        for v in T.unroll(vec):
-                            qr[g * vec + v] = T.Cast("float32", q[0, h * group + g, tx % lanes * vec + v]) * T.float32(scale)
                     for p in T.unroll(passes):  # every load of the chunk in flight before any use
-                        if c * chunk + p * rows_per_pass + tx // lanes < valid:
+                        if c * chunk + p * rows_per_pass + tx // lanes < valid and cached(
+                                c * chunk + p * rows_per_pass + tx // lanes, positions):
                             for v in T.vectorized(vec):
                                 kr[p * vec + v] = keys[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
                             for v in T.vectorized(vec):
@@ -120,6 +125,22 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                                 kr[p * vec + v] = T.Cast(dtype, 0)
                             for v in T.vectorized(vec):
                                 vr[p * vec + v] = T.Cast(dtype, 0)
+                        if rope:  # the new token's row: rotated from the projection and written to the cache here
+                            if c * chunk + p * rows_per_pass + tx // lanes == positions[0]:
+                                for v in T.unroll(vec):
+                                    kr[p * vec + v] = _rotated(q, cos, sin, (heads + h) * d, tx % lanes * vec + v, d)
+                                    vr[p * vec + v] = q[0, (heads + nkv + h) * d + tx % lanes * vec + v]
+                                for v in T.vectorized(vec):
+                                    keys[positions[0], h, tx % lanes * vec + v] = kr[p * vec + v]
+                                for v in T.vectorized(vec):
+                                    values[positions[0], h, tx % lanes * vec + v] = vr[p * vec + v]
+                    for g in T.unroll(group):  # after the K/V loads: DRAM-bound at long contexts, they go first
+                        for v in T.unroll(vec):
+                            if rope:
+                                qr[g * vec + v] = T.Cast("float32", _rotated(
+                                    q, cos, sin, (h * group + g) * d, tx % lanes * vec + v, d)) * T.float32(scale)
+                            else:
+                                qr[g * vec + v] = T.Cast("float32", q[0, h * group + g, tx % lanes * vec + v]) * T.float32(scale)
                     for p in T.unroll(passes):
                         for g in T.unroll(group):
                             red[0] = T.float32(0)
@@ -174,23 +195,27 @@ def _cuda_partial(s: AttentionShape) -> tirx.PrimFunc:
                                 red[0] = red[0] + sums[w * group * d + e * THREADS + tx]
                             o[h, c, (e * THREADS + tx) // d, (e * THREADS + tx) % d] = red[0]
 
-    return partial
+    return _partial_func(s, rope, body)
 
 
-def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
-    heads, nkv, d, dtype, group, scale, chunk = (s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group,
-                                                 s.scale, s.chunk)
+def _cpu_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
+    heads, nkv, d, group, scale, chunk = s.num_heads, s.num_kv_heads, s.head_dim, s.group, s.scale, s.chunk
 
-    @T.prim_func(private=True, s_tir=True)
-    def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-        ctx = T.int64()
-        q = T.match_buffer(q_h, (1, heads, d), dtype)
-        keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
-        values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
-        positions = T.match_buffer(pos_h, (1,), "int64")
-        o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+    def q_at(q, cos, sin, head, j):
+        return _rotated(q, cos, sin, head * d, j, d) if rope else q[0, head, j]
+
+    def k_at(q, cos, sin, keys, positions, row, h, j):
+        if not rope:
+            return keys[row, h, j]
+        return T.if_then_else(row == positions[0], _rotated(q, cos, sin, (heads + h) * d, j, d), keys[row, h, j])
+
+    def v_at(q, values, positions, row, h, j):
+        if not rope:
+            return values[row, h, j]
+        return T.if_then_else(row == positions[0], q[0, (heads + nkv + h) * d + j], values[row, h, j])
+
+    @T.macro
+    def body(q, cos, sin, keys, values, positions, o, ml, ctx):
         for hc in T.parallel(nkv * ((ctx + chunk - 1) // chunk)):
             p = T.alloc_buffer((chunk,), "float32", scope="local")
             acc = T.alloc_buffer((d,), "float32", scope="local")
@@ -205,8 +230,8 @@ def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
                     if c * chunk + r < valid:
                         stat[0] = T.float32(0)
                         for j in range(d):
-                            stat[0] = stat[0] + T.Cast("float32", q[0, h * group + g, j]) * T.Cast(
-                                "float32", keys[c * chunk + r, h, j])
+                            stat[0] = stat[0] + T.Cast("float32", q_at(q, cos, sin, h * group + g, j)) * T.Cast(
+                                "float32", k_at(q, cos, sin, keys, positions, c * chunk + r, h, j))
                         p[r] = stat[0] * T.float32(scale)
                         stat[1] = T.max(stat[1], p[r])
                 stat[2] = T.float32(0)
@@ -217,12 +242,51 @@ def _cpu_partial(s: AttentionShape) -> tirx.PrimFunc:
                         p[r] = T.exp(p[r] - stat[1])
                         stat[2] = stat[2] + p[r]
                         for j in range(d):
-                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * chunk + r, h, j])
+                            acc[j] = acc[j] + p[r] * T.Cast("float32", v_at(q, values, positions, c * chunk + r, h, j))
                 for j in range(d):
                     o[h, c, g, j] = acc[j]
                 ml[h, c, g, 0] = stat[1]
                 ml[h, c, g, 1] = stat[2]
+            if rope:  # the task whose chunk holds the new token writes its rotated K and its V to the cache
+                if c == positions[0] // chunk:
+                    for j in range(d):
+                        keys[positions[0], h, j] = _rotated(q, cos, sin, (heads + h) * d, j, d)
+                        values[positions[0], h, j] = q[0, (heads + nkv + h) * d + j]
 
+    return _partial_func(s, rope, body)
+
+
+def _partial_func(s: AttentionShape, rope: bool, body) -> tirx.PrimFunc:
+    """``partial`` around ``body`` (a T.macro): ``(q [1, H, d], keys, values, positions) -> (o, ml)``, or with
+    ``rope`` ``(qkv [1, (H + 2 nkv) d], cos [1, 1, d], sin [1, 1, d], keys, values, positions) -> (o, ml)``, which
+    also writes the new token's rotated K and its V into row ``positions[0]`` of the caches (in place: call it with
+    ``call_tir_inplace``, inplace indices ``[-1, -1, 3, 4]``)."""
+    heads, nkv, d, dtype, group, chunk = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.chunk
+    if rope:
+        @T.prim_func(private=True, s_tir=True)
+        def partial(qkv: T.Buffer((1, (heads + 2 * nkv) * d), dtype), cos: T.Buffer((1, 1, d), dtype),
+                    sin: T.Buffer((1, 1, d), dtype), k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle,
+                    ml_h: T.handle):
+            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+            ctx = T.int64()
+            keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
+            values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
+            positions = T.match_buffer(pos_h, (1,), "int64")
+            o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+            body(qkv, cos, sin, keys, values, positions, o, ml, ctx)
+    else:
+        @T.prim_func(private=True, s_tir=True)
+        def partial(q_h: T.handle, k_h: T.handle, v_h: T.handle, pos_h: T.handle, o_h: T.handle, ml_h: T.handle):
+            T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
+            ctx = T.int64()
+            q = T.match_buffer(q_h, (1, heads, d), dtype)
+            keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
+            values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
+            positions = T.match_buffer(pos_h, (1,), "int64")
+            o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+            body(q, None, None, keys, values, positions, o, ml, ctx)
     return partial
 
 
@@ -309,7 +373,8 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
 
 
 def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: str, target: tvm.target.Target,
-                     scale: float | None = None, chunk: int = CHUNK) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+                     scale: float | None = None, chunk: int = CHUNK, rope: bool = False
+                     ) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     """``(partial, combine)`` for one new token's attention over a KV cache view of any length ``ctx``.
 
     ``partial(q [1, H, d], keys [ctx, nkv, d], values [ctx, nkv, d], positions int64 [1])
@@ -317,12 +382,14 @@ def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: st
     and
     ``combine(o, ml) -> out [1, H * d]`` (dtype) compute ``softmax(scale * q . K[:positions[0] + 1]) V`` per query
     head, query head ``i`` reading KV head ``i // (H / nkv)``; ``scale`` defaults to ``head_dim ** -0.5``.
+    With ``rope`` the partial kernel takes the merged q/k/v projection and the rotary tables instead of q and
+    does ``rope.py``'s work too (see ``_partial_func``): one launch fewer per decode layer.
     """
     shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale, chunk)
     shape.validate()
     kind = target.kind.name
     if kind == "cuda":
-        return _cuda_partial(shape), _cuda_combine(shape)
+        return _cuda_partial(shape, rope), _cuda_combine(shape)
     if kind == "llvm":
-        return _cpu_partial(shape), _cpu_combine(shape)
+        return _cpu_partial(shape, rope), _cpu_combine(shape)
     raise ValueError(f"no decode attention rule for target kind {kind!r} (have llvm and cuda)")
