@@ -5,8 +5,10 @@
 
 ``check`` runs 7B (32 x 128, no GQA), SmolLM2 (9 / 3 heads x 64) and a GQA-8 shape at several context lengths,
 each through a view rounded up to 64 rows (as the runtime passes them) whose tail rows hold NaN, with every
-output poisoned with NaN first; then times partial + combine replayed in a CUDA graph over K/V copies rotated
-past the L2 cache, printing microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
+output poisoned with NaN first; the same for the partial kernel with the rotary folded in (``rope=True``, the
+compiler's chunk), which must also write the new token's rotated K and its V into the caches and nothing else;
+then times partial + combine replayed in a CUDA graph over K/V copies rotated past the L2 cache, printing
+microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def export(folder: Path, arch: str) -> None:
         partial, combine = decode_attention(heads, nkv, d, "float16", target, chunk=chunk)
         funcs[f"{name}_c{chunk}_partial"] = partial.with_attr("global_symbol", f"{name}_c{chunk}_partial")
         funcs[f"{name}_c{chunk}_combine"] = combine.with_attr("global_symbol", f"{name}_c{chunk}_combine")
+    for name, (heads, nkv, d) in SHAPES.items():
+        partial, _ = decode_attention(heads, nkv, d, "float16", target, rope=True)
+        funcs[f"{name}_rope_partial"] = partial.with_attr("global_symbol", f"{name}_rope_partial")
     with target:
         ex = tvm.compile(tvm.IRModule(funcs), target=target)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,44 @@ class Case:
         return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else math.inf
 
 
+def rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x * cos + rotate_half(x) * sin over the last axis, in fp16 as the traced graph computes it."""
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+def check_rope(tvm, lib, name: str, shape, chunk: int, tokens: int, rng) -> float:
+    """The rope partial + the plain combine against float64 attention over the rotated q and the caches with
+    the new row in place; inf unless the caches hold exactly the new row at ``tokens - 1`` and nothing else new."""
+    heads, nkv, d = shape
+    view, pos = -(-tokens // BUCKET) * BUCKET, tokens - 1
+    chunks, group = -(-view // chunk), heads // nkv
+    qkv = rng.standard_normal((1, (heads + 2 * nkv) * d)).astype(np.float16)
+    cos, sin = rng.standard_normal((2, d)).astype(np.float16)
+    keys = rng.standard_normal((view, nkv, d)).astype(np.float16)
+    values = rng.standard_normal((view, nkv, d)).astype(np.float16)
+    keys[pos:], values[pos:] = np.nan, np.nan  # row pos is the kernel's to write; later rows are never read
+    x = qkv.reshape(heads + 2 * nkv, d)
+    k_new, v_new = rotary(x[heads:heads + nkv], cos, sin), x[heads + nkv:]
+    dev = tvm.cuda()
+    k_t, v_t = tvm.runtime.tensor(keys, dev), tvm.runtime.tensor(values, dev)
+    o = tvm.runtime.tensor(np.full((nkv, chunks, group, d), np.nan, np.float32), dev)
+    ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, np.float32), dev)
+    out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, np.float16), dev)
+    tables = [tvm.runtime.tensor(a, dev) for a in (qkv, cos.reshape(1, 1, d), sin.reshape(1, 1, d))]
+    lib[f"{name}_rope_partial"](*tables, k_t, v_t, tvm.runtime.tensor(np.array([pos], np.int64), dev), o, ml)
+    lib[f"{name}_c{chunk}_combine"](o, ml, out)
+    got_k, got_v = k_t.numpy(), v_t.numpy()
+    if not (np.allclose(got_k[pos], k_new, rtol=1e-3, atol=1e-3) and np.array_equal(got_v[pos], v_new)
+            and np.array_equal(got_k[:pos], keys[:pos]) and np.isnan(got_k[pos + 1:]).all()
+            and np.isnan(got_v[pos + 1:]).all()):
+        return math.inf
+    keys[pos], values[pos] = k_new, v_new
+    ref = reference(rotary(x[None, :heads], cos, sin), keys, values, tokens)
+    got = out.numpy().astype(np.float64)
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else math.inf
+
+
 def check(folder: Path, out: Path | None) -> int:
     import torch
 
@@ -126,6 +169,11 @@ def check(folder: Path, out: Path | None) -> int:
         ok = err <= TOLERANCE
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<8} chunk={chunk:<4} tokens={tokens:<5} rel_err={err:.2e}")
+    for (name, shape), tokens in itertools.product(manifest["shapes"].items(), TOKENS):
+        err = check_rope(tvm, lib, name, shape, manifest["default_chunk"], tokens, rng)
+        ok = err <= TOLERANCE
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<8} rope      tokens={tokens:<5} rel_err={err:.2e}")
     print(f"{'shape':<8} {'chunk':>5} {'ctx':>5} {'us':>8} {'GB/s':>7} {'partial us':>10}")
     for (name, shape), tokens, chunk in itertools.product(manifest["shapes"].items(), TIMED, chunks):
         probe = Case(tvm, lib, name, shape, chunk, tokens, rng)
@@ -140,7 +188,7 @@ def check(folder: Path, out: Path | None) -> int:
         print(f"{name:<8} {chunk:>5} {tokens:>5} {us:>8.2f} {gbps:>7.0f} {partial_us:>10.2f}")
     if out:
         out.write_text(json.dumps({"arch": manifest["arch"], "failed": failed, "timings": rows}, indent=1))
-    print(f"{failed} failed of {len(manifest['shapes']) * len(chunks) * len(TOKENS)}")
+    print(f"{failed} failed of {len(manifest['shapes']) * (len(chunks) + 1) * len(TOKENS)}")
     return 1 if failed else 0
 
 

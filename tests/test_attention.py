@@ -166,6 +166,22 @@ def test_rotary_and_kv_writes_fuse_in_decode_only(traced):
     assert sum(c.startswith("kv_write_rows") for c in prefill) == 4
 
 
+def test_rotary_folds_into_the_attention_kernel_in_decode_only(traced):
+    """After DecodeAttention and FuseRopeKVWrite, each decode layer's rope_kv_write call folds into its partial
+    attention call (one call_tir_inplace per layer, the plain partial gone); prefill is untouched."""
+    from sqcompile.passes.decode_attention import DecodeAttention
+    from sqcompile.passes.fuse_rope_attention import FuseRopeAttention
+    from sqcompile.passes.fuse_rope_kv_write import FuseRopeKVWrite
+    from sqcompile.passes.split_to_slices import SplitToSlices
+    before = FuseRopeKVWrite(LLVM)(SplitToSlices()(DecodeAttention(LLVM)(traced)))
+    after = FuseRopeAttention(LLVM)(before)
+    decode = _callees(after["decode"])
+    assert sum(c.endswith("_rope_partial") for c in decode) == 2  # one per layer
+    assert not any(c.startswith("rope_kv_write") or c.endswith("_float16_partial") for c in decode)
+    assert sum(c.endswith("_combine") for c in decode) == 2
+    assert _callees(after["prefill"]) == _callees(before["prefill"])
+
+
 def test_rope_kv_write_kernel_matches_numpy():
     """The fused kernel against the graph's own arithmetic (fp16 products and sum), caches written at the
     position only."""
