@@ -193,9 +193,10 @@ def _cuda_time(fn, repeats: int) -> float:
     return best
 
 
-def profile(system: str, carry: Path, ctx: int = 128, steps: int = 16) -> list[dict]:
+def profile(system: str, carry: Path, ctx: int = 128, steps: int = 16, prefill: bool = False) -> list[dict]:
     """CUDA kernels of ``steps`` decode steps at context ``ctx`` (torch.profiler/CUPTI sees TVM's kernels and
-    those inside CUDA graphs too), largest total time first."""
+    those inside CUDA graphs too), largest total time first; with ``prefill``, of one ``ctx``-token prefill
+    up to its first token instead."""
     import numpy as np
 
     cfg = json.loads(CONFIG.read_text())
@@ -206,8 +207,23 @@ def profile(system: str, carry: Path, ctx: int = 128, steps: int = 16) -> list[d
         prompt = np.random.default_rng(0).integers(3, cfg["vocab_size"], ctx).tolist()
         list(engine.generate_ids(prompt, steps + 1, stop_token_ids=set()))  # warm-up: captures the graphs
 
-        def run():  # the prompt is cached: its last token is re-fed, then steps - 1 decode steps
-            list(engine.generate_ids(prompt, steps, stop_token_ids=set()))
+        def run():
+            if prefill:  # the whole prompt, as a new request
+                engine.reset()
+                list(engine.generate_ids(prompt, 1, stop_token_ids=set()))
+            else:  # the prompt is cached: its last token is re-fed, then steps - 1 decode steps
+                list(engine.generate_ids(prompt, steps, stop_token_ids=set()))
+    elif prefill:
+        import torch
+
+        from torch_llama import StaticLlama
+
+        model = StaticLlama(cfg)
+        model.alloc_cache(ctx)
+        prompt = torch.randint(3, cfg["vocab_size"], (ctx,), device="cuda")
+
+        def run():
+            model.forward(prompt, torch.arange(ctx, device="cuda"))
     else:
         import torch
 
@@ -235,9 +251,11 @@ def profile(system: str, carry: Path, ctx: int = 128, steps: int = 16) -> list[d
             for e in prof.key_averages() if e.device_time_total > 0]
     rows.sort(key=lambda r: -r["total_us"])
     total = sum(r["total_us"] for r in rows)
-    print(f"{system}: {total / steps:.0f} us of kernels per decode step at context {ctx}")
+    per, unit, what = ((1, "us", f"one {ctx}-token prefill") if prefill else
+                       (steps, "us/step", f"decode step at context {ctx}"))
+    print(f"{system}: {total / per:.0f} us of kernels per {what}")
     for r in rows[:25]:
-        print(f"{r['total_us'] / steps:9.1f} us/step {r['calls'] // steps:4d}x  {r['kernel']}")
+        print(f"{r['total_us'] / per:9.1f} {unit} {r['calls'] // per:4d}x  {r['kernel']}")
     return rows
 
 
@@ -344,10 +362,11 @@ def main() -> int:
     m.add_argument("dir", type=Path, help="the folder `build` wrote")
     m.add_argument("--out", type=Path, default=HERE)
     m.add_argument("--systems", nargs="+", default=[*ARTIFACTS, *TORCH_GRAPHS, "hf-eager"])
-    pr = sub.add_parser("profile", help="GPU host: the CUDA kernels of a system's decode step")
+    pr = sub.add_parser("profile", help="GPU host: the CUDA kernels of a system's decode step (or prefill)")
     pr.add_argument("system")
     pr.add_argument("dir", type=Path)
-    pr.add_argument("--ctx", type=int, default=128)
+    pr.add_argument("--ctx", type=int, default=128, help="context of the decode steps; prompt length with --prefill")
+    pr.add_argument("--prefill", action="store_true", help="profile one prefill up to its first token")
     g = sub.add_parser("merge", help="one report from several measure runs' folders (same device)")
     g.add_argument("parts", type=Path, nargs="+")
     g.add_argument("--out", type=Path, default=HERE)
@@ -362,7 +381,7 @@ def main() -> int:
     elif args.cmd == "merge":
         merge(args.parts, args.out)
     elif args.cmd == "profile":
-        profile(args.system, args.dir, args.ctx)
+        profile(args.system, args.dir, args.ctx, prefill=args.prefill)
     else:
         cfg = json.loads(CONFIG.read_text())
         res = measure_ours(args.dir / args.system) if args.system in ARTIFACTS else measure_torch(args.system, cfg)
