@@ -97,12 +97,31 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
         return row != positions[0] if rope else True
 
     @T.macro
+    def rotate(dst, at, qkv, cos, sin, base, first, xs):
+        """dst[at:at + vec] = the rotary of columns first:first + vec of the head at column ``base`` of ``qkv``:
+        ``_rotated``'s arithmetic on 16-byte loads. A slice never straddles the half: ``_cuda_layout`` makes the
+        lanes per row a power of two, and the chunk a multiple of the rows per pass makes it at least 2."""
+        for v in T.vectorized(vec):
+            xs[v] = qkv[0, base + first + v]
+        for v in T.vectorized(vec):
+            xs[vec + v] = qkv[0, base + (first + d // 2) % d + v]
+        for v in T.vectorized(vec):
+            xs[2 * vec + v] = cos[0, 0, first + v]
+        for v in T.vectorized(vec):
+            xs[3 * vec + v] = sin[0, 0, first + v]
+        for v in T.unroll(vec):
+            dst[at + v] = xs[v] * xs[2 * vec + v] + T.if_then_else(
+                first < d // 2, -xs[vec + v], xs[vec + v]) * xs[3 * vec + v]
+
+    @T.macro
     def body(q, cos, sin, keys, values, positions, o, ml, ctx):
         """``q`` is the rotated query [1, H, d], or with ``rope`` the merged projection, rotated here."""
         for c in T.thread_binding((ctx + chunk - 1) // chunk, thread="blockIdx.x"):
             for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
                 for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
                     qr = T.alloc_buffer((group * vec,), "float32", scope="local")
+                    rq = T.alloc_buffer((vec,), dtype, scope="local")  # a rotated q slice
+                    xs = T.alloc_buffer((4 * vec,), dtype, scope="local")  # rotary inputs: x, partner, cos, sin
                     kr = T.alloc_buffer((passes * vec,), dtype, scope="local")
                     vr = T.alloc_buffer((passes * vec,), dtype, scope="local")
                     acc = T.alloc_buffer((group * vec,), "float32", scope="local")
@@ -127,20 +146,21 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
                                 vr[p * vec + v] = T.Cast(dtype, 0)
                         if rope:  # the new token's row: rotated from the projection and written to the cache here
                             if c * chunk + p * rows_per_pass + tx // lanes == positions[0]:
-                                for v in T.unroll(vec):
-                                    kr[p * vec + v] = _rotated(q, cos, sin, (heads + h) * d, tx % lanes * vec + v, d)
+                                rotate(kr, p * vec, q, cos, sin, (heads + h) * d, tx % lanes * vec, xs)
+                                for v in T.vectorized(vec):
                                     vr[p * vec + v] = q[0, (heads + nkv + h) * d + tx % lanes * vec + v]
                                 for v in T.vectorized(vec):
                                     keys[positions[0], h, tx % lanes * vec + v] = kr[p * vec + v]
                                 for v in T.vectorized(vec):
                                     values[positions[0], h, tx % lanes * vec + v] = vr[p * vec + v]
                     for g in T.unroll(group):  # after the K/V loads: DRAM-bound at long contexts, they go first
+                        if rope:
+                            rotate(rq, 0, q, cos, sin, (h * group + g) * d, tx % lanes * vec, xs)
+                        else:
+                            for v in T.vectorized(vec):
+                                rq[v] = q[0, h * group + g, tx % lanes * vec + v]
                         for v in T.unroll(vec):
-                            if rope:
-                                qr[g * vec + v] = T.Cast("float32", _rotated(
-                                    q, cos, sin, (h * group + g) * d, tx % lanes * vec + v, d)) * T.float32(scale)
-                            else:
-                                qr[g * vec + v] = T.Cast("float32", q[0, h * group + g, tx % lanes * vec + v]) * T.float32(scale)
+                            qr[g * vec + v] = T.Cast("float32", rq[v]) * T.float32(scale)
                     for p in T.unroll(passes):
                         for g in T.unroll(group):
                             red[0] = T.float32(0)
