@@ -125,6 +125,8 @@ class FuseRopeAttention:
                 new = rewriter.transform(gvar, func)
                 if new is not func:
                     rewriter.builder_.update_func(gvar, new)
-        if rewriter.fused:
-            log.info("rotary + attention: %d decode layers in one kernel", rewriter.fused)
-        return rewriter.builder_.get()
+        if not rewriter.fused:
+            return mod
+        log.info("rotary + attention: %d decode layers in one kernel", rewriter.fused)
+        # the rope and plain partial kernels decode no longer calls: not compiled into the artifact
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -180,6 +180,7 @@ def test_rotary_folds_into_the_attention_kernel_in_decode_only(traced):
     assert not any(c.startswith("rope_kv_write") or c.endswith("_float16_partial") for c in decode)
     assert sum(c.endswith("_combine") for c in decode) == 2
     assert _callees(after["prefill"]) == _callees(before["prefill"])
+    assert not any(g.name_hint.startswith("rope_kv_write") for g in after.get_global_vars())  # dead kernels dropped
 
 
 def test_rope_kv_write_kernel_matches_numpy():
