@@ -219,39 +219,38 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
 
 
 def _cpu_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
-    heads, nkv, d, group, scale, chunk = s.num_heads, s.num_kv_heads, s.head_dim, s.group, s.scale, s.chunk
-
-    def q_at(q, cos, sin, head, j):
-        return _rotated(q, cos, sin, head * d, j, d) if rope else q[0, head, j]
-
-    def k_at(q, cos, sin, keys, positions, row, h, j):
-        if not rope:
-            return keys[row, h, j]
-        return T.if_then_else(row == positions[0], _rotated(q, cos, sin, (heads + h) * d, j, d), keys[row, h, j])
-
-    def v_at(q, values, positions, row, h, j):
-        if not rope:
-            return values[row, h, j]
-        return T.if_then_else(row == positions[0], q[0, (heads + nkv + h) * d + j], values[row, h, j])
+    heads, nkv, d, dtype, group, scale, chunk = (s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group,
+                                                 s.scale, s.chunk)
 
     @T.macro
     def body(q, cos, sin, keys, values, positions, o, ml, ctx):
         for hc in T.parallel(nkv * ((ctx + chunk - 1) // chunk)):
             p = T.alloc_buffer((chunk,), "float32", scope="local")
+            qv = T.alloc_buffer((d,), dtype, scope="local")  # one query head, rotated with ``rope``
             acc = T.alloc_buffer((d,), "float32", scope="local")
             stat = T.alloc_buffer((3,), "float32", scope="local")  # running dot, max, sum
             h = hc // ((ctx + chunk - 1) // chunk)
             c = hc % ((ctx + chunk - 1) // chunk)
             valid = T.min(ctx, positions[0] + 1)
+            if rope:  # the task whose chunk holds the new token writes its rotated K and its V first, then reads
+                # the row back like any other: no other task reads that row of this head
+                if c == positions[0] // chunk:
+                    for j in range(d):
+                        keys[positions[0], h, j] = _rotated(q, cos, sin, (heads + h) * d, j, d)
+                        values[positions[0], h, j] = q[0, (heads + nkv + h) * d + j]
             for g in range(group):
+                for j in range(d):
+                    if rope:
+                        qv[j] = _rotated(q, cos, sin, (h * group + g) * d, j, d)
+                    else:
+                        qv[j] = q[0, h * group + g, j]
                 stat[1] = T.float32(NEG)
                 for r in range(chunk):
                     p[r] = T.float32(NEG)
                     if c * chunk + r < valid:
                         stat[0] = T.float32(0)
                         for j in range(d):
-                            stat[0] = stat[0] + T.Cast("float32", q_at(q, cos, sin, h * group + g, j)) * T.Cast(
-                                "float32", k_at(q, cos, sin, keys, positions, c * chunk + r, h, j))
+                            stat[0] = stat[0] + T.Cast("float32", qv[j]) * T.Cast("float32", keys[c * chunk + r, h, j])
                         p[r] = stat[0] * T.float32(scale)
                         stat[1] = T.max(stat[1], p[r])
                 stat[2] = T.float32(0)
@@ -262,16 +261,11 @@ def _cpu_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
                         p[r] = T.exp(p[r] - stat[1])
                         stat[2] = stat[2] + p[r]
                         for j in range(d):
-                            acc[j] = acc[j] + p[r] * T.Cast("float32", v_at(q, values, positions, c * chunk + r, h, j))
+                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * chunk + r, h, j])
                 for j in range(d):
                     o[h, c, g, j] = acc[j]
                 ml[h, c, g, 0] = stat[1]
                 ml[h, c, g, 1] = stat[2]
-            if rope:  # the task whose chunk holds the new token writes its rotated K and its V to the cache
-                if c == positions[0] // chunk:
-                    for j in range(d):
-                        keys[positions[0], h, j] = _rotated(q, cos, sin, (heads + h) * d, j, d)
-                        values[positions[0], h, j] = q[0, (heads + nkv + h) * d + j]
 
     return _partial_func(s, rope, body)
 
