@@ -22,9 +22,9 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from sqcompile.kernels.attention import decode_attention
 
 from .decode_attention import SCALE_ATTR
+from .fuse_rope_kv_write import ROPE_KV_PREFIX
 
 log = logging.getLogger(__name__)
-ROPE_PREFIX = "rope_kv_write_"
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 CALL_TIR_INPLACE = tvm.ir.Op.get("relax.call_tir_inplace")
 
@@ -40,7 +40,7 @@ def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Var]
     """partial call's var -> the rope call's var, for every pair that may fuse."""
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     uses: dict[relax.Var, int] = {}
-    for value in bindings.values():
+    for value in [*bindings.values(), func.body.body]:  # the bindings and what the function returns
         for v in relax.analysis.free_vars(value) if not isinstance(value, relax.Var) else [value]:
             uses[v] = uses.get(v, 0) + 1
     items = {var: (value.tuple_value, value.index) for var, value in bindings.items()
@@ -56,7 +56,7 @@ def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Var]
             continue
         rope = got[0][0]
         rope_callee = _callee(mod, bindings.get(rope))
-        if rope_callee is None or not rope_callee[0].startswith(ROPE_PREFIX):
+        if rope_callee is None or not rope_callee[0].startswith(ROPE_KV_PREFIX):
             continue
         if any(uses.get(a, 0) != 1 for a in args[:3]) or uses.get(rope, 0) != 3:
             continue  # the rotated q or a cache result has another user: keep both kernels

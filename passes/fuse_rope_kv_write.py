@@ -26,6 +26,7 @@ from .shapes import static_ints
 
 log = logging.getLogger(__name__)
 KV_WRITE_PREFIX = "kv_write_rows_"
+ROPE_KV_PREFIX = "rope_kv_write_"  # the name of this pass's kernels (fuse_rope_attention.py finds them by it)
 CALL_TIR_INPLACE = tvm.ir.Op.get("relax.call_tir_inplace")
 
 
@@ -164,7 +165,7 @@ class _Rewriter(PyExprMutator):
         key = (heads, nkv, d, dtype)
         if key not in self.kernels:
             self.kernels[key] = self.builder_.add_func(rope_kv_write(heads, nkv, d, dtype, self.target),
-                                                       f"rope_kv_write_{heads}x{nkv}x{d}_{dtype}")
+                                                       f"{ROPE_KV_PREFIX}{heads}x{nkv}x{d}_{dtype}")
         return self.kernels[key]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
