@@ -62,13 +62,14 @@ def test_weights_stay_parameters_under_their_hf_names(tmp_path, tiny_tokenizer_o
     model = _hf_model(make_tiny_model(tmp_path / "q", "qwen2", tokenizer=tiny_tokenizer_obj))
     expected = {name: p.detach().numpy().copy() for name, p in model.state_dict().items()}
     merged = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "mlp.gate_up_proj": ("gate_proj", "up_proj")}
-    for name in list(expected):  # what frontend.fuse merges (Qwen2 has q/k/v biases)
+    for name in list(expected):  # what frontend.fuse merges (Qwen2 has q/k/v biases); gate/up rows interleave
         for target, parts in merged.items():
             parent, first = target.split(".")[0], parts[0]
             if f".{parent}.{first}." in name:
                 prefix, part = name.split(f"{first}.")
-                expected[f"{prefix}{target.split('.')[1]}.{part}"] = np.concatenate(
-                    [expected[f"{prefix}{p}.{part}"] for p in parts])
+                rows = [expected[f"{prefix}{p}.{part}"] for p in parts]
+                expected[f"{prefix}{target.split('.')[1]}.{part}"] = (
+                    np.stack(rows, axis=1).reshape(-1, *rows[0].shape[1:]) if parent == "mlp" else np.concatenate(rows))
     traced = trace_decoder(model, max_len=32)
     assert "model.layers.0.self_attn.qkv_proj.bias" in traced.hf_names.values()
     assert "model.layers.0.mlp.gate_up_proj.weight" in traced.hf_names.values()
@@ -108,3 +109,19 @@ def test_merged_rows_compute_what_the_separate_weights_compute():
     np.testing.assert_array_equal(merged.dequantize(), np.concatenate([p.dequantize() for p in parts]))
     with pytest.raises(ValueError, match="same bits"):
         concat_rows([parts[0], random_weight(16, 200, 4, 0.0, rng)])
+
+
+def test_interleaved_rows_alternate_gate_and_up():
+    """gate/up: row 2i of the merged weight is gate row i, row 2i + 1 up row i, CSR entries included."""
+    from sqcompile.frontend.fuse import interleave_rows
+    from sqcompile.kernels.reference import random_weight
+
+    rng = np.random.default_rng(4)
+    gate, up = (random_weight(24, 200, 3, 0.03, rng) for _ in range(2))
+    merged = interleave_rows([gate, up])
+    merged.validate()
+    dense = merged.dequantize()
+    np.testing.assert_array_equal(dense[0::2], gate.dequantize())
+    np.testing.assert_array_equal(dense[1::2], up.dequantize())
+    with pytest.raises(ValueError, match="same shape"):
+        interleave_rows([gate, random_weight(16, 200, 3, 0.0, rng)])

@@ -80,8 +80,9 @@ class KVDecoder(nn.Module):
 
     @staticmethod
     def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(mlp, "gate_up_proj"):  # merged by frontend.fuse
-            gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
+        if hasattr(mlp, "gate_up_proj"):  # merged by frontend.fuse, rows interleaved: gate even, up odd
+            gate_up = mlp.gate_up_proj(x)
+            gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
             return mlp.down_proj(mlp.act_fn(gate) * up)
         return mlp(x)
 
