@@ -16,6 +16,7 @@ from .decode_attention import DecodeAttention
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
 from .fuse_rope_attention import FuseRopeAttention
+from .fuse_silu_into_gemv import FuseSiluIntoGEMV
 from .kv_cache_inplace import KVCacheInplace
 from .rewrite_quantized_linear import KernelFactory, RewriteQuantizedLinear
 
@@ -28,6 +29,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
         KVCacheInplace(),
         DecodeAttention(target.tvm_target()),
         FoldWeightTranspose(),
+        FuseSiluIntoGEMV(target.tvm_target()),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         fuse_elementwise(target.tvm_target()),

@@ -96,6 +96,22 @@ def test_cuda_rules_are_marked_scheduled(m):
     assert func.attrs["tirx.is_scheduled"]
 
 
+def test_silu_gemv_writes_half_the_rows_and_is_cuda_decode_only():
+    """The gate/up GEMV with the SiLU epilogue returns [1, n / 2]; a schedule with odd rows per block gets twice
+    the rows (a block must hold whole gate/up pairs); llvm, prefill and odd n are refused."""
+    from sqcompile.kernels.knobs import GemvKnobs
+
+    func = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA, silu=True,
+                      knobs=GemvKnobs(rows_inner=1, steps=3))
+    assert [int(d) for d in func.params[-1].ty.shape] == [1, 50]
+    assert str(func.attrs["global_symbol"]).endswith("_silu")
+    for kwargs in ({"m": 1, "target": LLVM}, {"m": None, "target": CUDA}):
+        with pytest.raises(ValueError, match="SiLU"):
+            lut_matmul(100, 1000, 3, sparse=False, act_dtype="float16", silu=True, **kwargs)
+    with pytest.raises(ValueError, match="even"):
+        lut_matmul(101, 1000, 3, m=1, sparse=False, act_dtype="float16", target=CUDA, silu=True)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
     import subprocess
@@ -109,7 +125,9 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "mod = tvm.IRModule({'gemv': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t),\n"
         "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
         "                    'gemm_sp': lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype='float16',\n"
-        "                                          target=t)})\n"
+        "                                          target=t),\n"
+        "                    'gemv_silu': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16',\n"
+        "                                            target=t, silu=True)})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
     )

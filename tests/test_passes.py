@@ -250,6 +250,43 @@ def test_tiny_decode_launches_fewer_kernels(tmp_path):
     assert not [k for k in after if k.startswith(("split", "power", "cast"))]
 
 
+def test_gated_mlp_folds_into_the_decode_gate_up_gemv_on_cuda(tmp_path):
+    """On CUDA, decode's SiLU(gate) * up (gate/up rows interleaved by frontend.fuse) is stored by the gate/up
+    GEMV itself: one kernel fewer per layer. Prefill keeps its kernel, and llvm is left as it was."""
+    import argparse
+    import json
+    import re
+
+    from sqcompile.driver import load_synthetic
+    from sqcompile.frontend import trace_decoder
+    from sqcompile.targets import get_target
+
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 200, "max_position_embeddings": 64,
+              "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45), True, "float16")
+    traced = trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8)
+
+    def kernels(target: TargetDef, fold: bool) -> dict[str, list[str]]:
+        """Kernels each entry calls after the graph passes (no dlight schedules: not needed here)."""
+        skip = {q.info.name for q in target.schedule_passes()} | (set() if fold else {"FuseSiluIntoGEMV"})
+        with target.tvm_target():
+            mod = tvm.transform.Sequential([p for p in model_passes(target, traced.quantized)
+                                            if p.info.name not in skip])(traced.mod)
+        # kernel names without TVM's numbering (cast3, multiply2, ...), which shifts when other kernels go
+        return {f: [re.sub(r"\d+(?=_|$)", "", c) for c in _calls(mod, f) if not c.startswith("relax.")]
+                for f in ("decode", "prefill")}
+
+    cuda = get_target("cuda", "sm_90")
+    before, after = kernels(cuda, False), kernels(cuda, True)
+    assert len([c for c in after["decode"] if c.endswith("_m_silu")]) == 2
+    assert not [c for c in after["decode"] if "sigmoid" in c] and [c for c in before["decode"] if "sigmoid" in c]
+    assert len(after["decode"]) == len(before["decode"]) - 2
+    assert after["prefill"] == before["prefill"]
+    assert kernels(LLVM, True) == kernels(LLVM, False)
+
+
 def test_residual_add_fuses_with_the_rms_norm_that_reads_it():
     """add -> rms_norm (the sum also used later, as a residual) is one add_rms_norm kernel with two outputs,
     the same numbers as the separate ops within fp16 rounding; a broadcasting add is left alone."""

@@ -169,6 +169,49 @@ def export_candidates(folder: Path, arch: str, which: str = "benchmark", space_l
     return folder
 
 
+def export_kernels(folder: Path, funcs: dict, target, manifest: dict) -> None:
+    """Compile ``funcs`` (name -> PrimFunc, each its own global symbol) for ``target`` and write ``folder`` as
+    kernels.so + manifest.json, atomically (a temporary folder beside it, then a rename). For the check
+    scripts; the caller made CUDA builds possible (``cuda_host.prepare_cuda_build``)."""
+    import shutil
+
+    import tvm
+
+    from .cuda_host import check_no_source
+    with target:
+        ex = tvm.compile(tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()}),
+                         target=target)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    ex.export_library(str(tmp / "kernels.so"))
+    check_no_source(tmp / "kernels.so")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    print(f"wrote {folder} ({manifest.get('arch')}: {len(funcs)} kernels)")
+
+
+def check_script_main(doc: str, export, check) -> int:
+    """The command line of a ``scripts/gpu_check_*.py``: ``export FOLDER [--arch]`` here (nvcc, no GPU),
+    ``check FOLDER [--out]`` on the GPU host; ``export(folder, arch)`` and ``check(folder, out) -> status``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="build the kernels here (nvcc, no GPU needed)")
+    ex.add_argument("folder", type=Path)
+    ex.add_argument("--arch", default="sm_90a")
+    ck = sub.add_parser("check", help="check and time an export folder on the GPU host")
+    ck.add_argument("folder", type=Path)
+    ck.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.cmd == "export":
+        export(args.folder, args.arch)
+        return 0
+    return check(args.folder, args.out)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None

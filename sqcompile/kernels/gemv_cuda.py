@@ -97,8 +97,14 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
     return knobs
 
 
-def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs) -> tirx.PrimFunc:
+def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs,
+                  silu: bool = False) -> tirx.PrimFunc:
+    """y = x W^T; with ``silu`` the weight's rows alternate gate and up (``frontend.fuse``) and y [1, n / 2] is
+    SiLU(gate) * up, stored by the warp that sums the pair: the gated-MLP kernel between the GEMVs goes away."""
     knobs.validate()
+    if silu and (n % 2 or knobs.rows_per_block % 2):
+        raise ValueError(f"silu needs an even row count and rows per block, got n={n} and {knobs}")
+    n_out = n // 2 if silu else n
     if knobs.reg_words and (bits != 3 or not knobs.pairs):
         raise ValueError(f"reg_words needs the 3-bit pair table, got {bits} bits and {knobs}")
     shared = gemv_shared_bytes(k, bits, knobs)
@@ -242,6 +248,21 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(red[row_slot(rptr, idx) * tk + tx]), v))
 
     @T.macro
+    def row_sum(red, out, h, slot, tx):
+        """The block's partial sums of row ``slot`` added up by one warp into ``out[h]`` (lane 0 holds it)."""
+        out[h] = T.float32(0)
+        for i in T.unroll(tk // 32):
+            out[h] = out[h] + red[slot * tk + i * 32 + tx % 32]
+        for o in T.unroll(5):
+            out[h] = out[h] + T.tvm_warp_shuffle_down(T.uint32(FULL_MASK), out[h], 16 >> o, 32, 32)
+
+    def silu_times(gate, up) -> tirx.Expr:
+        """act(gate) * up rounded as the separate kernel rounds it: both rows to the activation dtype, SiLU in
+        float32 back to it, then the product in it."""
+        g = T.Cast("float32", T.Cast(act_dtype, gate))
+        return T.Cast(act_dtype, g * T.sigmoid(g)) * T.Cast(act_dtype, up)
+
+    @T.macro
     def body(x, q, lut, y, rowptr, col, val):
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
             for ty in T.thread_binding(ry, thread="threadIdx.y"):
@@ -273,6 +294,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     sc = T.alloc_buffer((1,), "int32", scope="local")
                     sv = T.alloc_buffer((1,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
+                    pair = T.alloc_buffer((2,), "float32", scope="local")  # gate and up row sums (``silu``)
                     issue_batch(q, stage, bx, ty, tx, 0, 0)
                     if steps > 1:
                         issue_batch(q, stage, bx, ty, tx, 1, 1)
@@ -325,22 +347,25 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                     "float32", val[sb[0] + e * nthreads + ty * tk + tx]) * T.Cast(
                                     "float32", x[0, col[sb[0] + e * nthreads + ty * tk + tx]]))
                         T.tvm_storage_sync("shared")
-                    for e in range(red_iters):
-                        if e * warps + (ty * tk + tx) // 32 < rpb:
-                            part[0] = T.float32(0)
-                            for i in T.unroll(tk // 32):
-                                part[0] = part[0] + red[(e * warps + (ty * tk + tx) // 32) * tk + i * 32 + tx % 32]
-                            for o in T.unroll(5):
-                                part[0] = part[0] + T.tvm_warp_shuffle_down(
-                                    T.uint32(FULL_MASK), part[0], 16 >> o, 32, 32)
-                            if tx % 32 == 0 and bx * rpb + e * warps + (ty * tk + tx) // 32 < n:
-                                y[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = T.Cast(act_dtype, part[0])
+                    if silu:  # a warp sums rows 2p (gate) and 2p + 1 (up) and stores act(gate) * up
+                        for e in range(-(-rpb // 2 // warps)):
+                            if e * warps + (ty * tk + tx) // 32 < rpb // 2:
+                                for h in T.unroll(2):
+                                    row_sum(red, pair, h, 2 * (e * warps + (ty * tk + tx) // 32) + h, tx)
+                                if tx % 32 == 0 and bx * rpb + 2 * (e * warps + (ty * tk + tx) // 32) < n:
+                                    y[0, bx * rpb // 2 + e * warps + (ty * tk + tx) // 32] = silu_times(pair[0], pair[1])
+                    else:
+                        for e in range(red_iters):
+                            if e * warps + (ty * tk + tx) // 32 < rpb:
+                                row_sum(red, part, 0, e * warps + (ty * tk + tx) // 32, tx)
+                                if tx % 32 == 0 and bx * rpb + e * warps + (ty * tk + tx) // 32 < n:
+                                    y[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = T.Cast(act_dtype, part[0])
 
     if sparse:
         @T.prim_func
         def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
                  lut: T.Buffer((n, 1 << bits), "float16"), rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle,
-                 val_h: T.handle, y: T.Buffer((1, n), act_dtype)):
+                 val_h: T.handle, y: T.Buffer((1, n_out), act_dtype)):
             T.func_attr({"tirx.noalias": True})
             nnz = T.int64()
             col = T.match_buffer(col_h, (nnz,), "int32")
@@ -349,7 +374,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     else:
         @T.prim_func
         def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
-                 lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n), act_dtype)):
+                 lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n_out), act_dtype)):
             T.func_attr({"tirx.noalias": True})
             body(x, q, lut, y, None, None, None)
     return func

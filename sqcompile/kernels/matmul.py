@@ -1,6 +1,8 @@
 """``lut_matmul``: the scheduled TIR PrimFunc for one quantized linear, chosen by target and row count."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import tvm
 from tvm import tirx
 
@@ -14,6 +16,7 @@ from .knobs import GemmKnobs, GemvKnobs
 from .sparse_cuda import sparse_after_dense
 
 ACT_DTYPES = ("float16", "float32")
+LUT_ATTR = "sqcompile.lut_matmul"  # [n, k, bits, m (-1: symbolic), sparse] of the kernel, for later passes
 
 
 def target_arch(target: tvm.target.Target) -> str:
@@ -25,13 +28,16 @@ def target_arch(target: tvm.target.Target) -> str:
 
 
 def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dtype: str,
-               target: tvm.target.Target, knobs: GemvKnobs | GemmKnobs | None = None) -> tirx.PrimFunc:
+               target: tvm.target.Target, knobs: GemvKnobs | GemmKnobs | None = None,
+               silu: bool = False) -> tirx.PrimFunc:
     """y[m, n] = sum_k x[m, k] * (lut[n, code[n, k]] + sparse[n, k]), scheduled for ``target``.
 
     Params: x [m, k] act_dtype, qweight uint32 [n, packed_words(k, bits)], lut float16 [n, 2**bits], if
     ``sparse`` rowptr int32 [n+1], col int32 [nnz], val float16 [nnz], then y [m, n] act_dtype. ``m=None``
     makes the row count symbolic (prefill), ``m=1`` is the decode GEMV. Accumulation is float32.
     ``knobs`` overrides the CUDA schedule; by default the tuning records of the target's arch decide.
+    ``silu`` (CUDA decode GEMV only) takes a weight whose rows alternate gate and up and returns
+    y [1, n / 2] = SiLU(gate) * up (``passes/fuse_silu_into_gemv.py``), on the row-per-warp rule.
     """
     check_bits(bits)
     if n <= 0 or k <= 0 or (m is not None and m <= 0):
@@ -39,6 +45,8 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     if act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
     kind = target.kind.name
+    if silu and (kind != "cuda" or m != 1):
+        raise ValueError(f"the SiLU epilogue needs the CUDA decode GEMV (m = 1), got {kind} with m={m}")
     if kind == "llvm":
         func = cpu_lut_matmul(n, k, bits, m, sparse, act_dtype)
     elif kind == "cuda":
@@ -47,8 +55,16 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
                 knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
                                        or GemvKnobs.default(bits), sparse)
-            rule = cuda_lut_gemv_lanes if knobs.layout == "lane_rows" else cuda_lut_gemv
-            func = rule(n, k, bits, sparse, act_dtype, knobs)
+            if silu:
+                if knobs.layout == "lane_rows":
+                    knobs = fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)
+                if knobs.rows_per_block % 2:  # a block must hold whole gate/up pairs
+                    knobs = replace(knobs, steps=knobs.steps * 2)
+                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, silu=True)
+            elif knobs.layout == "lane_rows":
+                func = cuda_lut_gemv_lanes(n, k, bits, sparse, act_dtype, knobs)
+            else:
+                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
         else:
             # A sparse GEMM is the dense GEMM plus a cheap CSR add (sparse_cuda.py): the dense record decides.
             knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, False) or GemmKnobs()
@@ -59,5 +75,6 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                 func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
     else:
         raise ValueError(f"no lut_matmul rule for target kind {kind!r} (have llvm and cuda)")
-    name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}"
-    return func.with_attr({"global_symbol": name, "tirx.is_scheduled": True})
+    name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}{'_silu' if silu else ''}"
+    return func.with_attr({"global_symbol": name, "tirx.is_scheduled": True,
+                           LUT_ATTR: [n, k, bits, -1 if m is None else m, int(sparse)]})
