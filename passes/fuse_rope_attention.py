@@ -21,6 +21,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.attention import decode_attention
 
+from .bindings import bindings_and_uses
 from .decode_attention import SCALE_ATTR
 from .fuse_rope_kv_write import ROPE_KV_PREFIX
 
@@ -38,11 +39,7 @@ def _callee(mod: tvm.IRModule, value) -> tuple[str, tvm.tirx.PrimFunc] | None:
 
 def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Var]:
     """partial call's var -> the rope call's var, for every pair that may fuse."""
-    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-    uses: dict[relax.Var, int] = {}
-    for value in [*bindings.values(), func.body.body]:  # the bindings and what the function returns
-        for v in relax.analysis.free_vars(value) if not isinstance(value, relax.Var) else [value]:
-            uses[v] = uses.get(v, 0) + 1
+    bindings, uses = bindings_and_uses(func)
     items = {var: (value.tuple_value, value.index) for var, value in bindings.items()
              if isinstance(value, relax.TupleGetItem)}
     plan = {}

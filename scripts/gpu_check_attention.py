@@ -37,33 +37,22 @@ ROTATE_BYTES = 150e6  # 3x the H100's L2
 
 def export(folder: Path, arch: str) -> None:
     """Build every shape's partial + combine for ``arch`` into ``folder`` (kernels.so + manifest.json)."""
-    from sqcompile.kernels.cuda_host import check_no_source, prepare_cuda_build
+    from sqcompile.kernels.cuda_host import prepare_cuda_build
     prepare_cuda_build()  # before tvm is imported
     import tvm
 
     from sqcompile.kernels.attention import CHUNK, decode_attention
+    from sqcompile.kernels.export import export_kernels
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
     funcs = {}
     for (name, (heads, nkv, d)), chunk in itertools.product(SHAPES.items(), CHUNKS):
         partial, combine = decode_attention(heads, nkv, d, "float16", target, chunk=chunk)
-        funcs[f"{name}_c{chunk}_partial"] = partial.with_attr("global_symbol", f"{name}_c{chunk}_partial")
-        funcs[f"{name}_c{chunk}_combine"] = combine.with_attr("global_symbol", f"{name}_c{chunk}_combine")
+        funcs[f"{name}_c{chunk}_partial"], funcs[f"{name}_c{chunk}_combine"] = partial, combine
     for name, (heads, nkv, d) in SHAPES.items():
         partial, _ = decode_attention(heads, nkv, d, "float16", target, rope=True)
-        funcs[f"{name}_rope_partial"] = partial.with_attr("global_symbol", f"{name}_rope_partial")
-    with target:
-        ex = tvm.compile(tvm.IRModule(funcs), target=target)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    ex.export_library(str(tmp / "kernels.so"))
-    check_no_source(tmp / "kernels.so")
-    (tmp / "manifest.json").write_text(json.dumps({"arch": arch, "chunks": list(CHUNKS), "default_chunk": CHUNK,
-                                                   "dtype": "float16",
-                                                   "shapes": {k: list(v) for k, v in SHAPES.items()}}, indent=1))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    print(f"wrote {folder} ({arch}: {', '.join(SHAPES)})")
+        funcs[f"{name}_rope_partial"] = partial
+    export_kernels(folder, funcs, target, {"arch": arch, "chunks": list(CHUNKS), "default_chunk": CHUNK,
+                                           "dtype": "float16", "shapes": {k: list(v) for k, v in SHAPES.items()}})
 
 
 def reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, tokens: int) -> np.ndarray:
@@ -193,19 +182,8 @@ def check(folder: Path, out: Path | None) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="build the kernels here (nvcc, no GPU needed)")
-    ex.add_argument("folder", type=Path)
-    ex.add_argument("--arch", default="sm_90a")
-    ck = sub.add_parser("check", help="check and time an export folder on the GPU host")
-    ck.add_argument("folder", type=Path)
-    ck.add_argument("--out", type=Path, help="write the timings as JSON here")
-    args = parser.parse_args()
-    if args.cmd == "export":
-        export(args.folder, args.arch)
-        return 0
-    return check(args.folder, args.out)
+    from sqcompile.kernels.export import check_script_main
+    return check_script_main(__doc__, export, check)
 
 
 if __name__ == "__main__":
