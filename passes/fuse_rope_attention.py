@@ -21,7 +21,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.attention import decode_attention
 
-from .bindings import bindings_and_uses
+from .bindings import bindings_and_uses, rewrite_functions
 from .decode_attention import SCALE_ATTR
 from .fuse_rope_kv_write import ROPE_KV_PREFIX
 
@@ -83,7 +83,7 @@ class _Rewriter(PyExprMutator):
                                                         name.replace("_partial", "_rope_partial"))
         return self.kernels[name]
 
-    def transform(self, gvar: tvm.ir.GlobalVar, func: relax.Function) -> relax.Function:
+    def transform(self, func: relax.Function) -> relax.Function:
         self.plan = _plan(self.mod, func)
         self.bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
         return self.visit_expr(func) if self.plan else func
@@ -117,13 +117,8 @@ class FuseRopeAttention:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.target)
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                new = rewriter.transform(gvar, func)
-                if new is not func:
-                    rewriter.builder_.update_func(gvar, new)
-        if not rewriter.fused:
+        out = rewrite_functions(rewriter, rewriter.transform)  # the rope and plain partial kernels go with it
+        if out is None:
             return mod
         log.info("rotary + attention: %d decode layers in one kernel", rewriter.fused)
-        # the rope and plain partial kernels decode no longer calls: not compiled into the artifact
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return out

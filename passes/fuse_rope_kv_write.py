@@ -22,6 +22,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.rope import rope_kv_write
 
+from .bindings import rewrite_functions
 from .shapes import static_ints
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class _Rewriter(PyExprMutator):
         self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
         self.plan: dict = {}
         self.emitted: dict[int, relax.Var] = {}
+        self.fused = 0
 
     def kernel(self, heads: int, nkv: int, d: int, dtype: str) -> tvm.ir.GlobalVar:
         key = (heads, nkv, d, dtype)
@@ -167,6 +169,11 @@ class _Rewriter(PyExprMutator):
             self.kernels[key] = self.builder_.add_func(rope_kv_write(heads, nkv, d, dtype, self.target),
                                                        f"{ROPE_KV_PREFIX}{heads}x{nkv}x{d}_{dtype}")
         return self.kernels[key]
+
+    def transform(self, func: relax.Function) -> relax.Function:
+        self.plan = _plan(func, self.kernel)
+        self.fused += len(self.plan) // 3  # three vars per layer
+        return self.visit_expr(func) if self.plan else func
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var not in self.plan:
@@ -184,12 +191,8 @@ class FuseRopeKVWrite:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.target)
-        fused = 0
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.plan = _plan(func, rewriter.kernel)
-                if rewriter.plan:
-                    rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-                    fused += len(rewriter.plan) // 3
-        log.info("rotary + KV write: %d attention layers fused", fused)
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get()) if fused else mod
+        out = rewrite_functions(rewriter, rewriter.transform)
+        if out is None:
+            return mod
+        log.info("rotary + KV write: %d attention layers fused", rewriter.fused)
+        return out

@@ -22,7 +22,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.matmul import LUT_ATTR, lut_matmul
 
-from .bindings import bindings_and_uses
+from .bindings import bindings_and_uses, rewrite_functions
 
 log = logging.getLogger(__name__)
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -64,12 +64,13 @@ def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Call
             continue
         y = g_call.args[0]
         gemv = bindings.get(y)
-        if (not y.same_as(u_call.args[0]) or not isinstance(gemv, relax.Call) or gemv.op != CALL_TIR
-                or not _every_other(g_call, 0) or not _every_other(u_call, 1) or a.ty.dtype != "float32"
-                or z.ty.dtype != y.ty.dtype or down.attrs.dtype != y.ty.dtype):
+        if not y.same_as(u_call.args[0]) or not isinstance(gemv, relax.Call) or gemv.op != CALL_TIR:
             continue
-        attrs = mod[gemv.args[0]].attrs
+        attrs = mod[gemv.args[0]].attrs  # a decode LUT GEMV: static [1, 2F] output
         if attrs is None or LUT_ATTR not in attrs or int(attrs[LUT_ATTR][3]) != 1:
+            continue
+        if (not _every_other(g_call, 0) or not _every_other(u_call, 1) or a.ty.dtype != "float32"
+                or z.ty.dtype != y.ty.dtype or down.attrs.dtype != y.ty.dtype):
             continue
         chain = {y: 2, up32.args[0]: 1, u: 1, a: 2, s: 1, down.args[0]: 1, c: 1}
         if all(uses.get(v, 0) == n for v, n in chain.items()):
@@ -118,12 +119,8 @@ class FuseSiluIntoGEMV:
         if self.target.kind.name != "cuda":
             return mod
         rewriter = _Rewriter(mod, self.target)
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                new = rewriter.transform(func)
-                if new is not func:
-                    rewriter.builder_.update_func(gvar, new)
-        if not rewriter.kernels:
+        out = rewrite_functions(rewriter, rewriter.transform)  # the plain gate/up GEMV kernel goes with it
+        if out is None:
             return mod
         log.info("SiLU(gate) * up folded into the decode GEMV: %d kernel(s)", len(rewriter.kernels))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return out
