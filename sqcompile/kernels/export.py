@@ -34,6 +34,16 @@ class Config:
     m: int  # rows of x to measure with (the gemm kernel itself takes any m)
 
 
+def threads_per_row(k: int) -> tuple[int, ...]:
+    """128 and 64 threads per row, and where K is not a multiple of 4096 the warps that give every thread
+    exactly one 32-code block: at K = 11008 (344 blocks) 128 threads take three blocks each, the third one
+    on 88 of them, so 11% of the work is padding and x for three blocks sits in registers (94-128 of them);
+    352 threads take one each."""
+    nblocks = -(-k // 128) * 4
+    whole = -(-nblocks // 32) * 32
+    return (128, 64) + ((whole,) if whole not in (128, 64) and whole <= 512 else ())
+
+
 def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnobs]:
     """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
     H100 explorations (NOTES.md) gets the full grid: at 3 bits the register table (``reg_words=4``), at 2 bits
@@ -43,8 +53,8 @@ def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnob
     nblocks = -(-k // 128) * 4
     primary = GemvKnobs(pairs=bits < 4, reg_words=4 if bits == 3 else 0)
     others = [GemvKnobs(pairs=bits >= 4)] + ([GemvKnobs()] if bits == 3 else [])
-    grid = [replace(primary, threads_k=tk, rows_inner=ri, steps=steps) for tk in (128, 64)
-            for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4))]
+    grid = [replace(primary, threads_k=tk, rows_inner=ri, steps=steps) for tk in threads_per_row(k)
+            for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4), (8, 1), (4, 1))]
     grid += [replace(kn, threads_k=128, rows_inner=ri, steps=2) for kn in others for ri in (2, 4)]
     out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)]
     for kn in grid:
@@ -93,7 +103,8 @@ def check_configs() -> list[tuple[Config, list]]:
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
             GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
             GemvKnobs(128, steps=2, layout="lane_rows"), GemvKnobs(reg_words=4), GemvKnobs(64, 2, 1, 4, reg_words=2),
-            GemvKnobs(256, 1, 2, 2, reg_words=3), GemvKnobs(64, 1, 4, 4, reg_words=1)]
+            GemvKnobs(256, 1, 2, 2, reg_words=3), GemvKnobs(64, 1, 4, 4, reg_words=1),
+            GemvKnobs(128, 1, 8, 1, reg_words=4), GemvKnobs(352, 1, 2, 2, reg_words=4), GemvKnobs(352, 1, 4, 1, pairs=False)]
     shapes = ((1000, 1000), (333, 4160), (4096, 11008))
     for (n, k), bits in itertools.product(shapes, (2, 3, 4)):
         for sparse in (False, True):

@@ -71,8 +71,15 @@ def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = sum(row_table_words(bits, knobs)) * 4
-    stage = 2 * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
+    stage = stage_buffers(knobs) * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
     return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
+
+
+def stage_buffers(knobs: GemvKnobs) -> int:
+    """Staging buffers of the row_warps schedule: two (double buffering) where there is a next batch to
+    load during the current one's arithmetic; a one-batch schedule needs only one, and the shared memory it
+    frees lets more blocks share an SM."""
+    return min(knobs.steps, 2)
 
 
 def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) -> GemvKnobs:
@@ -128,7 +135,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     row_chunks = words // 4  # 16-byte chunks per row (a row is a whole number of them: format.GROUP)
     batch_chunks = ry * ri * row_chunks
     chunk_iters = -(-batch_chunks // nthreads)
-    stage_words = 2 * ry * ri * words
+    stage_words = stage_buffers(knobs) * ry * ri * words
     sparse_words = rpb + 1 if sparse else 0
     ptr_iters = -(-(rpb + 1) // nthreads)
 
