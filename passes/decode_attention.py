@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from sqcompile.kernels.attention import decode_attention, num_chunks
+from sqcompile.kernels.attention import decode_attention, partial_slots
 
 from .shapes import static_ints
 
@@ -131,7 +131,7 @@ class _Rewriter:
         except ValueError as e:
             log.warning("decode attention: no kernel for %d/%d heads x %d (%s): %s", heads, nkv, d, dtype, e)
             return m[p.root]
-        chunks = num_chunks(keys.ty.shape[0])
+        chunks = partial_slots(self.builder.get()[partial], keys.ty.shape[0])
         group = heads // nkv
         parts = relax.call_tir(partial, [q, keys, values, self.positions], out_ty=[
             relax.TensorType((nkv, chunks, group, d), "float32"), relax.TensorType((nkv, chunks, group, 2), "float32")])

@@ -7,7 +7,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from sqcompile.kernels.attention import decode_attention, num_chunks  # noqa: E402
+from sqcompile.kernels.attention import decode_attention, num_partials  # noqa: E402
 
 LLVM = tvm.target.Target("llvm")
 
@@ -29,7 +29,7 @@ def run_llvm(heads: int, nkv: int, d: int, dtype: str, q, keys, values, pos: int
     partial, combine = decode_attention(heads, nkv, d, dtype, LLVM)
     ex = tvm.compile(tvm.IRModule({"partial": partial.with_attr("global_symbol", "partial"),
                                    "combine": combine.with_attr("global_symbol", "combine")}), LLVM)
-    dev, chunks, group = tvm.cpu(), num_chunks(keys.shape[0]), heads // nkv
+    dev, chunks, group = tvm.cpu(), num_partials(keys.shape[0]), heads // nkv
     o = tvm.runtime.tensor(np.full((nkv, chunks, group, d), np.nan, "float32"), dev)  # poisoned outputs
     ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, "float32"), dev)
     out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, dtype), dev)
@@ -45,6 +45,8 @@ def run_llvm(heads: int, nkv: int, d: int, dtype: str, q, keys, values, pos: int
     (4, 4, 128, "float16", 192, 129),
     (4, 4, 128, "float32", 130, 129),
     (6, 2, 64, "float32", 64, 40),
+    (4, 2, 32, "float16", 576, 530),  # past SHORT_ROWS: 64-row chunks, half the partial slots unused
+    (4, 2, 32, "float32", 1024, 700),  # the same with wholly masked chunks
 ])
 def test_kernel_matches_float64_reference(heads, nkv, d, dtype, ctx, pos):
     rng = np.random.default_rng(ctx * 31 + heads)
@@ -207,7 +209,8 @@ def test_rope_kv_write_kernel_matches_numpy():
     assert (np.delete(k_out, pos, axis=0) == 7).all() and (np.delete(v_out, pos, axis=0) == 7).all()
 
 
-@pytest.mark.parametrize("heads,nkv,d,dtype,ctx,pos", [(9, 3, 64, "float16", 130, 77), (4, 4, 32, "float32", 64, 0)])
+@pytest.mark.parametrize("heads,nkv,d,dtype,ctx,pos", [(9, 3, 64, "float16", 130, 77), (4, 4, 32, "float32", 64, 0),
+                                                     (4, 2, 32, "float32", 640, 600)])
 def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
     """The partial kernel with the rotary folded in (``rope=True``) gives the same chunks as rope_kv_write
     followed by the plain partial, and writes the same cache rows: row ``pos`` only, rows past it never read."""
@@ -217,7 +220,7 @@ def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
     cos, sin = rng.standard_normal((2, 1, 1, d)).astype(dtype)
     keys, values = rng.standard_normal((2, ctx, nkv, d)).astype(dtype)
     keys[pos:], values[pos:] = np.nan, np.inf  # row pos is written by the kernels; later rows must stay unread
-    chunks, group = num_chunks(ctx), heads // nkv
+    chunks, group = num_partials(ctx), heads // nkv
     plain, _ = decode_attention(heads, nkv, d, dtype, LLVM)
     fused, _ = decode_attention(heads, nkv, d, dtype, LLVM, rope=True)
     ex = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in [

@@ -1,7 +1,8 @@
 """Decode attention (one new token) that reads the KV cache views in place, the flash-decoding way.
 
 Two kernels, both for any context length ``ctx`` (symbolic):
-  * ``partial``: one work item per (KV head, chunk of ``chunk`` cache rows, ``CHUNK`` by default). All ``group = H / kv_heads``
+  * ``partial``: one work item per (KV head, chunk of ``chunk`` cache rows: ``CHUNK``, or ``SHORT_CHUNK`` for views
+    of up to ``SHORT_ROWS`` rows, where the longer chunks would leave SMs idle). All ``group = H / kv_heads``
     query heads of that KV head are handled together, so each K/V row is read once (GQA). It writes, per query
     head, the chunk's score maximum ``m``, the sum ``l`` of ``exp(score - m)`` and the unnormalized output
     ``sum exp(score - m) * v`` (float32);
@@ -18,13 +19,15 @@ math runs as plain loops, one parallel task per (KV head, chunk).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
 CHUNK = 64  # cache rows per partial work item: 7B at ctx 2048 gives 32 x 32 = 1024 CUDA blocks
+SHORT_CHUNK = 32  # ... for views of up to SHORT_ROWS rows: 7B at ctx 192 gets 192 blocks, not 96 for 132 SMs
+SHORT_ROWS = 512
 THREADS = 128
 FULL_MASK = 0xFFFFFFFF
 NEG = -3.0e38  # score of a masked row: finite, so an all-masked chunk gives no inf - inf
@@ -40,10 +43,17 @@ class AttentionShape:
     dtype: str
     scale: float
     chunk: int = CHUNK  # cache rows per partial work item
+    short_chunk: int = SHORT_CHUNK  # ... for views of up to short_rows rows (equal to chunk: one size for all)
+    short_rows: int = SHORT_ROWS
 
     @property
     def group(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def short_slots(self) -> int:
+        """Partial results per KV head up to which the short chunks are used."""
+        return self.short_rows // self.short_chunk
 
     def validate(self) -> None:
         if self.num_heads <= 0 or self.num_kv_heads <= 0 or self.head_dim <= 0:
@@ -52,13 +62,36 @@ class AttentionShape:
             raise ValueError(f"{self.num_heads} query heads are not a multiple of {self.num_kv_heads} KV heads")
         if self.dtype not in DTYPES:
             raise ValueError(f"attention dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.chunk <= 0 or self.chunk % 32:
-            raise ValueError(f"the context chunk must be a positive multiple of 32, got {self.chunk}")
+        if min(self.chunk, self.short_chunk, self.short_rows) <= 0 or (self.chunk | self.short_chunk) % 32:
+            raise ValueError(f"context chunks must be positive multiples of 32, got {self.chunk} and {self.short_chunk}")
+        if self.chunk % self.short_chunk or self.short_rows % self.short_chunk:
+            raise ValueError(f"the chunk {self.chunk} and short_rows {self.short_rows} must be multiples of the short "
+                             f"chunk {self.short_chunk}")
+
+    def used_slots(self, slots):
+        """How many of ``slots`` partial results a view holds (int or PrimExpr): all with short chunks, else one
+        per ``chunk`` rows (``ceil(ceil(ctx / short) / r) = ceil(ctx / (short * r))``)."""
+        ratio = self.chunk // self.short_chunk
+        if ratio == 1:
+            return slots
+        return T.if_then_else(slots <= self.short_slots, slots, (slots + ratio - 1) // ratio)
 
 
-def num_chunks(ctx, chunk: int = CHUNK):
-    """Partial results per KV head for a context of ``ctx`` rows (int or PrimExpr)."""
-    return (ctx + chunk - 1) // chunk
+def partial_slots(partial: tirx.PrimFunc, ctx) -> tirx.PrimExpr:
+    """The partial results per KV head that ``partial`` writes room for, for a view of ``ctx`` rows (its ``o``
+    buffer's second axis, with the kernel's context length replaced by ``ctx``)."""
+    cache, o = (partial.params[i].ty for i in (-4, -2))  # the V (or K) cache [ctx, nkv, d]; o
+    from tvm.sym.analyzer import Analyzer
+
+    analyzer = Analyzer()
+    analyzer.bind(cache.shape[0], ctx)  # substitutes the kernel's context length
+    return analyzer.simplify(o.shape[1])
+
+
+def num_partials(ctx, short_chunk: int = SHORT_CHUNK):
+    """Partial results per KV head that ``partial`` writes room for, for a view of ``ctx`` rows (int or PrimExpr):
+    one per short chunk. Views longer than ``SHORT_ROWS`` fill only the first ``ceil(ctx / CHUNK)``."""
+    return (ctx + short_chunk - 1) // short_chunk
 
 
 def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
@@ -71,6 +104,17 @@ def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
     return vec, lanes
 
 
+def _cuda_shape(s: AttentionShape) -> AttentionShape:
+    """``s`` with chunks a CUDA block can take: whole passes of rows. A small head_dim reads up to 64 rows at
+    once (16-byte loads, head_dim / 8 threads a row); where the short chunk holds fewer, one size serves all."""
+    _, lanes = _cuda_layout(s)
+    rows_per_pass = THREADS // lanes
+    if s.chunk % rows_per_pass:
+        raise ValueError(f"the context chunk {s.chunk} is not a multiple of the {rows_per_pass} rows a block reads "
+                         "at once")
+    return s if s.short_chunk % rows_per_pass == 0 else replace(s, short_chunk=s.chunk)
+
+
 def _rotated(qkv, cos, sin, base, i, d: int):
     """Element ``i`` of the rotary embedding of the head at column ``base`` of the merged projection ``qkv``, in
     the activation dtype, as ``rope.py`` computes it: ``x * cos + rotate_half(x) * sin``."""
@@ -81,11 +125,7 @@ def _rotated(qkv, cos, sin, base, i, d: int):
 def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
     heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
     vec, lanes = _cuda_layout(s)
-    chunk = s.chunk
     rows_per_pass = THREADS // lanes
-    if chunk % rows_per_pass:
-        raise ValueError(f"the context chunk {chunk} is not a multiple of the {rows_per_pass} rows a block reads at once")
-    passes = chunk // rows_per_pass
     warps = THREADS // 32
     lane_steps = lanes.bit_length() - 1  # log2(lanes)
     row_steps = (32 // lanes).bit_length() - 1  # log2(rows a warp reads at once)
@@ -113,169 +153,193 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
             dst[at + v] = xs[v] * xs[2 * vec + v] + T.if_then_else(
                 first < d // 2, -xs[vec + v], xs[vec + v]) * xs[3 * vec + v]
 
-    @T.macro
-    def body(q, cos, sin, keys, values, positions, o, ml, ctx):
-        """``q`` is the rotated query [1, H, d], or with ``rope`` the merged projection, rotated here."""
-        for c in T.thread_binding((ctx + chunk - 1) // chunk, thread="blockIdx.x"):
-            for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
-                for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
-                    qr = T.alloc_buffer((group * vec,), "float32", scope="local")
-                    rq = T.alloc_buffer((vec,), dtype, scope="local")  # a rotated q slice
-                    xs = T.alloc_buffer((4 * vec,), dtype, scope="local")  # rotary inputs: x, partner, cos, sin
-                    kr = T.alloc_buffer((passes * vec,), dtype, scope="local")
-                    vr = T.alloc_buffer((passes * vec,), dtype, scope="local")
-                    acc = T.alloc_buffer((group * vec,), "float32", scope="local")
-                    red = T.alloc_buffer((1,), "float32", scope="local")
-                    stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, probability
-                    scores = T.alloc_buffer((group * chunk,), "float32", scope="shared")
-                    probs = T.alloc_buffer((group * chunk,), "float32", scope="shared")  # its own buffer: no
-                    # write-after-read on scores inside the per-warp branch, where no barrier may go
-                    sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
-                    valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
-                    for p in T.unroll(passes):  # every load of the chunk in flight before any use
-                        if c * chunk + p * rows_per_pass + tx // lanes < valid and cached(
-                                c * chunk + p * rows_per_pass + tx // lanes, positions):
-                            for v in T.vectorized(vec):
-                                kr[p * vec + v] = keys[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
-                            for v in T.vectorized(vec):
-                                vr[p * vec + v] = values[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
-                        else:
-                            for v in T.vectorized(vec):
-                                kr[p * vec + v] = T.Cast(dtype, 0)
-                            for v in T.vectorized(vec):
-                                vr[p * vec + v] = T.Cast(dtype, 0)
-                        if rope:  # the new token's row: rotated from the projection and written to the cache here
-                            if c * chunk + p * rows_per_pass + tx // lanes == positions[0]:
-                                rotate(kr, p * vec, q, cos, sin, (heads + h) * d, tx % lanes * vec, xs)
-                                for v in T.vectorized(vec):
-                                    vr[p * vec + v] = q[0, (heads + nkv + h) * d + tx % lanes * vec + v]
-                                for v in T.vectorized(vec):
-                                    keys[positions[0], h, tx % lanes * vec + v] = kr[p * vec + v]
-                                for v in T.vectorized(vec):
-                                    values[positions[0], h, tx % lanes * vec + v] = vr[p * vec + v]
-                    for g in T.unroll(group):  # after the K/V loads: DRAM-bound at long contexts, they go first
-                        if rope:
-                            rotate(rq, 0, q, cos, sin, (h * group + g) * d, tx % lanes * vec, xs)
-                        else:
-                            for v in T.vectorized(vec):
-                                rq[v] = q[0, h * group + g, tx % lanes * vec + v]
-                        for v in T.unroll(vec):
-                            qr[g * vec + v] = T.Cast("float32", rq[v]) * T.float32(scale)
-                    for p in T.unroll(passes):
-                        for g in T.unroll(group):
-                            red[0] = T.float32(0)
-                            for v in T.unroll(vec):
-                                red[0] = red[0] + qr[g * vec + v] * T.Cast("float32", kr[p * vec + v])
-                            for i in T.unroll(lane_steps):
-                                red[0] = red[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), red[0], (lanes >> 1) >> i, 32, 32)
-                            if tx % lanes == 0:
-                                scores[g * chunk + p * rows_per_pass + tx // lanes] = T.if_then_else(
-                                    c * chunk + p * rows_per_pass + tx // lanes < valid, red[0], T.float32(NEG))
-                    T.tvm_storage_sync("shared")
-                    for i in T.unroll(-(-group // warps)):  # softmax of the chunk: one warp per query head
-                        if tx // 32 + i * warps < group:
-                            stat[0] = T.float32(NEG)
-                            for j in T.unroll(chunk // 32):
-                                stat[0] = T.max(stat[0], scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32])
-                            for k in T.unroll(5):
-                                stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
-                            stat[1] = T.float32(0)
-                            for j in T.unroll(chunk // 32):
-                                stat[2] = T.if_then_else(
-                                    scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] == T.float32(NEG),
-                                    T.float32(0),
-                                    T.exp(scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] - stat[0]))
-                                probs[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] = stat[2]
-                                stat[1] = stat[1] + stat[2]
-                            for k in T.unroll(5):
-                                stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
-                            if tx % 32 == 0:
-                                ml[h, c, tx // 32 + i * warps, 0] = stat[0]
-                                ml[h, c, tx // 32 + i * warps, 1] = stat[1]
-                    T.tvm_storage_sync("shared")
-                    for g in T.unroll(group):
-                        for v in T.unroll(vec):
-                            acc[g * vec + v] = T.float32(0)
-                    for p in T.unroll(passes):
-                        for g in T.unroll(group):
-                            for v in T.unroll(vec):
-                                acc[g * vec + v] = acc[g * vec + v] + probs[g * chunk + p * rows_per_pass + tx // lanes] * T.Cast("float32", vr[p * vec + v])
-                    for g in T.unroll(group):  # sum over the rows a warp read at once, then over warps
-                        for v in T.unroll(vec):
-                            for i in T.unroll(row_steps):
-                                acc[g * vec + v] = acc[g * vec + v] + T.tvm_warp_shuffle_xor(
-                                    T.uint32(FULL_MASK), acc[g * vec + v], lanes << i, 32, 32)
-                            if tx % 32 < lanes:
-                                sums[(tx // 32 * group + g) * d + tx % lanes * vec + v] = acc[g * vec + v]
-                    T.tvm_storage_sync("shared")
-                    for e in T.unroll(out_iters):
-                        if e * THREADS + tx < group * d:
-                            red[0] = T.float32(0)
-                            for w in T.unroll(warps):
-                                red[0] = red[0] + sums[w * group * d + e * THREADS + tx]
-                            o[h, c, (e * THREADS + tx) // d, (e * THREADS + tx) % d] = red[0]
+    def body_for(chunk: int):
+        """The kernel for ``chunk``-row work items."""
+        passes = chunk // rows_per_pass
 
-    return _partial_func(s, rope, body)
+        @T.macro
+        def body(q, cos, sin, keys, values, positions, o, ml, ctx):
+            """``q`` is the rotated query [1, H, d], or with ``rope`` the merged projection, rotated here."""
+            for c in T.thread_binding((ctx + chunk - 1) // chunk, thread="blockIdx.x"):
+                for h in T.thread_binding(T.int64(nkv), thread="blockIdx.y"):
+                    for tx in T.thread_binding(T.int64(THREADS), thread="threadIdx.x"):
+                        qr = T.alloc_buffer((group * vec,), "float32", scope="local")
+                        rq = T.alloc_buffer((vec,), dtype, scope="local")  # a rotated q slice
+                        xs = T.alloc_buffer((4 * vec,), dtype, scope="local")  # rotary inputs: x, partner, cos, sin
+                        kr = T.alloc_buffer((passes * vec,), dtype, scope="local")
+                        vr = T.alloc_buffer((passes * vec,), dtype, scope="local")
+                        acc = T.alloc_buffer((group * vec,), "float32", scope="local")
+                        red = T.alloc_buffer((1,), "float32", scope="local")
+                        stat = T.alloc_buffer((3,), "float32", scope="local")  # max, sum, probability
+                        scores = T.alloc_buffer((group * chunk,), "float32", scope="shared")
+                        probs = T.alloc_buffer((group * chunk,), "float32", scope="shared")  # its own buffer: no
+                        # write-after-read on scores inside the per-warp branch, where no barrier may go
+                        sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
+                        valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
+                        for p in T.unroll(passes):  # every load of the chunk in flight before any use
+                            if c * chunk + p * rows_per_pass + tx // lanes < valid and cached(
+                                    c * chunk + p * rows_per_pass + tx // lanes, positions):
+                                for v in T.vectorized(vec):
+                                    kr[p * vec + v] = keys[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                                for v in T.vectorized(vec):
+                                    vr[p * vec + v] = values[c * chunk + p * rows_per_pass + tx // lanes, h, tx % lanes * vec + v]
+                            else:
+                                for v in T.vectorized(vec):
+                                    kr[p * vec + v] = T.Cast(dtype, 0)
+                                for v in T.vectorized(vec):
+                                    vr[p * vec + v] = T.Cast(dtype, 0)
+                            if rope:  # the new token's row: rotated from the projection and written to the cache here
+                                if c * chunk + p * rows_per_pass + tx // lanes == positions[0]:
+                                    rotate(kr, p * vec, q, cos, sin, (heads + h) * d, tx % lanes * vec, xs)
+                                    for v in T.vectorized(vec):
+                                        vr[p * vec + v] = q[0, (heads + nkv + h) * d + tx % lanes * vec + v]
+                                    for v in T.vectorized(vec):
+                                        keys[positions[0], h, tx % lanes * vec + v] = kr[p * vec + v]
+                                    for v in T.vectorized(vec):
+                                        values[positions[0], h, tx % lanes * vec + v] = vr[p * vec + v]
+                        for g in T.unroll(group):  # after the K/V loads: DRAM-bound at long contexts, they go first
+                            if rope:
+                                rotate(rq, 0, q, cos, sin, (h * group + g) * d, tx % lanes * vec, xs)
+                            else:
+                                for v in T.vectorized(vec):
+                                    rq[v] = q[0, h * group + g, tx % lanes * vec + v]
+                            for v in T.unroll(vec):
+                                qr[g * vec + v] = T.Cast("float32", rq[v]) * T.float32(scale)
+                        for p in T.unroll(passes):
+                            for g in T.unroll(group):
+                                red[0] = T.float32(0)
+                                for v in T.unroll(vec):
+                                    red[0] = red[0] + qr[g * vec + v] * T.Cast("float32", kr[p * vec + v])
+                                for i in T.unroll(lane_steps):
+                                    red[0] = red[0] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), red[0], (lanes >> 1) >> i, 32, 32)
+                                if tx % lanes == 0:
+                                    scores[g * chunk + p * rows_per_pass + tx // lanes] = T.if_then_else(
+                                        c * chunk + p * rows_per_pass + tx // lanes < valid, red[0], T.float32(NEG))
+                        T.tvm_storage_sync("shared")
+                        for i in T.unroll(-(-group // warps)):  # softmax of the chunk: one warp per query head
+                            if tx // 32 + i * warps < group:
+                                stat[0] = T.float32(NEG)
+                                for j in T.unroll(chunk // 32):
+                                    stat[0] = T.max(stat[0], scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32])
+                                for k in T.unroll(5):
+                                    stat[0] = T.max(stat[0], T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[0], 16 >> k, 32, 32))
+                                stat[1] = T.float32(0)
+                                for j in T.unroll(chunk // 32):
+                                    stat[2] = T.if_then_else(
+                                        scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] == T.float32(NEG),
+                                        T.float32(0),
+                                        T.exp(scores[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] - stat[0]))
+                                    probs[(tx // 32 + i * warps) * chunk + j * 32 + tx % 32] = stat[2]
+                                    stat[1] = stat[1] + stat[2]
+                                for k in T.unroll(5):
+                                    stat[1] = stat[1] + T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), stat[1], 16 >> k, 32, 32)
+                                if tx % 32 == 0:
+                                    ml[h, c, tx // 32 + i * warps, 0] = stat[0]
+                                    ml[h, c, tx // 32 + i * warps, 1] = stat[1]
+                        T.tvm_storage_sync("shared")
+                        for g in T.unroll(group):
+                            for v in T.unroll(vec):
+                                acc[g * vec + v] = T.float32(0)
+                        for p in T.unroll(passes):
+                            for g in T.unroll(group):
+                                for v in T.unroll(vec):
+                                    acc[g * vec + v] = acc[g * vec + v] + probs[g * chunk + p * rows_per_pass + tx // lanes] * T.Cast("float32", vr[p * vec + v])
+                        for g in T.unroll(group):  # sum over the rows a warp read at once, then over warps
+                            for v in T.unroll(vec):
+                                for i in T.unroll(row_steps):
+                                    acc[g * vec + v] = acc[g * vec + v] + T.tvm_warp_shuffle_xor(
+                                        T.uint32(FULL_MASK), acc[g * vec + v], lanes << i, 32, 32)
+                                if tx % 32 < lanes:
+                                    sums[(tx // 32 * group + g) * d + tx % lanes * vec + v] = acc[g * vec + v]
+                        T.tvm_storage_sync("shared")
+                        for e in T.unroll(out_iters):
+                            if e * THREADS + tx < group * d:
+                                red[0] = T.float32(0)
+                                for w in T.unroll(warps):
+                                    red[0] = red[0] + sums[w * group * d + e * THREADS + tx]
+                                o[h, c, (e * THREADS + tx) // d, (e * THREADS + tx) % d] = red[0]
+
+        return body
+
+    return _partial_func(s, rope, body_for(s.short_chunk), body_for(s.chunk))
 
 
 def _cpu_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
-    heads, nkv, d, dtype, group, scale, chunk = (s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group,
-                                                 s.scale, s.chunk)
+    heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
+
+    def body_for(chunk: int):
+        @T.macro
+        def body(q, cos, sin, keys, values, positions, o, ml, ctx):
+            for hc in T.parallel(nkv * ((ctx + chunk - 1) // chunk)):
+                p = T.alloc_buffer((chunk,), "float32", scope="local")
+                qv = T.alloc_buffer((d,), dtype, scope="local")  # one query head, rotated with ``rope``
+                acc = T.alloc_buffer((d,), "float32", scope="local")
+                stat = T.alloc_buffer((3,), "float32", scope="local")  # running dot, max, sum
+                h = hc // ((ctx + chunk - 1) // chunk)
+                c = hc % ((ctx + chunk - 1) // chunk)
+                valid = T.min(ctx, positions[0] + 1)
+                if rope:  # the task whose chunk holds the new token writes its rotated K and its V first, then reads
+                    # the row back like any other: no other task reads that row of this head
+                    if c == positions[0] // chunk:
+                        for j in range(d):
+                            keys[positions[0], h, j] = _rotated(q, cos, sin, (heads + h) * d, j, d)
+                            values[positions[0], h, j] = q[0, (heads + nkv + h) * d + j]
+                for g in range(group):
+                    for j in range(d):
+                        if rope:
+                            qv[j] = _rotated(q, cos, sin, (h * group + g) * d, j, d)
+                        else:
+                            qv[j] = q[0, h * group + g, j]
+                    stat[1] = T.float32(NEG)
+                    for r in range(chunk):
+                        p[r] = T.float32(NEG)
+                        if c * chunk + r < valid:
+                            stat[0] = T.float32(0)
+                            for j in range(d):
+                                stat[0] = stat[0] + T.Cast("float32", qv[j]) * T.Cast("float32", keys[c * chunk + r, h, j])
+                            p[r] = stat[0] * T.float32(scale)
+                            stat[1] = T.max(stat[1], p[r])
+                    stat[2] = T.float32(0)
+                    for j in range(d):
+                        acc[j] = T.float32(0)
+                    for r in range(chunk):
+                        if c * chunk + r < valid:
+                            p[r] = T.exp(p[r] - stat[1])
+                            stat[2] = stat[2] + p[r]
+                            for j in range(d):
+                                acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * chunk + r, h, j])
+                    for j in range(d):
+                        o[h, c, g, j] = acc[j]
+                    ml[h, c, g, 0] = stat[1]
+                    ml[h, c, g, 1] = stat[2]
+
+        return body
+
+    return _partial_func(s, rope, body_for(s.short_chunk), body_for(s.chunk))
+
+
+def _partial_func(s: AttentionShape, rope: bool, short, full) -> tirx.PrimFunc:
+    """``partial`` around the kernels (T.macros) for short and full chunks: ``(q [1, H, d], keys, values,
+    positions) -> (o, ml)``, or with ``rope`` ``(qkv [1, (H + 2 nkv) d], cos [1, 1, d], sin [1, 1, d], keys,
+    values, positions) -> (o, ml)``, which also writes the new token's rotated K and its V into row
+    ``positions[0]`` of the caches (in place: call it with ``call_tir_inplace``, inplace indices
+    ``[-1, -1, 3, 4]``). The host side picks the kernel from the view's length on every call; a CUDA graph,
+    captured per decode bucket, keeps its bucket's choice. (One kernel holding both bodies behind a uniform
+    branch measured 9% slower at 2048 rows on the H100: it carries the registers of both.)"""
+    heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
+    short_chunk, short_slots, single = s.short_chunk, s.short_slots, s.short_chunk == s.chunk
 
     @T.macro
     def body(q, cos, sin, keys, values, positions, o, ml, ctx):
-        for hc in T.parallel(nkv * ((ctx + chunk - 1) // chunk)):
-            p = T.alloc_buffer((chunk,), "float32", scope="local")
-            qv = T.alloc_buffer((d,), dtype, scope="local")  # one query head, rotated with ``rope``
-            acc = T.alloc_buffer((d,), "float32", scope="local")
-            stat = T.alloc_buffer((3,), "float32", scope="local")  # running dot, max, sum
-            h = hc // ((ctx + chunk - 1) // chunk)
-            c = hc % ((ctx + chunk - 1) // chunk)
-            valid = T.min(ctx, positions[0] + 1)
-            if rope:  # the task whose chunk holds the new token writes its rotated K and its V first, then reads
-                # the row back like any other: no other task reads that row of this head
-                if c == positions[0] // chunk:
-                    for j in range(d):
-                        keys[positions[0], h, j] = _rotated(q, cos, sin, (heads + h) * d, j, d)
-                        values[positions[0], h, j] = q[0, (heads + nkv + h) * d + j]
-            for g in range(group):
-                for j in range(d):
-                    if rope:
-                        qv[j] = _rotated(q, cos, sin, (h * group + g) * d, j, d)
-                    else:
-                        qv[j] = q[0, h * group + g, j]
-                stat[1] = T.float32(NEG)
-                for r in range(chunk):
-                    p[r] = T.float32(NEG)
-                    if c * chunk + r < valid:
-                        stat[0] = T.float32(0)
-                        for j in range(d):
-                            stat[0] = stat[0] + T.Cast("float32", qv[j]) * T.Cast("float32", keys[c * chunk + r, h, j])
-                        p[r] = stat[0] * T.float32(scale)
-                        stat[1] = T.max(stat[1], p[r])
-                stat[2] = T.float32(0)
-                for j in range(d):
-                    acc[j] = T.float32(0)
-                for r in range(chunk):
-                    if c * chunk + r < valid:
-                        p[r] = T.exp(p[r] - stat[1])
-                        stat[2] = stat[2] + p[r]
-                        for j in range(d):
-                            acc[j] = acc[j] + p[r] * T.Cast("float32", values[c * chunk + r, h, j])
-                for j in range(d):
-                    o[h, c, g, j] = acc[j]
-                ml[h, c, g, 0] = stat[1]
-                ml[h, c, g, 1] = stat[2]
+        if single:
+            full(q, cos, sin, keys, values, positions, o, ml, ctx)
+        else:
+            # thread-invariant: TVM's sync planner refuses the kernels' barriers under any other condition
+            if T.tvm_thread_invariant((ctx + short_chunk - 1) // short_chunk <= short_slots):
+                short(q, cos, sin, keys, values, positions, o, ml, ctx)
+            else:
+                full(q, cos, sin, keys, values, positions, o, ml, ctx)
 
-    return _partial_func(s, rope, body)
-
-
-def _partial_func(s: AttentionShape, rope: bool, body) -> tirx.PrimFunc:
-    """``partial`` around ``body`` (a T.macro): ``(q [1, H, d], keys, values, positions) -> (o, ml)``, or with
-    ``rope`` ``(qkv [1, (H + 2 nkv) d], cos [1, 1, d], sin [1, 1, d], keys, values, positions) -> (o, ml)``, which
-    also writes the new token's rotated K and its V into row ``positions[0]`` of the caches (in place: call it with
-    ``call_tir_inplace``, inplace indices ``[-1, -1, 3, 4]``)."""
-    heads, nkv, d, dtype, group, chunk = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.chunk
     if rope:
         @T.prim_func(private=True, s_tir=True)
         def partial(qkv: T.Buffer((1, (heads + 2 * nkv) * d), dtype), cos: T.Buffer((1, 1, d), dtype),
@@ -286,8 +350,8 @@ def _partial_func(s: AttentionShape, rope: bool, body) -> tirx.PrimFunc:
             keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
             values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
             positions = T.match_buffer(pos_h, (1,), "int64")
-            o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
-            ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+            o = T.match_buffer(o_h, (nkv, (ctx + short_chunk - 1) // short_chunk, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, (ctx + short_chunk - 1) // short_chunk, group, 2), "float32")
             body(qkv, cos, sin, keys, values, positions, o, ml, ctx)
     else:
         @T.prim_func(private=True, s_tir=True)
@@ -298,8 +362,8 @@ def _partial_func(s: AttentionShape, rope: bool, body) -> tirx.PrimFunc:
             keys = T.match_buffer(k_h, (ctx, nkv, d), dtype)
             values = T.match_buffer(v_h, (ctx, nkv, d), dtype)
             positions = T.match_buffer(pos_h, (1,), "int64")
-            o = T.match_buffer(o_h, (nkv, (ctx + chunk - 1) // chunk, group, d), "float32")
-            ml = T.match_buffer(ml_h, (nkv, (ctx + chunk - 1) // chunk, group, 2), "float32")
+            o = T.match_buffer(o_h, (nkv, (ctx + short_chunk - 1) // short_chunk, group, d), "float32")
+            ml = T.match_buffer(ml_h, (nkv, (ctx + short_chunk - 1) // short_chunk, group, 2), "float32")
             body(q, None, None, keys, values, positions, o, ml, ctx)
     return partial
 
@@ -308,15 +372,16 @@ COMBINE_UNROLL = 16  # chunks whose loads a combine thread has in flight at once
 
 
 def _cpu_combine(s: AttentionShape) -> tirx.PrimFunc:
-    heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
+    heads, nkv, d, dtype, group, used = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.used_slots
 
     @T.prim_func(private=True, s_tir=True)
     def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
         T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-        chunks = T.int64()
-        o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+        slots = T.int64()
+        o = T.match_buffer(o_h, (nkv, slots, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, slots, group, 2), "float32")
         for hq in T.parallel(T.int64(heads)):
+            chunks = used(slots)
             stat = T.alloc_buffer((2,), "float32", scope="local")  # global max, sum
             acc = T.alloc_buffer((d,), "float32", scope="local")
             stat[0] = T.float32(NEG)
@@ -340,7 +405,7 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
     pass, its lanes spread over the chunks and merged with shuffles (no barrier); each thread then sums its element over the chunks
     ``COMBINE_UNROLL`` at a time, all their loads issued before the arithmetic (a loop with one load per
     step waits a memory latency per chunk)."""
-    heads, nkv, d, dtype, group = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group
+    heads, nkv, d, dtype, group, used = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.used_slots
     threads = max(32, -(-d // 32) * 32)
     unroll = COMBINE_UNROLL
 
@@ -354,11 +419,13 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
     @T.prim_func(private=True, s_tir=True)
     def combine(o_h: T.handle, ml_h: T.handle, out: T.Buffer((1, heads * d), dtype)):
         T.func_attr({"tirx.noalias": True, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
-        chunks = T.int64()
-        o = T.match_buffer(o_h, (nkv, chunks, group, d), "float32")
-        ml = T.match_buffer(ml_h, (nkv, chunks, group, 2), "float32")
+        slots = T.int64()
+        o = T.match_buffer(o_h, (nkv, slots, group, d), "float32")
+        ml = T.match_buffer(ml_h, (nkv, slots, group, 2), "float32")
         for hq in T.thread_binding(T.int64(heads), thread="blockIdx.x"):
             for t in T.thread_binding(T.int64(threads), thread="threadIdx.x"):
+                # bound inside the kernel: bound outside it (a host-side let), the H100 run crashed the process
+                chunks = used(slots)
                 stat = T.alloc_buffer((3,), "float32", scope="local")  # global max, sum, scratch / output
                 mc = T.alloc_buffer((unroll,), "float32", scope="local")
                 oc = T.alloc_buffer((unroll,), "float32", scope="local")
@@ -387,22 +454,27 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
 
 
 def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: str, target: tvm.target.Target,
-                     scale: float | None = None, chunk: int = CHUNK, rope: bool = False
-                     ) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+                     scale: float | None = None, chunk: int = CHUNK, rope: bool = False,
+                     short_chunk: int = SHORT_CHUNK) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     """``(partial, combine)`` for one new token's attention over a KV cache view of any length ``ctx``.
 
     ``partial(q [1, H, d], keys [ctx, nkv, d], values [ctx, nkv, d], positions int64 [1])
-    -> (o float32 [nkv, num_chunks(ctx, chunk), H / nkv, d], ml float32 [nkv, num_chunks(ctx, chunk), H / nkv, 2])``
+    -> (o float32 [nkv, P, H / nkv, d], ml float32 [nkv, P, H / nkv, 2])`` with ``P = num_partials(ctx, short)``
+    (``partial_slots`` reads it off the kernel: on CUDA a small head_dim gives one chunk size for all)
     and
     ``combine(o, ml) -> out [1, H * d]`` (dtype) compute ``softmax(scale * q . K[:positions[0] + 1]) V`` per query
     head, query head ``i`` reading KV head ``i // (H / nkv)``; ``scale`` defaults to ``head_dim ** -0.5``.
+    Views of up to ``SHORT_ROWS`` rows go in ``short_chunk``-row work items, longer ones in ``chunk``-row items
+    (``short_chunk = chunk``: one size for all).
     With ``rope`` the partial kernel takes the merged q/k/v projection and the rotary tables instead of q and
     does ``rope.py``'s work too (see ``_partial_func``): one launch fewer per decode layer.
     """
-    shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale, chunk)
+    shape = AttentionShape(num_heads, num_kv_heads, head_dim, dtype, head_dim ** -0.5 if scale is None else scale,
+                           chunk, short_chunk)
     shape.validate()
     kind = target.kind.name
     if kind == "cuda":
+        shape = _cuda_shape(shape)
         return _cuda_partial(shape, rope), _cuda_combine(shape)
     if kind == "llvm":
         return _cpu_partial(shape, rope), _cpu_combine(shape)
