@@ -77,7 +77,7 @@ def load_synthetic(spec: str | None, quantize_args: argparse.Namespace | None, q
     if not quantize:
         return LoadedModel(model, tokenizer, {}, None, f"synthetic {spec}")
     bits, sparsity = quantize_args.bits, quantize_args.sparsity
-    weights = placeholder_quantized(model, bits, sparsity)
+    weights = placeholder_quantized(model, bits, sparsity, quantize_args.include_head)
     modules = {n: {"in_features": q.in_features, "out_features": q.out_features, "nnz": q.sparse.nnz}
                for n, q in weights.items()}
     quant_config = {"format": "sqcompile", "bits": bits, "sparsity": sparsity, "modules": modules,

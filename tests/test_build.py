@@ -199,7 +199,8 @@ def test_fp16_build_matches_reference_within_fp16_rounding(tiny_artifact, tmp_pa
 
 
 def test_synthetic_build_gets_its_weights_where_it_runs(tmp_path):
-    """`build --synthetic` from a config alone; `runtime.synthesize` makes weights of the recorded shapes."""
+    """`build --synthetic` from a config alone; `runtime.synthesize` makes weights of the recorded shapes. With
+    ``include_head`` the LM head is a LUT weight too (``sqcompile quantize --include-head``)."""
     import argparse
 
     from sqcompile.runtime import Engine
@@ -210,13 +211,14 @@ def test_synthetic_build_gets_its_weights_where_it_runs(tmp_path):
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500, "max_position_embeddings": 256,
               "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    args = argparse.Namespace(bits=3, sparsity=0.45)
+    args = argparse.Namespace(bits=3, sparsity=0.45, include_head=True)
     art = driver.build(str(tmp_path / "config.json"), tmp_path / "art", synthetic=True, quantize_args=args,
                        max_len=64).artifact
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["synthetic"] and not (art / "weights.safetensors").exists()
     gate_up = manifest["weights"]["model.layers.0.mlp.gate_up_proj.sp_col"]["shape"]
     assert gate_up == [round(400 * 128 * 0.45 / 100)]  # gate and up merged: 400 rows
+    assert manifest["weights"]["lm_head.lut"]["shape"] == [500, 8] and "lm_head.weight" not in manifest["weights"]
     with pytest.raises(ArtifactError, match="synthesize"):
         Engine(art)
     synthesize(art)

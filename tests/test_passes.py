@@ -231,7 +231,7 @@ def test_tiny_decode_launches_fewer_kernels(tmp_path):
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 200, "max_position_embeddings": 64,
               "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45), True, "float16")
+    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45, include_head=False), True, "float16")
     mod = trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8).mod
     plain = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                       relax.transform.FoldConstant(), relax.transform.FuseOps(),
@@ -265,7 +265,7 @@ def test_gated_mlp_folds_into_the_decode_gate_up_gemv_on_cuda(tmp_path):
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 200, "max_position_embeddings": 64,
               "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45), True, "float16")
+    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45, include_head=False), True, "float16")
     traced = trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8)
 
     def kernels(target: TargetDef, fold: bool) -> dict[str, list[str]]:

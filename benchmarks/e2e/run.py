@@ -4,7 +4,8 @@
     . .e2e/bundle/env.sh && python3 benchmarks/e2e/run.py measure .e2e --out DIR        # GPU host, one command
 
 ``build`` compiles ``llama2-7b.json`` (32 layers, hidden 4096, FFN 11008, 32 heads, vocab 32000) with
-``sqcompile build --synthetic`` at 3 bits, 3 bits +0.45% and 4 bits: no 7B checkpoint exists here, so the
+``sqcompile build --synthetic`` at 3 bits, 3 bits +0.45%, 4 bits, and 3 bits with the LM head quantized too
+(``sq-3bit-head``; the others keep it fp16, as SqueezeLLM does): no 7B checkpoint exists here, so the
 artifacts hold the compiled module and the weights' shapes; ``measure`` fills them on the GPU host with random
 codes, LUTs and CSR (``sqcompile.runtime.synthesize``; speed depends on shapes only). Each system runs in its
 own process: our artifacts through ``sqcompile.runtime.Engine`` (the TVM runtime, no torch), the same
@@ -28,7 +29,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "llama2-7b.json"
 ARTIFACTS = {"sq-3bit": ["--bits", "3", "--sparsity", "0"], "sq-3bit-0.45%": ["--bits", "3", "--sparsity", "0.45"],
-             "sq-4bit": ["--bits", "4", "--sparsity", "0"]}
+             "sq-4bit": ["--bits", "4", "--sparsity", "0"],
+             # the LM head quantized too (`--include-head`), as MLC's q3/q4 presets and llama.cpp's K-quants do;
+             # SqueezeLLM and the rows above keep it fp16
+             "sq-3bit-head": ["--bits", "3", "--sparsity", "0", "--include-head"]}
 CONTEXTS = (128, 2048)
 PREFILL_TOKENS = 512
 DECODE_STEPS = 64

@@ -43,18 +43,20 @@ def shape_only_model(config, dtype: torch.dtype = torch.float16) -> nn.Module:
     return model.eval()
 
 
-def placeholder_quantized(model: nn.Module, bits: int, sparsity: float) -> dict[str, QuantizedWeight]:
-    """Placeholder quantized weights for every decoder linear (the LM head stays float, as the quantizer does).
+def placeholder_quantized(model: nn.Module, bits: int, sparsity: float, include_head: bool = False
+                          ) -> dict[str, QuantizedWeight]:
+    """Placeholder quantized weights for every decoder linear, as the quantizer picks them (the LM head only
+    with ``include_head``, as ``sqcompile quantize --include-head``).
 
     ``sparsity`` (percent) sets each matrix's nonzero count the way ``sqcompile quantize --sparsity`` would.
     """
+    from ..quant.quantize import find_linears
+
     check_bits(bits)
     if not 0 <= sparsity < 100:
         raise ValueError(f"sparsity is a percentage in [0, 100), got {sparsity}")
     out = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) or name == "lm_head" or name.endswith(".lm_head"):
-            continue
+    for name, m in find_linears(model, include_head).items():
         n, k = m.out_features, m.in_features
         nnz = int(round(n * k * sparsity / 100))
         sparse = CSR(np.broadcast_to(np.int32(0), (n + 1,)), np.broadcast_to(np.int32(0), (nnz,)),
