@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
+from tvm.sym.analyzer import Analyzer
 
 CHUNK = 64  # cache rows per partial work item: 7B at ctx 2048 gives 32 x 32 = 1024 CUDA blocks
 SHORT_CHUNK = 32  # ... for views of up to SHORT_ROWS rows: 7B at ctx 192 gets 192 blocks, not 96 for 132 SMs
@@ -81,16 +82,15 @@ def partial_slots(partial: tirx.PrimFunc, ctx) -> tirx.PrimExpr:
     """The partial results per KV head that ``partial`` writes room for, for a view of ``ctx`` rows (its ``o``
     buffer's second axis, with the kernel's context length replaced by ``ctx``)."""
     cache, o = (partial.params[i].ty for i in (-4, -2))  # the V (or K) cache [ctx, nkv, d]; o
-    from tvm.sym.analyzer import Analyzer
-
     analyzer = Analyzer()
     analyzer.bind(cache.shape[0], ctx)  # substitutes the kernel's context length
     return analyzer.simplify(o.shape[1])
 
 
 def num_partials(ctx, short_chunk: int = SHORT_CHUNK):
-    """Partial results per KV head that ``partial`` writes room for, for a view of ``ctx`` rows (int or PrimExpr):
-    one per short chunk. Views longer than ``SHORT_ROWS`` fill only the first ``ceil(ctx / CHUNK)``."""
+    """Partial results per KV head that the default kernels write room for, for a view of ``ctx`` rows (int or
+    PrimExpr): one per short chunk. Views longer than ``SHORT_ROWS`` fill only the first ``ceil(ctx / CHUNK)``.
+    (A CUDA head_dim of 16 keeps one chunk size: ``partial_slots`` asks the kernel itself.)"""
     return (ctx + short_chunk - 1) // short_chunk
 
 
