@@ -7,7 +7,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from sqcompile.kernels.attention import decode_attention, num_partials  # noqa: E402
+from sqcompile.kernels.attention import decode_attention, num_partials, partial_slots  # noqa: E402
 
 LLVM = tvm.target.Target("llvm")
 
@@ -69,6 +69,18 @@ def test_bad_shapes_and_targets_are_refused():
         decode_attention(4, 4, 96, "float16", tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}))
     with pytest.raises(ValueError, match="target kind"):
         decode_attention(4, 4, 64, "float16", tvm.target.Target("c"))
+
+
+def test_partial_slots_follow_the_kernel():
+    """The decode pass sizes the partial results by the kernel's own count: one per 32-row chunk, except where a
+    CUDA block reads more rows at once than a short chunk holds (head_dim 16: 64 rows a pass)."""
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"})
+    ctx = tvm.tirx.Var("ctx", "int64")
+    for target, d, rows in ((LLVM, 16, 32), (cuda, 128, 32), (cuda, 64, 32), (cuda, 16, 64)):
+        for rope in (False, True):
+            partial, _ = decode_attention(4, 2, d, "float16", target, rope=rope)
+            assert int(partial_slots(partial, tvm.tirx.const(640, "int64"))) == 640 // rows, (target, d, rope)
+            assert str(partial_slots(partial, ctx)) == f"(ctx + T.int64({rows - 1})) // T.int64({rows})"
 
 
 def _ops(func: relax.Function) -> list[str]:
