@@ -70,8 +70,8 @@ class AttentionShape:
                              f"chunk {self.short_chunk}")
 
     def used_slots(self, slots):
-        """How many of ``slots`` partial results a view holds (int or PrimExpr): all with short chunks, else one
-        per ``chunk`` rows (``ceil(ceil(ctx / short) / r) = ceil(ctx / (short * r))``)."""
+        """How many of ``slots`` (a PrimExpr) partial results a view holds: all with short chunks, else one per
+        ``chunk`` rows (``ceil(ceil(ctx / short) / r) = ceil(ctx / (short * r))``)."""
         ratio = self.chunk // self.short_chunk
         if ratio == 1:
             return slots
