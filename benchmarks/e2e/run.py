@@ -30,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "llama2-7b.json"
 ARTIFACTS = {"sq-3bit": ["--bits", "3", "--sparsity", "0"], "sq-3bit-0.45%": ["--bits", "3", "--sparsity", "0.45"],
              "sq-4bit": ["--bits", "4", "--sparsity", "0"],
-             # the LM head quantized too (`--include-head`), as MLC's q3/q4 presets and llama.cpp's K-quants do;
-             # SqueezeLLM and the rows above keep it fp16
+             # the LM head quantized too (`--include-head`), as MLC's q3f16_1 / q4f16_1 do (llama.cpp's K-quants
+             # keep it at 6 bits); SqueezeLLM and the rows above keep it fp16
              "sq-3bit-head": ["--bits", "3", "--sparsity", "0", "--include-head"]}
 CONTEXTS = (128, 2048)
 PREFILL_TOKENS = 512
