@@ -40,6 +40,7 @@ DECODE_REPEATS = 3  # timed decode runs per context; the median is reported
 MAX_LEN = CONTEXTS[-1] + DECODE_STEPS + 64
 # PyTorch fp16 decode steps captured in CUDA graphs: as written (unfused), and torch.compile'd first.
 TORCH_GRAPHS = ("torch-fp16-cudagraph", "torch-fp16-compiled")
+SYSTEMS = [*ARTIFACTS, *TORCH_GRAPHS, "hf-eager"]  # an unknown name is refused, not measured as something else
 
 
 # -- build host ----------------------------------------------------------------------------------------------
@@ -365,9 +366,9 @@ def main() -> int:
     m = sub.add_parser("measure", help="GPU host: measure every system, write results into --out")
     m.add_argument("dir", type=Path, help="the folder `build` wrote")
     m.add_argument("--out", type=Path, default=HERE)
-    m.add_argument("--systems", nargs="+", default=[*ARTIFACTS, *TORCH_GRAPHS, "hf-eager"])
+    m.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     pr = sub.add_parser("profile", help="GPU host: the CUDA kernels of a system's decode step (or prefill)")
-    pr.add_argument("system")
+    pr.add_argument("system", choices=SYSTEMS)
     pr.add_argument("dir", type=Path)
     pr.add_argument("--ctx", type=int, default=128, help="context of the decode steps; prompt length with --prefill")
     pr.add_argument("--prefill", action="store_true", help="profile one prefill up to its first token")
