@@ -12,14 +12,10 @@ microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +30,6 @@ VARIANTS = {"c64s32": (64, 32), "c32": (32, 32), "c64": (64, 64), "c128": (128, 
 DEFAULT = "c64s32"
 BUCKET = 64
 TOLERANCE = 2e-3
-ROTATE_BYTES = 150e6  # 3x the H100's L2
 
 
 def export(folder: Path, arch: str) -> None:
@@ -76,7 +71,7 @@ class Case:
     def __init__(self, tvm, lib, name: str, shape, variant: str, short: int, tokens: int, rng, copies: int = 1):
         heads, nkv, d = shape
         view = -(-tokens // BUCKET) * BUCKET
-        chunks, group = -(-view // short), heads // nkv  # kernels.attention.num_partials
+        chunks, group = -(-view // short), heads // nkv  # kernels.attention.partial_slots
         self.partial, self.combine = lib[f"{name}_{variant}_partial"], lib[f"{name}_{variant}_combine"]
         self.tokens, self.kv_bytes = tokens, 2 * tokens * nkv * d * 2
         self.q = rng.standard_normal((1, heads, d)).astype(np.float16)
@@ -155,7 +150,7 @@ def check(folder: Path, out: Path | None) -> int:
     import torch
 
     from sqcompile.bundle import load_tvm_runtime
-    from sqcompile.kernels.measure import _time_calls
+    from sqcompile.kernels.measure import copies_past_l2, time_rotated
     tvm = load_tvm_runtime()
     manifest = json.loads((folder / "manifest.json").read_text())
     lib = tvm.runtime.load_module(str(folder / "kernels.so"))
@@ -178,11 +173,10 @@ def check(folder: Path, out: Path | None) -> int:
     for (name, shape), tokens, (var, (_, short)) in itertools.product(manifest["shapes"].items(), TIMED,
                                                                       variants.items()):
         probe = Case(tvm, lib, name, shape, var, short, tokens, rng)
-        copies = max(1, min(64, math.ceil(ROTATE_BYTES / probe.kv_bytes)))
+        copies = copies_past_l2(probe.kv_bytes, most=64)
         case = Case(tvm, lib, name, shape, var, short, tokens, rng, copies)
-        calls = max(64, 2 * copies)
-        us = _time_calls(torch, [lambda i=i: case.run(i % copies) for i in range(calls)])
-        partial_us = _time_calls(torch, [lambda i=i: case.run(i % copies, combine=False) for i in range(calls)])
+        us = time_rotated(torch, case.run, copies, min_calls=64)
+        partial_us = time_rotated(torch, lambda i: case.run(i, combine=False), copies, min_calls=64)
         gbps = case.kv_bytes / (us * 1e-6) / 1e9
         rows.append({"shape": name, "heads": shape, "chunks": var, "ctx": tokens, "us": us, "gbps": gbps,
                      "partial_us": partial_us})

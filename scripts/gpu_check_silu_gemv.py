@@ -12,14 +12,9 @@ any failure.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import math
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +27,6 @@ SHAPES = {"llama7b": (22016, 4096), "smollm2": (3072, 576), "odd": (666, 1000)} 
 TIMED = ("llama7b",)
 TOLERANCE = 1e-2
 DENSITY = 0.0045
-ROTATE_BYTES = 150e6  # 3x the H100's L2
 
 
 def _cases():
@@ -95,7 +89,7 @@ def check(folder: Path, out: Path | None) -> int:
     import torch
 
     from sqcompile.bundle import load_tvm_runtime
-    from sqcompile.kernels.measure import _time_calls
+    from sqcompile.kernels.measure import copies_past_l2, time_rotated
     tvm = load_tvm_runtime()
     manifest = json.loads((folder / "manifest.json").read_text())
     lib = tvm.runtime.load_module(str(folder / "kernels.so"))
@@ -113,10 +107,9 @@ def check(folder: Path, out: Path | None) -> int:
         if name not in TIMED or bits == 2 or odd:
             continue
         probe = Case(tvm, lib, name, bits, sparse, odd, rng)
-        copies = max(1, min(16, math.ceil(ROTATE_BYTES / probe.weights[0].qweight.nbytes)))
+        copies = copies_past_l2(probe.weights[0].qweight.nbytes, most=16)
         case = Case(tvm, lib, name, bits, sparse, odd, rng, copies)
-        calls = max(32, 2 * copies)
-        us = {kind: _time_calls(torch, [lambda i=i, kind=kind: case.run(kind, i % copies) for i in range(calls)])
+        us = {kind: time_rotated(torch, lambda i, kind=kind: case.run(kind, i), copies, min_calls=32)
               for kind in ("plain", "silu")}
         timings.append({"case": case.tag, "plain_us": us["plain"], "silu_us": us["silu"]})
         print(f"{case.tag:<24} {us['plain']:>13.2f} {us['silu']:>12.2f}")

@@ -7,7 +7,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from sqcompile.kernels.attention import decode_attention, num_partials, partial_slots  # noqa: E402
+from sqcompile.kernels.attention import decode_attention, partial_slots  # noqa: E402
 
 LLVM = tvm.target.Target("llvm")
 
@@ -29,7 +29,7 @@ def run_llvm(heads: int, nkv: int, d: int, dtype: str, q, keys, values, pos: int
     partial, combine = decode_attention(heads, nkv, d, dtype, LLVM)
     ex = tvm.compile(tvm.IRModule({"partial": partial.with_attr("global_symbol", "partial"),
                                    "combine": combine.with_attr("global_symbol", "combine")}), LLVM)
-    dev, chunks, group = tvm.cpu(), num_partials(keys.shape[0]), heads // nkv
+    dev, chunks, group = tvm.cpu(), int(partial_slots(partial, keys.shape[0])), heads // nkv
     o = tvm.runtime.tensor(np.full((nkv, chunks, group, d), np.nan, "float32"), dev)  # poisoned outputs
     ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, "float32"), dev)
     out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, dtype), dev)
@@ -232,9 +232,9 @@ def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
     cos, sin = rng.standard_normal((2, 1, 1, d)).astype(dtype)
     keys, values = rng.standard_normal((2, ctx, nkv, d)).astype(dtype)
     keys[pos:], values[pos:] = np.nan, np.inf  # row pos is written by the kernels; later rows must stay unread
-    chunks, group = num_partials(ctx), heads // nkv
     plain, _ = decode_attention(heads, nkv, d, dtype, LLVM)
     fused, _ = decode_attention(heads, nkv, d, dtype, LLVM, rope=True)
+    chunks, group = int(partial_slots(fused, ctx)), heads // nkv
     ex = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in [
         ("rope", rope_kv_write(heads, nkv, d, dtype, LLVM)), ("plain", plain), ("fused", fused)]}), LLVM)
     t = tvm.runtime.tensor

@@ -87,13 +87,6 @@ def partial_slots(partial: tirx.PrimFunc, ctx) -> tirx.PrimExpr:
     return analyzer.simplify(o.shape[1])
 
 
-def num_partials(ctx, short_chunk: int = SHORT_CHUNK):
-    """Partial results per KV head that the default kernels write room for, for a view of ``ctx`` rows (int or
-    PrimExpr): one per short chunk. Views longer than ``SHORT_ROWS`` fill only the first ``ceil(ctx / CHUNK)``.
-    (A CUDA head_dim of 16 keeps one chunk size: ``partial_slots`` asks the kernel itself.)"""
-    return (ctx + short_chunk - 1) // short_chunk
-
-
 def _cuda_layout(s: AttentionShape) -> tuple[int, int]:
     """(elements per 16-byte load, threads per cache row); raises ValueError where the CUDA rule cannot go."""
     vec = 128 // tvm.DataType(s.dtype).bits
@@ -459,8 +452,8 @@ def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: st
     """``(partial, combine)`` for one new token's attention over a KV cache view of any length ``ctx``.
 
     ``partial(q [1, H, d], keys [ctx, nkv, d], values [ctx, nkv, d], positions int64 [1])
-    -> (o float32 [nkv, P, H / nkv, d], ml float32 [nkv, P, H / nkv, 2])`` with ``P = num_partials(ctx, short)``
-    (``partial_slots`` reads it off the kernel: on CUDA a small head_dim gives one chunk size for all)
+    -> (o float32 [nkv, P, H / nkv, d], ml float32 [nkv, P, H / nkv, 2])`` with ``P = partial_slots(partial, ctx)``:
+    one per ``short_chunk`` rows (on CUDA a small head_dim gives one chunk size for all)
     and
     ``combine(o, ml) -> out [1, H * d]`` (dtype) compute ``softmax(scale * q . K[:positions[0] + 1]) V`` per query
     head, query head ``i`` reading KV head ``i // (H / nkv)``; ``scale`` defaults to ``head_dim ** -0.5``.

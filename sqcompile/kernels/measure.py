@@ -70,6 +70,18 @@ def _time_calls(torch, calls, reps: int = 5) -> float:
     return statistics.median(times[1:])
 
 
+def copies_past_l2(nbytes: float, most: int | None = None) -> int:
+    """How many copies of a call's inputs (``nbytes`` each) to cycle through so that every call reads them
+    from DRAM, not from L2 (``most`` bounds the device memory this takes)."""
+    n = max(1, math.ceil(ROTATE_BYTES / nbytes))
+    return min(n, most) if most else n
+
+
+def time_rotated(torch, run, copies: int, min_calls: int = 20) -> float:
+    """Median microseconds of ``run(i)`` (a call on input copy ``i``), the calls cycling through ``copies``."""
+    return _time_calls(torch, [lambda i=i: run(i % copies) for i in range(max(min_calls, 2 * copies))])
+
+
 def copy_bandwidth(torch) -> float:
     """Device-to-device copy of 1 GiB, TB/s counting bytes read plus written."""
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -87,7 +99,7 @@ def measure_config(torch, tvm, lib, cfg: dict, seed: int, time_it: bool = True) 
     ref = (torch.from_numpy(x).cuda().double() @ wd.double().T).cpu().numpy()
     inputs = kernel_args(x, w, sparse)
     weight_bytes = sum(a.nbytes for a in inputs[1:])
-    copies = max(1, math.ceil(ROTATE_BYTES / weight_bytes)) if time_it else 1
+    copies = copies_past_l2(weight_bytes) if time_it else 1
     dev = tvm.cuda()
     x_t = tvm.runtime.tensor(x, dev)
     y = tvm.runtime.tensor(np.empty((m, n), np.float16), dev)
@@ -96,7 +108,7 @@ def measure_config(torch, tvm, lib, cfg: dict, seed: int, time_it: bool = True) 
     cublas_us = float("nan")
     if time_it:
         xh = torch.from_numpy(x).cuda()
-        wf16 = [wd.half() for _ in range(max(1, math.ceil(ROTATE_BYTES / (n * k * 2))))]
+        wf16 = [wd.half() for _ in range(copies_past_l2(n * k * 2))]
         cublas_us = _time_calls(torch, [lambda i=i: torch.nn.functional.linear(xh, wf16[i % len(wf16)])
                                         for i in range(max(20, 2 * len(wf16)))])
     del wd
@@ -110,7 +122,7 @@ def measure_config(torch, tvm, lib, cfg: dict, seed: int, time_it: bool = True) 
         err = rel_error(y.numpy(), ref)
         us = None
         if err <= TOLERANCE and time_it:
-            us = _time_calls(torch, [lambda a=args[i % copies]: f(*a) for i in range(max(20, 2 * copies))])
+            us = time_rotated(torch, lambda i: f(*args[i]), copies)
         res.candidates.append(Timed(cand["name"], cand["knobs"], cand.get("default", False), err, us))
         log.info("%s: err %.2e, %s us", cand["name"], err, f"{us:.2f}" if us else "-")
     return res
