@@ -96,6 +96,35 @@ def test_cuda_rules_are_marked_scheduled(m):
     assert func.attrs["tirx.is_scheduled"]
 
 
+def test_programmatic_launch_marks_sm90_decode_kernels_only():
+    """PDL (``kernels/launch.py``): on sm_90 the decode GEMV, the add + RMSNorm and both attention kernels carry
+    the launch attribute; the GEMV issues its first weight copies before it waits for the kernel that writes x,
+    and reads x only after. Before sm_90, for prefill and with ``pdl=False`` nothing is marked."""
+    from sqcompile.kernels.attention import decode_attention
+    from sqcompile.kernels.launch import LAUNCH_PARAMS_ATTR, PDL_TAG
+    from sqcompile.kernels.norm import add_rms_norm
+
+    sm80 = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
+
+    def marked(func):
+        return list(func.attrs.get(LAUNCH_PARAMS_ATTR, [])) == [PDL_TAG]
+
+    gemv = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA)
+    text = gemv.script()
+    assert marked(gemv)
+    assert text.find("cp.async.cg") < text.find("griddepcontrol.wait") < text.find("x[0,")
+    assert text.count("griddepcontrol.wait") == 1
+    assert "launch_dependents" not in text  # an early trigger broke CUDA graphs (launch.py)
+    assert marked(add_rms_norm(4096, "float16", 1e-5, CUDA))
+    assert all(marked(f) for f in decode_attention(8, 2, 64, "float16", CUDA, rope=True))
+    for func in (lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=sm80),
+                 lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA, pdl=False),
+                 lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype="float16", target=CUDA),
+                 add_rms_norm(4096, "float16", 1e-5, sm80), *decode_attention(8, 2, 64, "float16", sm80)):
+        assert not marked(func)
+        assert "griddepcontrol" not in func.script()
+
+
 def test_silu_gemv_writes_half_the_rows_and_is_cuda_decode_only():
     """The gate/up GEMV with the SiLU epilogue returns [1, n / 2]; a schedule with odd rows per block gets twice
     the rows (a block must hold whole gate/up pairs); llvm, prefill and odd n are refused."""

@@ -26,6 +26,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.sym.analyzer import Analyzer
 
+from .launch import GRID_WAIT, mark, programmatic_launch
+
 CHUNK = 64  # cache rows per partial work item: 7B at ctx 2048 gives 32 x 32 = 1024 CUDA blocks
 SHORT_CHUNK = 32  # ... for views of up to SHORT_ROWS rows: 7B at ctx 192 gets 192 blocks, not 96 for 132 SMs
 SHORT_ROWS = 512
@@ -115,7 +117,9 @@ def _rotated(qkv, cos, sin, base, i, d: int):
     return qkv[0, base + i] * cos[0, 0, i] + T.if_then_else(i < d // 2, -partner, partner) * sin[0, 0, i]
 
 
-def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
+def _cuda_partial(s: AttentionShape, rope: bool, pdl: bool) -> tirx.PrimFunc:
+    """With ``pdl`` (``launch.py``) a block waits for the previous kernel before anything else (``q`` is its
+    output)."""
     heads, nkv, d, dtype, group, scale = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.scale
     vec, lanes = _cuda_layout(s)
     rows_per_pass = THREADS // lanes
@@ -168,6 +172,8 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
                         probs = T.alloc_buffer((group * chunk,), "float32", scope="shared")  # its own buffer: no
                         # write-after-read on scores inside the per-warp branch, where no barrier may go
                         sums = T.alloc_buffer((warps * group * d,), "float32", scope="shared")
+                        if pdl:
+                            T.evaluate(T.call_extern("int32", GRID_WAIT))
                         valid = T.min(ctx, positions[0] + 1)  # rows [0, valid) are attended to
                         for p in T.unroll(passes):  # every load of the chunk in flight before any use
                             if c * chunk + p * rows_per_pass + tx // lanes < valid and cached(
@@ -254,7 +260,7 @@ def _cuda_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
 
         return body
 
-    return _partial_func(s, rope, body_for(s.short_chunk), body_for(s.chunk))
+    return mark(_partial_func(s, rope, body_for(s.short_chunk), body_for(s.chunk)), pdl)
 
 
 def _cpu_partial(s: AttentionShape, rope: bool = False) -> tirx.PrimFunc:
@@ -393,11 +399,11 @@ def _cpu_combine(s: AttentionShape) -> tirx.PrimFunc:
     return combine
 
 
-def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
+def _cuda_combine(s: AttentionShape, pdl: bool) -> tirx.PrimFunc:
     """One block per query head, a thread per output element. Every warp finds the global max and sum in one
     pass, its lanes spread over the chunks and merged with shuffles (no barrier); each thread then sums its element over the chunks
     ``COMBINE_UNROLL`` at a time, all their loads issued before the arithmetic (a loop with one load per
-    step waits a memory latency per chunk)."""
+    step waits a memory latency per chunk). With ``pdl`` a block waits for the partial kernel first."""
     heads, nkv, d, dtype, group, used = s.num_heads, s.num_kv_heads, s.head_dim, s.dtype, s.group, s.used_slots
     threads = max(32, -(-d // 32) * 32)
     unroll = COMBINE_UNROLL
@@ -422,6 +428,8 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
                 stat = T.alloc_buffer((3,), "float32", scope="local")  # global max, sum, scratch / output
                 mc = T.alloc_buffer((unroll,), "float32", scope="local")
                 oc = T.alloc_buffer((unroll,), "float32", scope="local")
+                if pdl:
+                    T.evaluate(T.call_extern("int32", GRID_WAIT))
                 stat[0] = T.float32(NEG)
                 stat[1] = T.float32(0)
                 for j in range((chunks + 31) // 32):  # the lane's chunks, merged online: (max, sum)
@@ -443,7 +451,7 @@ def _cuda_combine(s: AttentionShape) -> tirx.PrimFunc:
                             stat[2] = stat[2] + T.exp(mc[u] - stat[0]) * oc[u]
                     out[0, hq * d + t] = T.Cast(dtype, stat[2] / stat[1])
 
-    return combine
+    return mark(combine, pdl)
 
 
 def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: str, target: tvm.target.Target,
@@ -467,8 +475,8 @@ def decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: st
     shape.validate()
     kind = target.kind.name
     if kind == "cuda":
-        shape = _cuda_shape(shape)
-        return _cuda_partial(shape, rope), _cuda_combine(shape)
+        shape, pdl = _cuda_shape(shape), programmatic_launch(target)
+        return _cuda_partial(shape, rope, pdl), _cuda_combine(shape, pdl)
     if kind == "llvm":
         return _cpu_partial(shape, rope), _cpu_combine(shape)
     raise ValueError(f"no decode attention rule for target kind {kind!r} (have llvm and cuda)")

@@ -32,6 +32,7 @@ from tvm.script import tirx as T
 
 from . import pairs as P
 from .knobs import SHARED_LIMIT, GemvKnobs
+from .launch import GRID_WAIT, mark
 from .layout import BLOCK, code_at, packed_words, padded_k
 
 FULL_MASK = 0xFFFFFFFF
@@ -105,9 +106,11 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
 
 
 def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs,
-                  silu: bool = False) -> tirx.PrimFunc:
+                  silu: bool = False, pdl: bool = False) -> tirx.PrimFunc:
     """y = x W^T; with ``silu`` the weight's rows alternate gate and up (``frontend.fuse``) and y [1, n / 2] is
-    SiLU(gate) * up, stored by the warp that sums the pair: the gated-MLP kernel between the GEMVs goes away."""
+    SiLU(gate) * up, stored by the warp that sums the pair: the gated-MLP kernel between the GEMVs goes away.
+    With ``pdl`` (``launch.py``) a block issues its first weight copies and fills its tables before it waits
+    for the previous kernel, whose output x is."""
     knobs.validate()
     if silu and (n % 2 or knobs.rows_per_block % 2):
         raise ValueError(f"silu needs an even row count and rows per block, got n={n} and {knobs}")
@@ -312,6 +315,8 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         sb[0] = rowptr[bx * rpb]
                         sb[1] = rowptr[T.min(bx * rpb + rpb, n)]
                     fill_table(lut, tab, bx, ty, tx)
+                    if pdl:  # everything above read weights only
+                        T.evaluate(T.call_extern("int32", GRID_WAIT))
                     load_x(x, xh, tx)
                     if pairs:  # pair slot q of a block is its codes (2q, 2q + 1): x's own half2 words
                         for c in T.unroll(it * BLOCK // 2):
@@ -384,4 +389,4 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                  lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n_out), act_dtype)):
             T.func_attr({"tirx.noalias": True})
             body(x, q, lut, y, None, None, None)
-    return func
+    return mark(func, pdl)

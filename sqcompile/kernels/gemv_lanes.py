@@ -21,6 +21,7 @@ from . import pairs as P
 from .gemv_cuda import (CP_ASYNC_16, CP_ASYNC_COMMIT, CP_ASYNC_WAIT_0, CP_ASYNC_WAIT_1, HALF2_SUM, HFMA2_U32,
                         LOAD_AT_BYTE, gemv_shared_bytes, lane_row_stride)
 from .knobs import SHARED_LIMIT, GemvKnobs
+from .launch import GRID_WAIT, mark
 from .layout import BLOCK, GROUP, packed_words, padded_k
 
 LANES = 32
@@ -28,7 +29,9 @@ PAIRS = BLOCK // 2  # pair slots per 32-code block
 SYNC_WARP = "[]() { __syncwarp(); return 0; }"
 
 
-def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs) -> tirx.PrimFunc:
+def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs,
+                        pdl: bool = False) -> tirx.PrimFunc:
+    """With ``pdl`` (``launch.py``) the tables are filled before the wait for the kernel that writes x."""
     knobs.validate()
     if bits != 3 or sparse:
         raise ValueError(f"the lane_rows GEMV supports dense 3-bit weights only, got bits={bits}, sparse={sparse}")
@@ -99,6 +102,8 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                     P.entry_codes(bits, (e * nthreads + ty * LANES + tx) // LANES)[0]],
                                 lut[T.min(bx * LANES + tx, n - 1),
                                     P.entry_codes(bits, (e * nthreads + ty * LANES + tx) // LANES)[1]])
+                    if pdl:
+                        T.evaluate(T.call_extern("int32", GRID_WAIT))
                     for e in range(-(-xs_words // nthreads)):  # xs[block * 16 + slot]: x at the slot's two codes
                         if e * nthreads + ty * LANES + tx < xs_words:
                             xs[e * nthreads + ty * LANES + tx] = T.call_pure_extern(
@@ -142,4 +147,4 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                         if bx * LANES + tx < n:
                             y[0, bx * LANES + tx] = T.Cast(act_dtype, acc[0])
 
-    return func
+    return mark(func, pdl)

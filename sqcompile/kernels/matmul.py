@@ -13,23 +13,16 @@ from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
 from .knobs import GemmKnobs, GemvKnobs
+from .launch import programmatic_launch, target_arch
 from .sparse_cuda import sparse_after_dense
 
 ACT_DTYPES = ("float16", "float32")
 LUT_ATTR = "sqcompile.lut_matmul"  # [n, k, bits, m (-1: symbolic), sparse] of the kernel, for later passes
 
 
-def target_arch(target: tvm.target.Target) -> str:
-    """``sm_XY`` of a CUDA target (``sm_90a`` counts as ``sm_90``)."""
-    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
-    if not arch.startswith("sm_"):
-        raise ValueError(f"CUDA target {target} names no arch such as sm_90")
-    return arch.rstrip("a")
-
-
 def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dtype: str,
                target: tvm.target.Target, knobs: GemvKnobs | GemmKnobs | None = None,
-               silu: bool = False) -> tirx.PrimFunc:
+               silu: bool = False, pdl: bool | None = None) -> tirx.PrimFunc:
     """y[m, n] = sum_k x[m, k] * (lut[n, code[n, k]] + sparse[n, k]), scheduled for ``target``.
 
     Params: x [m, k] act_dtype, qweight uint32 [n, packed_words(k, bits)], lut float16 [n, 2**bits], if
@@ -38,6 +31,8 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     ``knobs`` overrides the CUDA schedule; by default the tuning records of the target's arch decide.
     ``silu`` (CUDA decode GEMV only) takes a weight whose rows alternate gate and up and returns
     y [1, n / 2] = SiLU(gate) * up (``passes/fuse_silu_into_gemv.py``), on the row-per-warp rule.
+    ``pdl`` (decode GEMV only; by default where the target has it, ``launch.py``) lets the kernel start its weight
+    copies while the kernel before it drains; the kernel benchmark turns it off to time kernels alone.
     """
     check_bits(bits)
     if n <= 0 or k <= 0 or (m is not None and m <= 0):
@@ -52,6 +47,7 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     elif kind == "cuda":
         from ..targets.tuning import lookup
         if m == 1:
+            pdl = programmatic_launch(target) if pdl is None else pdl
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
                 knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
                                        or GemvKnobs.default(bits), sparse)
@@ -60,11 +56,11 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                     knobs = fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)
                 if knobs.rows_per_block % 2:  # a block must hold whole gate/up pairs
                     knobs = replace(knobs, steps=knobs.steps * 2)
-                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, silu=True)
+                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, silu=True, pdl=pdl)
             elif knobs.layout == "lane_rows":
-                func = cuda_lut_gemv_lanes(n, k, bits, sparse, act_dtype, knobs)
+                func = cuda_lut_gemv_lanes(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
             else:
-                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs)
+                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
         else:
             # A sparse GEMM is the dense GEMM plus a cheap CSR add (sparse_cuda.py): the dense record decides.
             knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, False) or GemmKnobs()

@@ -17,6 +17,8 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from .launch import GRID_WAIT, mark, programmatic_launch
+
 VEC = 8  # fp16 elements per 16-byte access
 MAX_THREADS = 1024
 FULL_MASK = 0xFFFFFFFF
@@ -25,10 +27,11 @@ OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
 
 def add_rms_norm(hidden: int, dtype: str, eps: float, target: tvm.target.Target) -> tirx.PrimFunc:
     """``(a [rows, hidden], b [rows, hidden], w [hidden]) -> (s, n)``, rows symbolic."""
-    kinds = {"cuda": _cuda_rows, "llvm": _llvm_rows}
-    if target.kind.name not in kinds:
-        raise ValueError(f"no add + RMSNorm kernel for target kind {target.kind.name!r}")
-    rows_body = kinds[target.kind.name](hidden, dtype, eps)
+    kind = target.kind.name
+    if kind not in ("cuda", "llvm"):
+        raise ValueError(f"no add + RMSNorm kernel for target kind {kind!r}")
+    pdl = programmatic_launch(target)
+    rows_body = _cuda_rows(hidden, dtype, eps, pdl) if kind == "cuda" else _llvm_rows(hidden, dtype, eps)
 
     @T.prim_func(private=True, s_tir=True)
     def add_rms_norm(a_h: T.handle, b_h: T.handle, w: T.Buffer((hidden,), dtype), s_h: T.handle, n_h: T.handle):
@@ -40,10 +43,12 @@ def add_rms_norm(hidden: int, dtype: str, eps: float, target: tvm.target.Target)
         n = T.match_buffer(n_h, (rows, hidden), dtype)
         rows_body(a, b, w, s, n, rows)
 
-    return add_rms_norm
+    return mark(add_rms_norm, pdl)
 
 
-def _cuda_rows(hidden: int, dtype: str, eps: float):
+def _cuda_rows(hidden: int, dtype: str, eps: float, pdl: bool):
+    """With ``pdl`` (``launch.py``) the block waits for the previous kernel before anything else: every
+    input but ``w`` is its output."""
     vec = VEC if hidden % VEC == 0 else 1  # 16-byte loads and stores where rows allow them
     units = -(-hidden // vec)
     threads = min(MAX_THREADS, -(-units // 32) * 32)
@@ -60,6 +65,8 @@ def _cuda_rows(hidden: int, dtype: str, eps: float):
                 out = T.alloc_buffer((vec,), dtype, scope="local")
                 acc = T.alloc_buffer((1,), "float32", scope="local")
                 warp_sums = T.alloc_buffer((warps,), "float32", scope="shared")
+                if pdl:
+                    T.evaluate(T.call_extern("int32", GRID_WAIT))
                 acc[0] = T.float32(0)
                 for e in T.unroll(per):
                     if (e * threads + tx) * vec < hidden:
