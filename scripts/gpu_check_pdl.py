@@ -108,9 +108,9 @@ class Chain:
 
 def check(folder: Path, out: Path | None) -> int:
     import torch
-    import tvm_ffi
 
     from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.measure import capture, replay_us
     tvm = load_tvm_runtime()
     manifest = json.loads((folder / "manifest.json").read_text())
     lib = tvm.runtime.load_module(str(folder / "kernels.so"))
@@ -126,26 +126,14 @@ def check(folder: Path, out: Path | None) -> int:
         torch.cuda.synchronize()
         return chain.result()
 
-    def graph(tag: str, reps: int = 20) -> tuple[dict, float]:
-        calls = chain.launches(tag)
-        g = torch.cuda.CUDAGraph()
-        with tvm_ffi.use_torch_stream(torch.cuda.graph(g)):
-            for call in calls:
-                call()
+    def graph(tag: str) -> tuple[dict, float]:
+        g = capture(torch, chain.launches(tag))
         chain.reset()
         torch.cuda.synchronize()
         g.replay()
         torch.cuda.synchronize()
-        res = chain.result()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            g.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / LAYERS)
-        return res, float(np.median(times))
+        res = chain.result()  # the first replay's: later ones start from its state
+        return res, replay_us(torch, g, reps=20) / LAYERS
 
     ref = run("plain", sync=True)
     finite = all(np.isfinite(v).all() for v in ref.values())

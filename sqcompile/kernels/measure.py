@@ -49,16 +49,18 @@ class ConfigResult:
     candidates: list[Timed] = field(default_factory=list)
 
 
-def _time_calls(torch, calls, reps: int = 5) -> float:
-    """Median microseconds per call of ``calls`` (a list of closures), replayed as one CUDA graph."""
-    for c in calls[:2]:
-        c()
-    torch.cuda.synchronize()
+def capture(torch, calls):
+    """``calls`` (a list of closures launching TVM kernels) captured as one CUDA graph, not run."""
     import tvm_ffi
     g = torch.cuda.CUDAGraph()
     with tvm_ffi.use_torch_stream(torch.cuda.graph(g)):
         for c in calls:
             c()
+    return g
+
+
+def replay_us(torch, g, reps: int = 5) -> float:
+    """Median microseconds of a replay of the CUDA graph ``g`` (the first, warm-up replay not counted)."""
     times = []
     for _ in range(reps + 1):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -66,8 +68,16 @@ def _time_calls(torch, calls, reps: int = 5) -> float:
         g.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+        times.append(start.elapsed_time(end) * 1e3)
     return statistics.median(times[1:])
+
+
+def _time_calls(torch, calls, reps: int = 5) -> float:
+    """Median microseconds per call of ``calls`` (a list of closures), replayed as one CUDA graph."""
+    for c in calls[:2]:
+        c()
+    torch.cuda.synchronize()
+    return replay_us(torch, capture(torch, calls), reps) / len(calls)
 
 
 def copies_past_l2(nbytes: float, most: int | None = None) -> int:
