@@ -31,7 +31,8 @@ EPS = 1e-5
 
 
 def export(folder: Path, arch: str) -> None:
-    """The layer's kernels with PDL (``*_pdl``) and without (``*_plain``: the same rules for sm_80)."""
+    """The layer's kernels with PDL (``*_pdl``) and without (``*_plain``: the GEMVs with ``pdl=False``, the
+    norm and attention as built for sm_80, which has no PDL)."""
     from sqcompile.kernels.cuda_host import prepare_cuda_build
     prepare_cuda_build()  # before tvm is imported
     import tvm
@@ -62,7 +63,7 @@ class Chain:
         def tensor(a):
             return tvm.runtime.tensor(np.ascontiguousarray(a), dev)
 
-        self.lib, self.tvm = lib, tvm
+        self.lib = lib
         self.weights = {}
         for name, n in (("qkv", QKV), ("o", HIDDEN)):
             w = random_weight(n, HIDDEN, BITS, 0.0, rng)
