@@ -1,4 +1,4 @@
-"""The gate/up decode GEMV that stores SiLU(gate) * up itself (``lut_matmul(silu=True)``), on a GPU host
+"""The gate/up decode GEMV that stores SiLU(gate) * up itself (``lut_matmul(fusion=GemvFusion(silu=True))``), on a GPU host
 (runtime only): against a float64 reference on fresh random inputs, output poisoned with NaN first, then timed
 beside the plain GEMV of the same weight (replayed in a CUDA graph over weight copies rotated past the L2).
 
@@ -46,6 +46,7 @@ def export(folder: Path, arch: str) -> None:
     import tvm
 
     from sqcompile.kernels.export import export_kernels
+    from sqcompile.kernels.gemv_cuda import GemvFusion
     from sqcompile.kernels.knobs import GemvKnobs
     from sqcompile.kernels.matmul import lut_matmul
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
@@ -54,7 +55,7 @@ def export(folder: Path, arch: str) -> None:
         tag = _tag(name, bits, sparse, odd)
         knobs = GemvKnobs(pairs=bits < 4, rows_inner=1, steps=3) if odd else None
         common = dict(m=1, sparse=sparse, act_dtype="float16", target=target, knobs=knobs)
-        funcs[f"{tag}_silu"] = lut_matmul(n, k, bits, silu=True, **common)
+        funcs[f"{tag}_silu"] = lut_matmul(n, k, bits, fusion=GemvFusion(silu=True), **common)
         funcs[f"{tag}_plain"] = lut_matmul(n, k, bits, **common)
     export_kernels(folder, funcs, target, {"arch": arch})
 

@@ -10,6 +10,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from sqcompile.kernels import GemmKnobs, GemvKnobs, lut_matmul  # noqa: E402
+from sqcompile.kernels.gemv_cuda import GemvFusion  # noqa: E402
 from sqcompile.kernels.reference import kernel_args, random_weight, reference, rel_error  # noqa: E402
 
 LLVM = tvm.target.Target("llvm")
@@ -130,15 +131,37 @@ def test_silu_gemv_writes_half_the_rows_and_is_cuda_decode_only():
     the rows (a block must hold whole gate/up pairs); llvm, prefill and odd n are refused."""
     from sqcompile.kernels.knobs import GemvKnobs
 
-    func = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA, silu=True,
+    func = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA, fusion=GemvFusion(silu=True),
                       knobs=GemvKnobs(rows_inner=1, steps=3))
     assert [int(d) for d in func.params[-1].ty.shape] == [1, 50]
     assert str(func.attrs["global_symbol"]).endswith("_silu")
     for kwargs in ({"m": 1, "target": LLVM}, {"m": None, "target": CUDA}):
-        with pytest.raises(ValueError, match="SiLU"):
-            lut_matmul(100, 1000, 3, sparse=False, act_dtype="float16", silu=True, **kwargs)
+        with pytest.raises(ValueError, match="epilogues"):
+            lut_matmul(100, 1000, 3, sparse=False, act_dtype="float16", fusion=GemvFusion(silu=True), **kwargs)
     with pytest.raises(ValueError, match="even"):
-        lut_matmul(101, 1000, 3, m=1, sparse=False, act_dtype="float16", target=CUDA, silu=True)
+        lut_matmul(101, 1000, 3, m=1, sparse=False, act_dtype="float16", target=CUDA, fusion=GemvFusion(silu=True))
+
+
+def test_gemv_fusion_parameters_and_refusals():
+    """The residual epilogue takes the residual and the norm weight after the weight and returns y, y * w and
+    one sum of squares per CUDA block; the RMSNorm fold takes the producer's block sums after the weight. Contradictory fusions, and
+    fusions outside the CUDA decode GEMV, are refused."""
+    res = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA,
+                     fusion=GemvFusion(residual=True), knobs=GemvKnobs(rows_inner=1, steps=3))
+    assert [p.name for p in res.params] == ["x", "q", "lut", "rowptr", "col", "val", "res", "w", "y", "yw",
+                                             "block_sq"]
+    assert [int(d) for d in res.params[-1].ty.shape] == [34]  # ceil(100 / 3) blocks
+    rms = lut_matmul(100, 1000, 4, m=1, sparse=False, act_dtype="float16", target=CUDA,
+                     fusion=GemvFusion(rms_parts=34, rms_eps=1e-6))
+    assert [p.name for p in rms.params] == ["x", "q", "lut", "h_sq", "y"]
+    assert [int(d) for d in rms.params[3].ty.shape] == [34]
+    assert str(rms.attrs["global_symbol"]).endswith("_rms")
+    for bad in (GemvFusion(silu=True, residual=True), GemvFusion(rms_parts=34), GemvFusion(rms_eps=1e-6)):
+        with pytest.raises(ValueError):
+            lut_matmul(100, 1000, 3, m=1, sparse=False, act_dtype="float16", target=CUDA, fusion=bad)
+    with pytest.raises(ValueError, match="epilogues"):
+        lut_matmul(100, 1000, 3, m=1, sparse=False, act_dtype="float16", target=LLVM,
+                   fusion=GemvFusion(residual=True))
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
@@ -150,13 +173,18 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
     code = (
         "import tvm, sys\n"
         "from sqcompile.kernels import lut_matmul\n"
+        "from sqcompile.kernels.gemv_cuda import GemvFusion\n"
         "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90'}, host={'kind': 'llvm'})\n"
         "mod = tvm.IRModule({'gemv': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t),\n"
         "                    'gemm': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
         "                    'gemm_sp': lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype='float16',\n"
         "                                          target=t),\n"
         "                    'gemv_silu': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16',\n"
-        "                                            target=t, silu=True)})\n"
+        "                                            target=t, fusion=GemvFusion(silu=True)),\n"
+        "                    'gemv_res': lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype='float16', target=t,\n"
+        "                                           fusion=GemvFusion(residual=True)),\n"
+        "                    'gemv_rms': lut_matmul(100, 1000, 4, m=1, sparse=False, act_dtype='float16', target=t,\n"
+        "                                           fusion=GemvFusion(silu=True, rms_parts=7, rms_eps=1e-5))})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
     )

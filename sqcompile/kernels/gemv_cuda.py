@@ -21,11 +21,14 @@ Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
     shared-memory atomic to the thread's partial sum of the nonzero's row (found among the block's row
     pointers, kept in shared memory);
   * partial sums go to shared memory and are reduced once at the end, one warp per row with shuffles;
-  * accumulation is float32 across blocks.
+  * accumulation is float32 across blocks;
+  * epilogues (``GemvFusion``) fold the small kernels around a decode GEMV into it: SiLU(gate) * up, and the
+    residual add + RMSNorm split between the GEMV before it (the add, the norm weight, per-block sums of
+    squares) and the GEMV after it (the 1/rms factor on its row sums).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from tvm import tirx
 from tvm.script import tirx as T
@@ -52,6 +55,39 @@ LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
 
 
+@dataclass(frozen=True)
+class GemvFusion:
+    """What a decode GEMV computes besides ``y = x W^T``.
+
+    ``silu``: the weight's rows alternate gate and up (``frontend.fuse``); y [1, n / 2] is SiLU(gate) * up,
+    stored by the warp that sums the pair.
+
+    ``residual``: the add + RMSNorm after o_proj / down_proj, split between this GEMV and the next. Extra
+    inputs ``res`` [1, n] and the norm's weight ``w`` [n]; outputs ``y = res + x W^T`` (the new residual
+    stream), ``y * w`` and ``block_sq`` [grid] float32, each CUDA block's sum of y^2 over its rows (y as
+    stored). Per row that is one more load of w and one more store, no pass over the row.
+
+    ``rms_parts`` > 0 (with ``rms_eps``): the GEMV after the norm. Its x is ``y * w`` of the GEMV before and
+    an extra input ``h_sq`` [rms_parts] that GEMV's ``block_sq``; since rms_norm(y) * w = rsqrt(mean(y^2) +
+    eps) * (y * w), the row sums are scaled by that one factor. Every warp adds up the block sums itself (a
+    fixed order: deterministic), after its first row's dot product, so nothing runs before the first dot
+    product that a plain GEMV would not run (an earlier fold that normalized x first cost more than the
+    norm kernel it removed: benchmarks/e2e/runs/tried_not_kept)."""
+
+    silu: bool = False
+    residual: bool = False
+    rms_parts: int = 0
+    rms_eps: float = 0.0
+
+    def validate(self, n: int, knobs: GemvKnobs) -> None:
+        if self.silu and (n % 2 or knobs.rows_per_block % 2):
+            raise ValueError(f"silu needs an even row count and rows per block, got n={n} and {knobs}")
+        if self.silu and self.residual:
+            raise ValueError("a GEMV with the SiLU epilogue has no residual add to fold")
+        if self.rms_parts < 0 or (self.rms_parts > 0) != (self.rms_eps > 0):
+            raise ValueError(f"an RMSNorm fold needs rms_parts > 0 and rms_eps > 0, got {self}")
+
+
 def lane_row_stride(bits: int, steps: int) -> int:
     """Words per row in a lane_rows staging buffer: ``steps`` 128-code groups, padded to an odd number of
     16-byte units (conflict-free 16-byte loads by 32 lanes on 32 rows)."""
@@ -67,13 +103,18 @@ def row_table_words(bits: int, knobs: GemvKnobs) -> tuple[int, int]:
     return (0 if knobs.reg_words == P.index_words(bits) else P.table_size(bits)), reg
 
 
-def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs) -> int:
+def fusion_words(knobs: GemvKnobs, fusion: GemvFusion) -> int:
+    """Shared words of the epilogues: the residual's sum of y^2 per warp."""
+    return knobs.threads_k * knobs.rows_y // 32 if fusion.residual else 0
+
+
+def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs, fusion: GemvFusion = GemvFusion()) -> int:
     if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread,
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = sum(row_table_words(bits, knobs)) * 4
     stage = stage_buffers(knobs) * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
-    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
+    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage + 4 * fusion_words(knobs, fusion)
 
 
 def stage_buffers(knobs: GemvKnobs) -> int:
@@ -83,7 +124,8 @@ def stage_buffers(knobs: GemvKnobs) -> int:
     return min(knobs.steps, 2)
 
 
-def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) -> GemvKnobs:
+def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False,
+                   fusion: GemvFusion = GemvFusion()) -> GemvKnobs:
     """``knobs`` made to fit the static shared-memory limit at this K: fewer rows per batch (more steps, the
     same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any
     raises ValueError.
@@ -93,7 +135,7 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
         knobs = replace(knobs, reg_words=0)
     if knobs.layout == "lane_rows" and (bits != 3 or sparse or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
-    while gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT:
+    while gemv_shared_bytes(k, bits, knobs, fusion) > SHARED_LIMIT:
         if knobs.rows_inner > 1:
             knobs = replace(knobs, rows_inner=knobs.rows_inner // 2, steps=knobs.steps * 2)
         elif knobs.rows_y > 1:
@@ -106,18 +148,18 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False) ->
 
 
 def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs: GemvKnobs,
-                  silu: bool = False, pdl: bool = False) -> tirx.PrimFunc:
-    """y = x W^T; with ``silu`` the weight's rows alternate gate and up (``frontend.fuse``) and y [1, n / 2] is
-    SiLU(gate) * up, stored by the warp that sums the pair: the gated-MLP kernel between the GEMVs goes away.
-    With ``pdl`` (``launch.py``) a block issues its first weight copies and fills its tables before it waits
-    for the previous kernel, whose output x is."""
+                  fusion: GemvFusion = GemvFusion(), pdl: bool = False) -> tirx.PrimFunc:
+    """y = x W^T with the epilogues of ``fusion``. With ``pdl`` (``launch.py``) a block issues its first weight
+    copies and fills its tables before it waits for the previous kernel, whose outputs x, the residual and
+    the sums of squares are."""
     knobs.validate()
-    if silu and (n % 2 or knobs.rows_per_block % 2):
-        raise ValueError(f"silu needs an even row count and rows per block, got n={n} and {knobs}")
+    fusion.validate(n, knobs)
+    silu, residual, rms_parts = fusion.silu, fusion.residual, fusion.rms_parts
+    rms = rms_parts > 0
     n_out = n // 2 if silu else n
     if knobs.reg_words and (bits != 3 or not knobs.pairs):
         raise ValueError(f"reg_words needs the 3-bit pair table, got {bits} bits and {knobs}")
-    shared = gemv_shared_bytes(k, bits, knobs)
+    shared = gemv_shared_bytes(k, bits, knobs, fusion)
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMV knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
     words = packed_words(k, bits)
@@ -133,6 +175,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     grid = -(-n // rpb)
     nthreads = tk * ry
     warps = nthreads // 32
+    fused_words = fusion_words(knobs, fusion)
     tab_iters = -(-rpb * table // nthreads)
     red_iters = -(-rpb // warps)
     row_chunks = words // 4  # 16-byte chunks per row (a row is a whole number of them: format.GROUP)
@@ -266,6 +309,12 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         for o in T.unroll(5):
             out[h] = out[h] + T.tvm_warp_shuffle_down(T.uint32(FULL_MASK), out[h], 16 >> o, 32, 32)
 
+    def scaled(row_sum, scale) -> tirx.Expr:
+        """A row sum times the RMSNorm's 1/rms factor (``rms_parts``); plain kernels are left as they were."""
+        return row_sum * scale[0] if rms else row_sum
+
+    row_loop = T.unroll if residual or rms else T.serial  # per-row registers (residual) need unrolled indices
+
     def silu_times(gate, up) -> tirx.Expr:
         """act(gate) * up rounded as the separate kernel rounds it: both rows to the activation dtype, SiLU in
         float32 back to it, then the product in it."""
@@ -273,15 +322,42 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         return T.Cast(act_dtype, g * T.sigmoid(g)) * T.Cast(act_dtype, up)
 
     @T.macro
-    def body(x, q, lut, y, rowptr, col, val):
+    def load_h_sq(h_sq, sq, hv, tx):
+        """Lane l's share of the producer's block sums: elements l, l + 32, ... (16-byte loads where they
+        divide evenly). Every warp reads all of them: a warp that shared its part through shared memory made
+        the block's end wait for it (+0.3 us a 7B gate/up GEMV on the H100, NOTES.md)."""
+        sq[0] = T.float32(0)
+        if rms_parts % 128 == 0:
+            for e in T.unroll(rms_parts // 128):
+                for v in T.vectorized(4):
+                    hv[v] = h_sq[(e * 32 + tx % 32) * 4 + v]
+                for v in T.unroll(4):
+                    sq[0] = sq[0] + hv[v]
+        else:
+            for e in T.unroll(-(-rms_parts // 32)):
+                if e * 32 + tx % 32 < rms_parts:
+                    sq[0] = sq[0] + h_sq[e * 32 + tx % 32]
+
+    @T.macro
+    def rms_scale(sq, out):
+        """rsqrt(mean(h^2) + eps) in lane 0 from the lanes' shares (a fixed order: deterministic). Called after
+        the first row's dot product, so that ptxas can overlap the shuffles with the other rows' work; at the
+        block's end they were latency that every block paid (+0.6 us on the 5504-block gate/up GEMV)."""
+        out[0] = sq[0]
+        for o in T.unroll(5):
+            out[0] = out[0] + T.tvm_warp_shuffle_down(T.uint32(FULL_MASK), out[0], 16 >> o, 32, 32)
+        out[0] = T.rsqrt(out[0] / T.float32(k) + T.float32(fusion.rms_eps))
+
+    @T.macro
+    def body(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq):
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
             for ty in T.thread_binding(ry, thread="threadIdx.y"):
                 for tx in T.thread_binding(tk, thread="threadIdx.x"):
                     # One shared allocation with three views: separate ones let TVM's storage rewrite overlap
                     # the partial sums with the table (it misses the table's uses through address_of), a race
                     # when a fast thread stores its sums while others still look up.
-                    smem = T.alloc_buffer((rpb * table + rpb * tk + stage_words + sparse_words,), "uint32",
-                                          scope="shared")
+                    smem = T.alloc_buffer((rpb * table + rpb * tk + stage_words + sparse_words + fused_words,),
+                                          "uint32", scope="shared")
                     tab = T.decl_buffer((rpb * table,), "uint32" if pairs else "float32", data=smem.data,
                                         scope="shared")
                     red = T.decl_buffer((rpb * tk,), "float32", data=smem.data, elem_offset=rpb * table,
@@ -290,6 +366,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                           elem_offset=rpb * table + rpb * tk, scope="shared")
                     rptr = T.decl_buffer((sparse_words,), "int32", data=smem.data,  # the block's row pointers
                                          elem_offset=rpb * table + rpb * tk + stage_words, scope="shared")
+                    fused = T.decl_buffer((max(fused_words, 1),), "float32", data=smem.data,  # the warps' sums
+                                          elem_offset=rpb * table + rpb * tk + stage_words + sparse_words,
+                                          scope="shared")  # of y^2 (residual)
                     xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
                     xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
                     xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
@@ -305,6 +384,12 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     sv = T.alloc_buffer((1,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
                     pair = T.alloc_buffer((2,), "float32", scope="local")  # gate and up row sums (``silu``)
+                    sq = T.alloc_buffer((1,), "float32", scope="local")  # h_sq share, or the warp's sum of y^2
+                    hv = T.alloc_buffer((4,), "float32", scope="local")
+                    scale = T.alloc_buffer((1,), "float32", scope="local")  # rsqrt(mean(h^2) + eps)
+                    rres = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # residual of the warp's rows
+                    rw = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # norm weight of the warp's rows
+                    yv = T.alloc_buffer((1,), act_dtype, scope="local")
                     issue_batch(q, stage, bx, ty, tx, 0, 0)
                     if steps > 1:
                         issue_batch(q, stage, bx, ty, tx, 1, 1)
@@ -318,6 +403,13 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     if pdl:  # everything above read weights only
                         T.evaluate(T.call_extern("int32", GRID_WAIT))
                     load_x(x, xh, tx)
+                    if rms:
+                        load_h_sq(h_sq, sq, hv, tx)
+                    if residual:  # lane 0 of a warp stores rows e * warps + warp
+                        for e in T.unroll(red_iters):
+                            if tx % 32 == 0 and e * warps + (ty * tk + tx) // 32 < rpb:
+                                rres[e] = res[0, T.min(bx * rpb + e * warps + (ty * tk + tx) // 32, n - 1)]
+                                rw[e] = w[T.min(bx * rpb + e * warps + (ty * tk + tx) // 32, n - 1)]
                     if pairs:  # pair slot q of a block is its codes (2q, 2q + 1): x's own half2 words
                         for c in T.unroll(it * BLOCK // 2):
                             xp[c] = T.call_pure_extern("uint32", "__pack_half2", T.Cast("float16", xh[2 * c]),
@@ -338,6 +430,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                           s * ri + r, s % 2)
                             else:
                                 dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)
+                            if rms:
+                                if s == 0 and r == 0:
+                                    rms_scale(sq, scale)
                             if sparse:  # the first nonzero, loaded once the row pointers surely landed, used after
                                 if s == 0 and r == 0:
                                     sc[0] = T.if_then_else(sb[0] + ty * tk + tx < sb[1], col[sb[0] + ty * tk + tx], 0)
@@ -365,28 +460,55 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                 for h in T.unroll(2):
                                     row_sum(red, pair, h, 2 * (e * warps + (ty * tk + tx) // 32) + h, tx)
                                 if tx % 32 == 0 and bx * rpb + 2 * (e * warps + (ty * tk + tx) // 32) < n:
-                                    y[0, bx * rpb // 2 + e * warps + (ty * tk + tx) // 32] = silu_times(pair[0], pair[1])
+                                    y[0, bx * rpb // 2 + e * warps + (ty * tk + tx) // 32] = silu_times(
+                                        scaled(pair[0], scale), scaled(pair[1], scale))
                     else:
-                        for e in range(red_iters):
+                        if residual:
+                            sq[0] = T.float32(0)
+                        for e in row_loop(red_iters):
                             if e * warps + (ty * tk + tx) // 32 < rpb:
                                 row_sum(red, part, 0, e * warps + (ty * tk + tx) // 32, tx)
                                 if tx % 32 == 0 and bx * rpb + e * warps + (ty * tk + tx) // 32 < n:
-                                    y[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = T.Cast(act_dtype, part[0])
+                                    yv[0] = T.Cast(act_dtype, scaled(part[0], scale))
+                                    if residual:  # rounded as the separate add rounds: GEMV output, then sum
+                                        yv[0] = yv[0] + rres[e]
+                                        sq[0] = sq[0] + T.Cast("float32", yv[0]) * T.Cast("float32", yv[0])
+                                    y[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = yv[0]
+                                    if residual:  # the norm's weight, in float32 (the 1/rms factor: the next GEMV)
+                                        yw[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = T.Cast(
+                                            act_dtype, T.Cast("float32", yv[0]) * T.Cast("float32", rw[e]))
+                        if residual:  # the block's sum of y^2: warps' sums in shared memory, added in order
+                            if tx % 32 == 0:
+                                fused[(ty * tk + tx) // 32] = sq[0]
+                            T.tvm_storage_sync("shared")
+                            if ty * tk + tx == 0:
+                                sq[0] = T.float32(0)
+                                for w in T.unroll(warps):
+                                    sq[0] = sq[0] + fused[w]
+                                block_sq[bx] = sq[0]
 
-    if sparse:
-        @T.prim_func
-        def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
-                 lut: T.Buffer((n, 1 << bits), "float16"), rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle,
-                 val_h: T.handle, y: T.Buffer((1, n_out), act_dtype)):
-            T.func_attr({"tirx.noalias": True})
-            nnz = T.int64()
-            col = T.match_buffer(col_h, (nnz,), "int32")
-            val = T.match_buffer(val_h, (nnz,), "float16")
-            body(x, q, lut, y, rowptr, col, val)
-    else:
-        @T.prim_func
-        def func(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
-                 lut: T.Buffer((n, 1 << bits), "float16"), y: T.Buffer((1, n_out), act_dtype)):
-            T.func_attr({"tirx.noalias": True})
-            body(x, q, lut, y, None, None, None)
-    return mark(func, pdl)
+    return mark(_signature(body, n, k, words, bits, sparse, act_dtype, n_out, fusion, grid), pdl)
+
+
+def _signature(body, n: int, k: int, words: int, bits: int, sparse: bool, act_dtype: str, n_out: int,
+               fusion: GemvFusion, grid: int) -> tirx.PrimFunc:
+    """The PrimFunc around ``body``. Parameters: x, qweight, lut, [rowptr, col, val], [res, w (``residual``)],
+    [h_sq (``rms_parts``)], y, [y * w, block_sq (``residual``)]: extra inputs after the weight, extra outputs
+    last. Absent ones are dropped from the signature; the body never touches them."""
+    res_n, sq_n, out_n = (n if fusion.residual else 1), max(fusion.rms_parts, 1), (grid if fusion.residual else 1)
+
+    @T.prim_func
+    def full(x: T.Buffer((1, k), act_dtype), q: T.Buffer((n, words), "uint32"),
+             lut: T.Buffer((n, 1 << bits), "float16"), rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle,
+             val_h: T.handle, res: T.Buffer((1, res_n), act_dtype), w: T.Buffer((res_n,), act_dtype),
+             h_sq: T.Buffer((sq_n,), "float32"), y: T.Buffer((1, n_out), act_dtype),
+             yw: T.Buffer((1, res_n), act_dtype), block_sq: T.Buffer((out_n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        nnz = T.int64()
+        col = T.match_buffer(col_h, (nnz,), "int32")
+        val = T.match_buffer(val_h, (nnz,), "float16")
+        body(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq)
+
+    res = fusion.residual
+    keep = [True, True, True, sparse, sparse, sparse, res, res, fusion.rms_parts > 0, True, res, res]
+    return tirx.PrimFunc([p for p, kept in zip(full.params, keep) if kept], full.body, full.ret_type, full.attrs)

@@ -10,7 +10,7 @@ from ..quant.format import check_bits
 from .cpu import cpu_lut_matmul
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_tc import cuda_lut_gemm_tc
-from .gemv_cuda import cuda_lut_gemv, fit_gemv_knobs
+from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
 from .knobs import GemmKnobs, GemvKnobs
 from .launch import programmatic_launch, target_arch
@@ -18,19 +18,21 @@ from .sparse_cuda import sparse_after_dense
 
 ACT_DTYPES = ("float16", "float32")
 LUT_ATTR = "sqcompile.lut_matmul"  # [n, k, bits, m (-1: symbolic), sparse] of the kernel, for later passes
+FUSION_ATTR = "sqcompile.gemv_fusion"  # [silu, residual, rms_parts] of its GemvFusion
 
 
 def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dtype: str,
                target: tvm.target.Target, knobs: GemvKnobs | GemmKnobs | None = None,
-               silu: bool = False, pdl: bool | None = None) -> tirx.PrimFunc:
+               fusion: GemvFusion = GemvFusion(), pdl: bool | None = None) -> tirx.PrimFunc:
     """y[m, n] = sum_k x[m, k] * (lut[n, code[n, k]] + sparse[n, k]), scheduled for ``target``.
 
     Params: x [m, k] act_dtype, qweight uint32 [n, packed_words(k, bits)], lut float16 [n, 2**bits], if
     ``sparse`` rowptr int32 [n+1], col int32 [nnz], val float16 [nnz], then y [m, n] act_dtype. ``m=None``
     makes the row count symbolic (prefill), ``m=1`` is the decode GEMV. Accumulation is float32.
     ``knobs`` overrides the CUDA schedule; by default the tuning records of the target's arch decide.
-    ``silu`` (CUDA decode GEMV only) takes a weight whose rows alternate gate and up and returns
-    y [1, n / 2] = SiLU(gate) * up (``passes/fuse_silu_into_gemv.py``), on the row-per-warp rule.
+    ``fusion`` (CUDA decode GEMV only, ``gemv_cuda.GemvFusion``: its extra inputs and outputs) folds the SiLU
+    gate, the residual add or the RMSNorm before it into the kernel (``passes/fuse_*_into_gemv.py``); those
+    run on the row-per-warp rule.
     ``pdl`` (decode GEMV only; by default where the target has it, ``launch.py``) lets the kernel start its weight
     copies while the kernel before it drains; the kernel benchmark turns it off to time kernels alone.
     """
@@ -40,8 +42,9 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     if act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
     kind = target.kind.name
-    if silu and (kind != "cuda" or m != 1):
-        raise ValueError(f"the SiLU epilogue needs the CUDA decode GEMV (m = 1), got {kind} with m={m}")
+    fused = fusion != GemvFusion()
+    if fused and (kind != "cuda" or m != 1):
+        raise ValueError(f"GEMV epilogues ({fusion}) need the CUDA decode GEMV (m = 1), got {kind} with m={m}")
     if kind == "llvm":
         func = cpu_lut_matmul(n, k, bits, m, sparse, act_dtype)
     elif kind == "cuda":
@@ -50,13 +53,13 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             pdl = programmatic_launch(target) if pdl is None else pdl
             if knobs is None:  # records and defaults are fitted to this K; explicit knobs must fit as given
                 knobs = fit_gemv_knobs(k, bits, lookup(target_arch(target), "gemv", n, k, bits, sparse)
-                                       or GemvKnobs.default(bits), sparse)
-            if silu:
+                                       or GemvKnobs.default(bits), sparse, fusion)
+            if fused:
                 if knobs.layout == "lane_rows":
-                    knobs = fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)
-                if knobs.rows_per_block % 2:  # a block must hold whole gate/up pairs
+                    knobs = fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse, fusion)
+                if fusion.silu and knobs.rows_per_block % 2:  # a block must hold whole gate/up pairs
                     knobs = replace(knobs, steps=knobs.steps * 2)
-                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, silu=True, pdl=pdl)
+                func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, fusion, pdl=pdl)
             elif knobs.layout == "lane_rows":
                 func = cuda_lut_gemv_lanes(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
             else:
@@ -71,6 +74,9 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                 func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
     else:
         raise ValueError(f"no lut_matmul rule for target kind {kind!r} (have llvm and cuda)")
-    name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}{'_silu' if silu else ''}"
+    suffix = "".join(tag for on, tag in ((fusion.silu, "_silu"), (fusion.residual, "_res"),
+                                        (fusion.rms_parts, "_rms")) if on)
+    name = f"lut_matmul_{'s' if sparse else 'd'}{bits}_n{n}_k{k}_m{'dyn' if m is None else m}{suffix}"
     return func.with_attr({"global_symbol": name, "tirx.is_scheduled": True,
-                           LUT_ATTR: [n, k, bits, -1 if m is None else m, int(sparse)]})
+                           LUT_ATTR: [n, k, bits, -1 if m is None else m, int(sparse)],
+                           FUSION_ATTR: [int(fusion.silu), int(fusion.residual), fusion.rms_parts]})
