@@ -1,12 +1,21 @@
 """What the graph passes share: a Relax function's bindings (which value a var is bound to, how often it is
-read), and rewriting every Relax function of a module with one mutator."""
+read), rewriting every Relax function of a module with one mutator, and the decode GEMV variants that the
+fusing passes call instead of a plain GEMV."""
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator
+
+from sqcompile.kernels.gemv_cuda import GemvFusion
+from sqcompile.kernels.matmul import FUSION_ATTR, LUT_ATTR, lut_matmul
+
+log = logging.getLogger(__name__)
+OPAQUE = 8  # relax op pattern kOpaque: FuseOps leaves the call alone
+CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 def bindings_and_uses(func: relax.Function) -> tuple[dict[relax.Var, relax.Expr], dict[relax.Var, int]]:
@@ -31,3 +40,44 @@ def rewrite_functions(rewriter: PyExprMutator, rewrite: Callable[[relax.Function
                 rewriter.builder_.update_func(gvar, new)
                 changed = True
     return relax.transform.DeadCodeElimination()(rewriter.builder_.get()) if changed else None
+
+
+def decode_gemv_fusion(mod: tvm.IRModule, value) -> list[int] | None:
+    """``[silu, residual, rms_parts]`` of a call of a decode LUT GEMV (m = 1), None for any other value."""
+    if not (isinstance(value, relax.Call) and value.op == CALL_TIR):
+        return None
+    attrs = mod[value.args[0]].attrs
+    if attrs is None or LUT_ATTR not in attrs or int(attrs[LUT_ATTR][3]) != 1:
+        return None
+    return [int(v) for v in attrs[FUSION_ATTR]]
+
+
+class GemvVariants:
+    """The decode LUT GEMVs a pass calls instead of plain ones: ``lut_matmul`` at a plain callee's shape with
+    another ``GemvFusion``, each added to the module once."""
+
+    def __init__(self, mod: tvm.IRModule, builder: relax.BlockBuilder, target: tvm.target.Target):
+        self.mod, self.builder, self.target = mod, builder, target
+        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+
+    def get(self, callee: tvm.ir.GlobalVar, dtype: str, fusion: GemvFusion) -> tvm.ir.GlobalVar:
+        n, k, bits, _, sparse = (int(v) for v in self.mod[callee].attrs[LUT_ATTR])
+        key = (n, k, bits, sparse, dtype, fusion)
+        if key not in self.kernels:
+            func = lut_matmul(n, k, bits, m=1, sparse=bool(sparse), act_dtype=dtype, target=self.target,
+                              fusion=fusion).with_attr("op_pattern", OPAQUE)
+            self.kernels[key] = self.builder.add_func(func, str(func.attrs["global_symbol"]))
+        return self.kernels[key]
+
+
+def rewrite_on_cuda(mod: tvm.IRModule, target: tvm.target.Target, make_rewriter, what: str) -> tvm.IRModule:
+    """``mod`` with every Relax function rewritten by ``make_rewriter(mod, target)`` (a mutator with a
+    ``transform(func)`` and a ``variants: GemvVariants``) where ``target`` is CUDA; unchanged elsewhere."""
+    if target.kind.name != "cuda":
+        return mod
+    rewriter = make_rewriter(mod, target)
+    out = rewrite_functions(rewriter, rewriter.transform)  # the plain GEMV kernels go with their calls
+    if out is None:
+        return mod
+    log.info("%s: %d kernel(s)", what, len(rewriter.variants.kernels))
+    return out

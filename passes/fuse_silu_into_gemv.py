@@ -7,26 +7,20 @@
     z = astype(astype(g, f32) * sigmoid(astype(g, f32)), f16) * u    # HF's SiLU as traced, times up
 
 A block of the GEMV holds whole gate/up pairs, so the warp that sums rows 2i and 2i + 1 can store z_i itself
-(``kernels.gemv_cuda.cuda_lut_gemv(silu=True)``, rounded as the separate kernel rounds), and the ~1.6 us
+(``kernels.gemv_cuda.GemvFusion(silu=True)``, rounded as the separate kernel rounds), and the ~1.6 us
 kernel between the two MLP GEMVs, 32 launches a 7B step, goes away. Prefill keeps the separate kernel (its
 GEMM writes [T, 2F] and the slices read it with a stride). Runs before ``fuse_elementwise``, on the
 Relax ops; anything else, other activations included, is left alone.
 """
 from __future__ import annotations
 
-import logging
-
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sqcompile.kernels.matmul import LUT_ATTR, lut_matmul
+from sqcompile.kernels.gemv_cuda import GemvFusion
 
-from .bindings import bindings_and_uses, rewrite_functions
-
-log = logging.getLogger(__name__)
-CALL_TIR = tvm.ir.Op.get("relax.call_tir")
-OPAQUE = 8  # relax op pattern kOpaque
+from .bindings import GemvVariants, bindings_and_uses, decode_gemv_fusion, rewrite_on_cuda
 
 
 def _every_other(call: relax.Call, start: int) -> bool:
@@ -63,11 +57,8 @@ def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Call
         if sig is None or not sig.args[0].same_as(a) or g_call is None or u_call is None:
             continue
         y = g_call.args[0]
-        gemv = bindings.get(y)
-        if not y.same_as(u_call.args[0]) or not isinstance(gemv, relax.Call) or gemv.op != CALL_TIR:
-            continue
-        attrs = mod[gemv.args[0]].attrs  # a decode LUT GEMV: static [1, 2F] output
-        if attrs is None or LUT_ATTR not in attrs or int(attrs[LUT_ATTR][3]) != 1:
+        gemv = bindings.get(y)  # a plain decode LUT GEMV: static [1, 2F] output
+        if not y.same_as(u_call.args[0]) or decode_gemv_fusion(mod, gemv) != [0, 0, 0]:
             continue
         if (not _every_other(g_call, 0) or not _every_other(u_call, 1) or a.ty.dtype != "float32"
                 or z.ty.dtype != y.ty.dtype or down.attrs.dtype != y.ty.dtype):
@@ -82,18 +73,9 @@ def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Call
 class _Rewriter(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target):
         super().__init__(mod)
-        self.mod, self.target = mod, target
-        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+        self.mod = mod
+        self.variants = GemvVariants(mod, self.builder_, target)
         self.plan: dict[relax.Var, relax.Call] = {}
-
-    def kernel(self, callee: tvm.ir.GlobalVar, dtype: str) -> tvm.ir.GlobalVar:
-        n, k, bits, _, sparse = (int(v) for v in self.mod[callee].attrs[LUT_ATTR])
-        key = (n, k, bits, sparse, dtype)
-        if key not in self.kernels:
-            func = lut_matmul(n, k, bits, m=1, sparse=bool(sparse), act_dtype=dtype, target=self.target,
-                              silu=True).with_attr("op_pattern", OPAQUE)
-            self.kernels[key] = self.builder_.add_func(func, str(func.attrs["global_symbol"]))
-        return self.kernels[key]
 
     def transform(self, func: relax.Function) -> relax.Function:
         self.plan = _plan(self.mod, func)
@@ -103,7 +85,7 @@ class _Rewriter(PyExprMutator):
         gemv = self.plan.get(binding.var)
         if gemv is None:
             return super().visit_var_binding_(binding)
-        gv = self.kernel(gemv.args[0], binding.var.ty.dtype)
+        gv = self.variants.get(gemv.args[0], binding.var.ty.dtype, GemvFusion(silu=True))
         args = [self.visit_expr(a) for a in gemv.args[1].fields]
         self.set_var_remap(binding.var, self.builder_.emit(relax.call_tir(gv, args, out_ty=binding.var.ty), "silu_gemv"))
 
@@ -116,11 +98,4 @@ class FuseSiluIntoGEMV:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if self.target.kind.name != "cuda":
-            return mod
-        rewriter = _Rewriter(mod, self.target)
-        out = rewrite_functions(rewriter, rewriter.transform)  # the plain gate/up GEMV kernel goes with it
-        if out is None:
-            return mod
-        log.info("SiLU(gate) * up folded into the decode GEMV: %d kernel(s)", len(rewriter.kernels))
-        return out
+        return rewrite_on_cuda(mod, self.target, _Rewriter, "SiLU(gate) * up folded into the decode GEMV")

@@ -15,6 +15,8 @@ from .cuda_graph import StaticDecodeInputs
 from .decode_attention import DecodeAttention
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
+from .fuse_norm_into_gemv import FuseNormIntoGEMV
+from .fuse_rms_norm import FuseRMSNorm
 from .fuse_rope_attention import FuseRopeAttention
 from .fuse_silu_into_gemv import FuseSiluIntoGEMV
 from .kv_cache_inplace import KVCacheInplace
@@ -30,6 +32,8 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
         DecodeAttention(target.tvm_target()),
         FoldWeightTranspose(),
         FuseSiluIntoGEMV(target.tvm_target()),
+        FuseRMSNorm(),  # here already (fuse_elementwise starts with it too) for the fold into the GEMVs:
+        FuseNormIntoGEMV(target.tvm_target()),  # before FuseAddRMSNorm claims the adds and norms
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         fuse_elementwise(target.tvm_target()),

@@ -218,9 +218,9 @@ def test_split_parts_become_slices_fused_into_their_consumers():
         np.testing.assert_allclose(g, r, rtol=1e-6)
 
 
-def test_tiny_decode_launches_fewer_kernels(tmp_path):
-    """The kernels a 2-layer fp16 decode step calls, with TVM's plain legalize-and-fuse and with ours: the
-    RMSNorm rewrite and the split slices cut at least 5 per layer (2 x 2 norm kernels, the q/k/v split)."""
+@pytest.fixture(scope="module")
+def tiny_fp16_decoder(tmp_path_factory):
+    """A 2-layer fp16 Llama (GQA, 3 bits +0.45%) traced from its config: placeholder weights, real graph."""
     import argparse
     import json
 
@@ -230,19 +230,38 @@ def test_tiny_decode_launches_fewer_kernels(tmp_path):
     config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 200, "max_position_embeddings": 64,
               "tie_word_embeddings": False}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45, include_head=False), True, "float16")
-    mod = trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8).mod
+    path = tmp_path_factory.mktemp("tiny") / "config.json"
+    path.write_text(json.dumps(config))
+    loaded = load_synthetic(str(path), argparse.Namespace(bits=3, sparsity=0.45, include_head=False), True, "float16")
+    return trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8)
+
+
+def _graph_kernels(traced, target: TargetDef, skip: set[str]) -> dict[str, list[str]]:
+    """Kernels each entry calls after the graph passes but ``skip`` (no dlight schedules: not needed here),
+    named without TVM's numbering (cast3, multiply2, ...), which shifts when other kernels go."""
+    import re
+
+    skip = skip | {q.info.name for q in target.schedule_passes()}
+    with target.tvm_target():
+        mod = tvm.transform.Sequential([p for p in model_passes(target, traced.quantized)
+                                        if p.info.name not in skip])(traced.mod)
+    return {f: [re.sub(r"\d+(?=_|$)", "", c) for c in _calls(mod, f) if not c.startswith("relax.")]
+            for f in ("decode", "prefill")}
+
+
+def test_tiny_decode_launches_fewer_kernels(tiny_fp16_decoder):
+    """The kernels a 2-layer fp16 decode step calls, with TVM's plain legalize-and-fuse and with ours: the
+    RMSNorm rewrite and the split slices cut at least 5 per layer (2 x 2 norm kernels, the q/k/v split)."""
     plain = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                       relax.transform.FoldConstant(), relax.transform.FuseOps(),
                                       relax.transform.FuseTIR()])
 
     def kernels(use_plain: bool) -> list[str]:
-        passes = model_passes(LLVM, loaded.quantized)
+        passes = model_passes(LLVM, tiny_fp16_decoder.quantized)
         if use_plain:
             passes = [plain if p.info.name == "FuseElementwise" else p for p in passes]
         with LLVM.tvm_target():
-            out = tvm.transform.Sequential(passes)(mod)
+            out = tvm.transform.Sequential(passes)(tiny_fp16_decoder.mod)
         return [c for c in _calls(out, "decode") if not c.startswith("relax.")]
 
     before, after = kernels(True), kernels(False)
@@ -250,41 +269,40 @@ def test_tiny_decode_launches_fewer_kernels(tmp_path):
     assert not [k for k in after if k.startswith(("split", "power", "cast"))]
 
 
-def test_gated_mlp_folds_into_the_decode_gate_up_gemv_on_cuda(tmp_path):
+def test_gated_mlp_folds_into_the_decode_gate_up_gemv_on_cuda(tiny_fp16_decoder):
     """On CUDA, decode's SiLU(gate) * up (gate/up rows interleaved by frontend.fuse) is stored by the gate/up
     GEMV itself: one kernel fewer per layer. Prefill keeps its kernel, and llvm is left as it was."""
-    import argparse
-    import json
-    import re
-
-    from sqcompile.driver import load_synthetic
-    from sqcompile.frontend import trace_decoder
     from sqcompile.targets import get_target
 
-    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 200, "max_position_embeddings": 64,
-              "tie_word_embeddings": False}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = load_synthetic(str(tmp_path / "config.json"), argparse.Namespace(bits=3, sparsity=0.45, include_head=False), True, "float16")
-    traced = trace_decoder(loaded.model, loaded.quantized, max_len=32, dtype="float16", max_prefill=8)
-
-    def kernels(target: TargetDef, fold: bool) -> dict[str, list[str]]:
-        """Kernels each entry calls after the graph passes (no dlight schedules: not needed here)."""
-        skip = {q.info.name for q in target.schedule_passes()} | (set() if fold else {"FuseSiluIntoGEMV"})
-        with target.tvm_target():
-            mod = tvm.transform.Sequential([p for p in model_passes(target, traced.quantized)
-                                            if p.info.name not in skip])(traced.mod)
-        # kernel names without TVM's numbering (cast3, multiply2, ...), which shifts when other kernels go
-        return {f: [re.sub(r"\d+(?=_|$)", "", c) for c in _calls(mod, f) if not c.startswith("relax.")]
-                for f in ("decode", "prefill")}
-
     cuda = get_target("cuda", "sm_90")
-    before, after = kernels(cuda, False), kernels(cuda, True)
+    norm = {"FuseNormIntoGEMV"}  # its own test, below
+    before = _graph_kernels(tiny_fp16_decoder, cuda, norm | {"FuseSiluIntoGEMV"})
+    after = _graph_kernels(tiny_fp16_decoder, cuda, norm)
     assert len([c for c in after["decode"] if c.endswith("_m_silu")]) == 2
     assert not [c for c in after["decode"] if "sigmoid" in c] and [c for c in before["decode"] if "sigmoid" in c]
     assert len(after["decode"]) == len(before["decode"]) - 2
     assert after["prefill"] == before["prefill"]
-    assert kernels(LLVM, True) == kernels(LLVM, False)
+    assert _graph_kernels(tiny_fp16_decoder, LLVM, norm) == _graph_kernels(tiny_fp16_decoder, LLVM, norm | {"FuseSiluIntoGEMV"})
+
+
+def test_residual_add_and_rms_norm_fold_into_the_decode_gemvs_on_cuda(tiny_fp16_decoder):
+    """On CUDA, each decode add + RMSNorm between two LUT GEMVs becomes a GEMV that adds the residual (and
+    writes the weighted copy and its block sums of squares) and a GEMV that scales its rows by 1/rms; layer 0's
+    norm of the embeddings and the final norm before the fp16 head keep their kernels. Prefill and llvm are
+    left as they were."""
+    from sqcompile.targets import get_target
+
+    cuda = get_target("cuda", "sm_90")
+    before = _graph_kernels(tiny_fp16_decoder, cuda, {"FuseNormIntoGEMV"})
+    after = _graph_kernels(tiny_fp16_decoder, cuda, set())
+    assert len([c for c in after["decode"] if c.endswith("_res")]) == 3
+    assert len([c for c in after["decode"] if c.endswith("_rms")]) == 3
+    assert len([c for c in after["decode"] if c.endswith("_silu_rms")]) == 2
+    norms = [c for c in after["decode"] if c.startswith("add_rms_norm")]
+    assert len(norms) == 1 and len([c for c in before["decode"] if c.startswith("add_rms_norm")]) == 4
+    assert len(after["decode"]) == len(before["decode"]) - 3
+    assert after["prefill"] == before["prefill"]
+    assert _graph_kernels(tiny_fp16_decoder, LLVM, set()) == _graph_kernels(tiny_fp16_decoder, LLVM, {"FuseNormIntoGEMV"})
 
 
 def test_residual_add_fuses_with_the_rms_norm_that_reads_it():
