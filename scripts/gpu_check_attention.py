@@ -13,7 +13,6 @@ microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 from pathlib import Path
@@ -149,15 +148,13 @@ def check_rope(tvm, lib, name: str, shape, variant: str, short: int, tokens: int
 def check(folder: Path, out: Path | None) -> int:
     import torch
 
-    from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.export import finish_check, load_export
     from sqcompile.kernels.measure import copies_past_l2, time_rotated
-    tvm = load_tvm_runtime()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    tvm, manifest, lib = load_export(folder, torch)
     rng = np.random.default_rng(0)
     failed, rows = 0, []
     variants, default = manifest["variants"], manifest["default"]
-    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels, compiler's chunks {default})")
+    print(f"compiler's chunks {default}")
     for (name, shape), (var, (_, short)), tokens in itertools.product(manifest["shapes"].items(), variants.items(),
                                                                       TOKENS):
         err = Case(tvm, lib, name, shape, var, short, tokens, rng).check(torch)
@@ -181,10 +178,8 @@ def check(folder: Path, out: Path | None) -> int:
         rows.append({"shape": name, "heads": shape, "chunks": var, "ctx": tokens, "us": us, "gbps": gbps,
                      "partial_us": partial_us})
         print(f"{name:<8} {var:>7} {tokens:>5} {us:>8.2f} {gbps:>7.0f} {partial_us:>10.2f}")
-    if out:
-        out.write_text(json.dumps({"arch": manifest["arch"], "failed": failed, "timings": rows}, indent=1))
-    print(f"{failed} failed of {len(manifest['shapes']) * (len(variants) + 1) * len(TOKENS)}")
-    return 1 if failed else 0
+    return finish_check(out, torch, manifest, failed, len(manifest["shapes"]) * (len(variants) + 1) * len(TOKENS),
+                        timings=rows)
 
 
 def main() -> int:

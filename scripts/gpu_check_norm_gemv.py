@@ -13,7 +13,6 @@ an odd producer schedule), at 2-4 bits, dense and +0.45%. Exit status 1 on any f
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -145,14 +144,11 @@ class Pair:
 def check(folder: Path, out: Path | None) -> int:
     import torch
 
-    from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.export import finish_check, load_export
     from sqcompile.kernels.measure import capture, copies_past_l2, time_rotated
-    tvm = load_tvm_runtime()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    tvm, manifest, lib = load_export(folder, torch)
     rng = np.random.default_rng(0)
     failed, results, timings = 0, [], []
-    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels)")
     for name, bits, sparse in _cases():
         pair = Pair(tvm, lib, manifest, name, bits, sparse, rng)
         errs = pair.check(torch)
@@ -177,15 +173,12 @@ def check(folder: Path, out: Path | None) -> int:
         nbytes = sum(a.nbytes for w in (probe.wp[0], probe.wc[0]) for a in kernel_args(probe.x, w, sparse)[1:])
         copies = copies_past_l2(nbytes, most=8)
         pair = Pair(tvm, lib, manifest, name, bits, sparse, rng, copies)
-        us = {kind: time_rotated(torch, lambda i, kind=kind: getattr(pair, kind)(i), copies, min_calls=32)
-              for kind in ("plain", "fused", "plain", "fused")}  # twice each, interleaved: the second counts
+        us = {}
+        for kind in ("plain", "fused") * 2:  # two interleaved rounds; the second one's times are kept
+            us[kind] = time_rotated(torch, lambda i, kind=kind: getattr(pair, kind)(i), copies, min_calls=32)
         timings.append({"case": pair.tag, "plain_us": us["plain"], "fused_us": us["fused"]})
         print(f"{pair.tag:<18} {us['plain']:>12.2f} {us['fused']:>13.2f}")
-    if out:
-        out.write_text(json.dumps({"arch": manifest["arch"], "device": torch.cuda.get_device_properties(0).name,
-                                   "failed": failed, "checks": results, "timings": timings}, indent=1))
-    print(f"{failed} failed of {len(results)}")
-    return 1 if failed else 0
+    return finish_check(out, torch, manifest, failed, len(results), checks=results, timings=timings)
 
 
 def main() -> int:

@@ -15,7 +15,6 @@ any difference.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -110,13 +109,10 @@ class Chain:
 def check(folder: Path, out: Path | None) -> int:
     import torch
 
-    from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.export import finish_check, load_export
     from sqcompile.kernels.measure import capture, replay_us
-    tvm = load_tvm_runtime()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    tvm, manifest, lib = load_export(folder, torch, f", {LAYERS} layers")
     chain = Chain(tvm, lib, np.random.default_rng(0))
-    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels), {LAYERS} layers")
 
     def run(tag: str, sync: bool) -> dict:
         chain.reset()
@@ -152,12 +148,8 @@ def check(folder: Path, out: Path | None) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<18} differing elements: {diff}")
     print(f"graph replay, us per layer: without PDL {plain_us:.2f}, with PDL {pdl_us:.2f} "
           f"({100 * (pdl_us / plain_us - 1):+.1f}%)")
-    if out:
-        out.write_text(json.dumps({"arch": manifest["arch"], "device": torch.cuda.get_device_properties(0).name,
-                                   "layers": LAYERS, "failed": failed, "runs": results,
-                                   "us_per_layer": {"plain_graph": plain_us, "pdl_graph": pdl_us}}, indent=1))
-    print(f"{failed} failed")
-    return 1 if failed else 0
+    return finish_check(out, torch, manifest, failed, layers=LAYERS, runs=results,
+                        us_per_layer={"plain_graph": plain_us, "pdl_graph": pdl_us})
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ any failure.
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -89,14 +88,11 @@ class Case:
 def check(folder: Path, out: Path | None) -> int:
     import torch
 
-    from sqcompile.bundle import load_tvm_runtime
+    from sqcompile.kernels.export import finish_check, load_export
     from sqcompile.kernels.measure import copies_past_l2, time_rotated
-    tvm = load_tvm_runtime()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    tvm, manifest, lib = load_export(folder, torch)
     rng = np.random.default_rng(0)
     failed, results, timings = 0, [], []
-    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels)")
     for name, _, bits, sparse, odd in _cases():
         err = Case(tvm, lib, name, bits, sparse, odd, rng).check(torch)
         ok = err <= TOLERANCE
@@ -114,11 +110,7 @@ def check(folder: Path, out: Path | None) -> int:
               for kind in ("plain", "silu")}
         timings.append({"case": case.tag, "plain_us": us["plain"], "silu_us": us["silu"]})
         print(f"{case.tag:<24} {us['plain']:>13.2f} {us['silu']:>12.2f}")
-    if out:
-        out.write_text(json.dumps({"arch": manifest["arch"], "device": torch.cuda.get_device_properties(0).name,
-                                   "failed": failed, "checks": results, "timings": timings}, indent=1))
-    print(f"{failed} failed of {len(results)}")
-    return 1 if failed else 0
+    return finish_check(out, torch, manifest, failed, len(results), checks=results, timings=timings)
 
 
 def main() -> int:

@@ -204,6 +204,27 @@ def export_kernels(folder: Path, funcs: dict, target, manifest: dict) -> None:
     print(f"wrote {folder} ({manifest.get('arch')}: {len(funcs)} kernels)")
 
 
+def load_export(folder: Path, torch, about: str = ""):
+    """(TVM runtime, manifest, kernels module) of an export folder, on the GPU host; prints the device and
+    the kernels' arch (and ``about``) first."""
+    from ..bundle import load_tvm_runtime
+    tvm = load_tvm_runtime()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels{about})")
+    return tvm, manifest, lib
+
+
+def finish_check(out: Path | None, torch, manifest: dict, failed: int, checked: int | None = None, **doc) -> int:
+    """The end of a check script's ``check``: ``doc`` with the kernels' arch, the device and the failure count
+    as JSON in ``out`` (if given), the count printed, and the exit status (1 on any failure)."""
+    if out:
+        out.write_text(json.dumps({"arch": manifest["arch"], "device": torch.cuda.get_device_properties(0).name,
+                                   "failed": failed, **doc}, indent=1))
+    print(f"{failed} failed" + ("" if checked is None else f" of {checked}"))
+    return 1 if failed else 0
+
+
 def check_script_main(doc: str, export, check) -> int:
     """The command line of a ``scripts/gpu_check_*.py``: ``export FOLDER [--arch]`` here (nvcc, no GPU),
     ``check FOLDER [--out]`` on the GPU host; ``export(folder, arch)`` and ``check(folder, out) -> status``."""

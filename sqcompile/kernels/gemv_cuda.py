@@ -324,8 +324,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     @T.macro
     def load_h_sq(h_sq, sq, hv, tx):
         """Lane l's share of the producer's block sums: elements l, l + 32, ... (16-byte loads where they
-        divide evenly). Every warp reads all of them: a warp that shared its part through shared memory made
-        the block's end wait for it (+0.3 us a 7B gate/up GEMV on the H100, NOTES.md)."""
+        divide evenly). Every warp reads all of them: with warp sums passed through shared memory instead, the
+        7B o_proj -> gate/up pair was 0.46 us slower than the three kernels it replaces, this way 0.14 us
+        (H100, two calls: benchmarks/e2e/NOTES.md)."""
         sq[0] = T.float32(0)
         if rms_parts % 128 == 0:
             for e in T.unroll(rms_parts // 128):
@@ -341,8 +342,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     @T.macro
     def rms_scale(sq, out):
         """rsqrt(mean(h^2) + eps) in lane 0 from the lanes' shares (a fixed order: deterministic). Called after
-        the first row's dot product, so that ptxas can overlap the shuffles with the other rows' work; at the
-        block's end they were latency that every block paid (+0.6 us on the 5504-block gate/up GEMV)."""
+        the first row's dot product, so that ptxas can overlap the shuffles with the other rows' work; reduced at
+        the block's end, every block paid their latency (that 7B pair: 0.62 us slower than the three kernels).
+        """
         out[0] = sq[0]
         for o in T.unroll(5):
             out[0] = out[0] + T.tvm_warp_shuffle_down(T.uint32(FULL_MASK), out[0], 16 >> o, 32, 32)
