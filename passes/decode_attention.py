@@ -3,8 +3,8 @@
 The frontend's attention (``frontend/decoder.py``) imports as a chain of generic ops: transposed (and
 broadcast) copies of the K and V cache views, two batched matmuls, the causal ``where``, softmax and casts.
 Where the token count is 1 (the decode function) that chain is matched here as one pattern and becomes
-``partial`` + ``combine``, which read the cache views in place and mask rows past ``positions[0]``
-themselves. Prefill (symbolic T) keeps the generic path, where the matmuls get tensor cores.
+one call of the decode-attention function, which reads the cache views in place and masks rows past
+``positions[0]`` itself. Prefill (symbolic T) keeps the generic path, where the matmuls get tensor cores.
 
 The match is strict: the query, key and value layouts, the permutations, the mask built from the
 function's ``positions`` input and the softmax axis are all checked, and a function where nothing matches
@@ -24,7 +24,7 @@ from sqcompile.kernels.attention import decode_attention, partial_slots
 
 from .shapes import static_ints
 
-SCALE_ATTR = "sqcompile.attention_scale"  # the score scale, on the partial kernels (fuse_rope_attention.py)
+SCALE_ATTR = "sqcompile.attention_scale"  # the score scale, on the attention functions (fuse_rope_attention.py)
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,17 @@ def _axes(call: relax.Call) -> list[int]:
 class _Rewriter:
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target):
         self.builder, self.target = relax.BlockBuilder(mod), target
-        self.kernels: dict[tuple, tuple[tvm.ir.GlobalVar, tvm.ir.GlobalVar]] = {}
+        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
         self.pattern = _Pattern()
         self.positions: relax.Var | None = None
         self.rewritten = 0
 
-    def _kernels(self, heads: int, nkv: int, d: int, dtype: str, scale: float):
+    def _kernel(self, heads: int, nkv: int, d: int, dtype: str, scale: float) -> tvm.ir.GlobalVar:
         key = (heads, nkv, d, dtype, scale)
         if key not in self.kernels:
-            partial, combine = decode_attention(heads, nkv, d, dtype, self.target, scale)
-            name = f"decode_attention_{heads}x{nkv}x{d}_{dtype}"
-            self.kernels[key] = (self.builder.add_func(partial.with_attr(SCALE_ATTR, scale), f"{name}_partial"),
-                                 self.builder.add_func(combine, f"{name}_combine"))
+            attention = decode_attention(heads, nkv, d, dtype, self.target, scale)
+            self.kernels[key] = self.builder.add_func(attention.with_attr(SCALE_ATTR, scale),
+                                                      f"decode_attention_{heads}x{nkv}x{d}_{dtype}")
         return self.kernels[key]
 
     def _why_not(self, m: dict) -> str | None:
@@ -127,17 +126,17 @@ class _Rewriter:
         nkv, dtype = int(keys.ty.shape[1]), q.ty.dtype
         scale = float(m[p.scale].value.numpy().reshape(()))
         try:
-            partial, combine = self._kernels(heads, nkv, d, dtype, scale)
+            attention = self._kernel(heads, nkv, d, dtype, scale)
         except ValueError as e:
             log.warning("decode attention: no kernel for %d/%d heads x %d (%s): %s", heads, nkv, d, dtype, e)
             return m[p.root]
-        chunks = partial_slots(self.builder.get()[partial], keys.ty.shape[0])
+        chunks = partial_slots(self.builder.get()[attention], keys.ty.shape[0])
         group = heads // nkv
-        parts = relax.call_tir(partial, [q, keys, values, self.positions], out_ty=[
-            relax.TensorType((nkv, chunks, group, d), "float32"), relax.TensorType((nkv, chunks, group, 2), "float32")])
+        call = relax.call_tir(attention, [q, keys, values, self.positions], out_ty=[
+            relax.TensorType((nkv, chunks, group, d), "float32"), relax.TensorType((nkv, chunks, group, 2), "float32"),
+            relax.TensorType((1, heads * d), dtype)])
         self.rewritten += 1
-        return relax.call_tir(combine, [relax.TupleGetItem(parts, 0), relax.TupleGetItem(parts, 1)],
-                              out_ty=relax.TensorType((1, heads * d), dtype))
+        return relax.TupleGetItem(call, 2)  # the partial results o, ml are scratch
 
     def run(self) -> tvm.IRModule:
         for gvar, func in list(self.builder.get().functions.items()):

@@ -1,15 +1,15 @@
-"""Fold a decode layer's rotary + KV-write kernel into its attention's partial kernel.
+"""Fold a decode layer's rotary + KV-write kernel into its attention.
 
 After ``DecodeAttention`` and ``FuseRopeKVWrite`` one attention layer of a one-token step is
 
     t = call_tir_inplace(rope_kv_write, (qkv, cos, sin, k_cache, v_cache, positions))  # q, caches' = t
-    parts = call_tir(partial, (t[0], t[1], t[2], positions));  out = call_tir(combine, parts)
+    r = call_tir(attention, (t[0], t[1], t[2], positions));  out = r[2]
 
-Both kernels are a few microseconds of latency each on a GPU. Here they become one ``call_tir_inplace`` of
-the partial kernel built with ``rope=True`` (``kernels/attention.py``): each block rotates the query heads it
-needs from ``qkv``, and the block whose chunk holds the new token rotates that token's K, takes its V and
-writes both into the caches, using them directly instead of reading the row back. A match is rewritten only
-when the rotated q and the two cache results feed nothing but that partial call.
+Both are a few microseconds of latency each on a GPU. Here they become one ``call_tir_inplace`` of the
+attention built with ``rope=True`` (``kernels/attention.py``): each block of its first kernel rotates the
+query heads it needs from ``qkv``, and the block whose chunk holds the new token rotates that token's K, takes
+its V and writes both into the caches, using them directly instead of reading the row back. A match is
+rewritten only when the rotated q and the two cache results feed nothing but that attention call.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _callee(mod: tvm.IRModule, value) -> tuple[str, tvm.tirx.PrimFunc] | None:
 
 
 def _plan(mod: tvm.IRModule, func: relax.Function) -> dict[relax.Var, relax.Var]:
-    """partial call's var -> the rope call's var, for every pair that may fuse."""
+    """attention call's var -> the rope call's var, for every pair that may fuse."""
     bindings, uses = bindings_and_uses(func)
     items = {var: (value.tuple_value, value.index) for var, value in bindings.items()
              if isinstance(value, relax.TupleGetItem)}
@@ -73,14 +73,13 @@ class _Rewriter(PyExprMutator):
         self.bindings: dict[relax.Var, relax.Expr] = {}
         self.fused = 0
 
-    def kernel(self, partial_gv: tvm.ir.GlobalVar, q_ty, k_ty) -> tvm.ir.GlobalVar:
-        name = partial_gv.name_hint
+    def kernel(self, plain_gv: tvm.ir.GlobalVar, q_ty, k_ty) -> tvm.ir.GlobalVar:
+        name = plain_gv.name_hint
         if name not in self.kernels:
             _, heads, d = (int(x) for x in q_ty.shape)
-            scale = float(self.mod[partial_gv].attrs[SCALE_ATTR])
-            partial, _ = decode_attention(heads, int(k_ty.shape[1]), d, str(q_ty.dtype), self.target, scale, rope=True)
-            self.kernels[name] = self.builder_.add_func(partial.with_attr(SCALE_ATTR, scale),
-                                                        name.replace("_partial", "_rope_partial"))
+            scale = float(self.mod[plain_gv].attrs[SCALE_ATTR])
+            attention = decode_attention(heads, int(k_ty.shape[1]), d, str(q_ty.dtype), self.target, scale, rope=True)
+            self.kernels[name] = self.builder_.add_func(attention.with_attr(SCALE_ATTR, scale), f"{name}_rope")
         return self.kernels[name]
 
     def transform(self, func: relax.Function) -> relax.Function:
@@ -93,18 +92,18 @@ class _Rewriter(PyExprMutator):
             rope = self.bindings[self.plan[binding.var]]
             call = binding.value
             q_ty, k_ty, v_ty = rope.ty.fields
-            o_ty, ml_ty = call.ty.fields
+            o_ty, ml_ty, out_ty = call.ty.fields
             gv = self.kernel(call.args[0], q_ty, k_ty)
             fused = self.builder_.emit(relax.call_tir_inplace(
-                gv, [self.visit_expr(a) for a in rope.args[1].fields], inplace_indices=[-1, -1, 3, 4],
-                out_ty=[o_ty, ml_ty, k_ty, v_ty]), "rope_attention")
+                gv, [self.visit_expr(a) for a in rope.args[1].fields], inplace_indices=[-1, -1, -1, 3, 4],
+                out_ty=[o_ty, ml_ty, out_ty, k_ty, v_ty]), "rope_attention")
             self.set_var_remap(binding.var, self.builder_.emit(
-                relax.Tuple([relax.TupleGetItem(fused, 0), relax.TupleGetItem(fused, 1)])))
+                relax.Tuple([relax.TupleGetItem(fused, i) for i in range(3)])))
             self.fused += 1
             return
         if binding.var in self.plan.values() or (
                 isinstance(binding.value, relax.TupleGetItem) and binding.value.tuple_value in self.plan.values()):
-            return  # the rope call and its items: folded into the partial call above
+            return  # the rope call and its items: folded into the attention call above
         super().visit_var_binding_(binding)
 
 
@@ -117,7 +116,7 @@ class FuseRopeAttention:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self.target)
-        out = rewrite_functions(rewriter, rewriter.transform)  # the rope and plain partial kernels go with it
+        out = rewrite_functions(rewriter, rewriter.transform)  # the rope and plain attention kernels go with it
         if out is None:
             return mod
         log.info("rotary + attention: %d decode layers in one kernel", rewriter.fused)

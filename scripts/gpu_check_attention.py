@@ -5,10 +5,11 @@
 
 ``check`` runs 7B (32 x 128, no GQA), SmolLM2 (9 / 3 heads x 64) and a GQA-8 shape at several context lengths,
 each through a view rounded up to 64 rows (as the runtime passes them) whose tail rows hold NaN, with every
-output poisoned with NaN first; the same for the partial kernel with the rotary folded in (``rope=True``, the
-compiler's chunks), which must also write the new token's rotated K and its V into the caches and nothing else;
-then times partial + combine replayed in a CUDA graph over K/V copies rotated past the L2 cache, printing
-microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
+output poisoned with NaN first, for each variant of the chunking (the compiler's first; ``split`` is the
+same without the one-kernel path for short views); the same for the attention with the rotary folded in
+(``rope=True``, the compiler's chunks), which must also write the new token's rotated K and its V into the
+caches and nothing else; then times each variant replayed in a CUDA graph over K/V copies rotated past the L2
+cache, printing microseconds and the GB/s of the K/V rows read. Exit status 1 on any failure.
 """
 from __future__ import annotations
 
@@ -22,32 +23,32 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHAPES = {"llama7b": (32, 32, 128), "smollm2": (9, 3, 64), "gqa8": (32, 4, 128)}  # heads, kv heads, head_dim
-TOKENS = (1, 77, 128, 512, 600, 2000, 2048)  # attended rows; views are rounded up to BUCKET
-TIMED = (128, 256, 512, 1024, 2048)
-# (chunk, short chunk): context rows per partial block past / up to SHORT_ROWS; the compiler's comes first
-VARIANTS = {"c64s32": (64, 32), "c32": (32, 32), "c64": (64, 64), "c128": (128, 128)}
-DEFAULT = "c64s32"
+TOKENS = (1, 77, 128, 192, 256, 257, 512, 600, 2000, 2048)  # attended rows; views are rounded up to BUCKET
+TIMED = (128, 192, 256, 512, 1024, 2048)
+# (chunk, short chunk, one-kernel rows): context rows per partial block past / up to SHORT_ROWS, views of up to
+# the last in one kernel (0: none); the compiler's comes first
+VARIANTS = {"one256": (64, 32, 256), "split": (64, 32, 0), "c32": (32, 32, 0), "c64": (64, 64, 0)}
+DEFAULT = "one256"
 BUCKET = 64
 TOLERANCE = 2e-3
 
 
 def export(folder: Path, arch: str) -> None:
-    """Build every shape's partial + combine for ``arch`` into ``folder`` (kernels.so + manifest.json)."""
+    """Build every shape's attention variants for ``arch`` into ``folder`` (kernels.so + manifest.json)."""
     from sqcompile.kernels.cuda_host import prepare_cuda_build
     prepare_cuda_build()  # before tvm is imported
     import tvm
 
-    from sqcompile.kernels.attention import CHUNK, SHORT_CHUNK, decode_attention
+    from sqcompile.kernels.attention import CHUNK, ONE_ROWS, SHORT_CHUNK, decode_attention
     from sqcompile.kernels.export import export_kernels
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
     funcs = {}
-    assert VARIANTS[DEFAULT] == (CHUNK, SHORT_CHUNK), "the check's default must be the compiler's chunks"
-    for (name, (heads, nkv, d)), (var, (chunk, short)) in itertools.product(SHAPES.items(), VARIANTS.items()):
-        partial, combine = decode_attention(heads, nkv, d, "float16", target, chunk=chunk, short_chunk=short)
-        funcs[f"{name}_{var}_partial"], funcs[f"{name}_{var}_combine"] = partial, combine
+    assert VARIANTS[DEFAULT] == (CHUNK, SHORT_CHUNK, ONE_ROWS), "the check's default must be the compiler's chunks"
+    for (name, (heads, nkv, d)), (var, (chunk, short, one)) in itertools.product(SHAPES.items(), VARIANTS.items()):
+        funcs[f"{name}_{var}"] = decode_attention(heads, nkv, d, "float16", target, chunk=chunk, short_chunk=short,
+                                                  one_rows=one)
     for name, (heads, nkv, d) in SHAPES.items():
-        partial, _ = decode_attention(heads, nkv, d, "float16", target, rope=True)
-        funcs[f"{name}_rope_partial"] = partial
+        funcs[f"{name}_rope"] = decode_attention(heads, nkv, d, "float16", target, rope=True)
     export_kernels(folder, funcs, target, {"arch": arch, "variants": VARIANTS, "default": DEFAULT,
                                            "dtype": "float16", "shapes": {k: list(v) for k, v in SHAPES.items()}})
 
@@ -71,7 +72,7 @@ class Case:
         heads, nkv, d = shape
         view = -(-tokens // BUCKET) * BUCKET
         chunks, group = -(-view // short), heads // nkv  # kernels.attention.partial_slots
-        self.partial, self.combine = lib[f"{name}_{variant}_partial"], lib[f"{name}_{variant}_combine"]
+        self.attention = lib[f"{name}_{variant}"]
         self.tokens, self.kv_bytes = tokens, 2 * tokens * nkv * d * 2
         self.q = rng.standard_normal((1, heads, d)).astype(np.float16)
         self.keys = rng.standard_normal((view, nkv, d)).astype(np.float16)
@@ -84,10 +85,8 @@ class Case:
         self.args = [[tvm.runtime.tensor(x, dev) for x in (self.q, self.keys, self.values)]
                      + [tvm.runtime.tensor(np.array([tokens - 1], np.int64), dev)] for _ in range(copies)]
 
-    def run(self, i: int = 0, combine: bool = True) -> None:
-        self.partial(*self.args[i], self.outs[0], self.outs[1])
-        if combine:
-            self.combine(self.outs[0], self.outs[1], self.outs[2])
+    def run(self, i: int = 0) -> None:
+        self.attention(*self.args[i], *self.outs)
 
     def check(self, torch) -> float:
         for buf, (s, t) in zip(self.outs, self.out_shapes):
@@ -105,8 +104,8 @@ def rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
 
 
-def check_rope(tvm, lib, name: str, shape, variant: str, short: int, tokens: int, rng) -> float:
-    """The rope partial + the plain combine against float64 attention over the rotated q and the caches with
+def check_rope(tvm, lib, name: str, shape, short: int, tokens: int, rng) -> float:
+    """The rope attention against float64 attention over the rotated q and the caches with
     the new row in place; inf unless the caches hold exactly the new row at ``tokens - 1`` and nothing else new."""
     heads, nkv, d = shape
     view, pos = -(-tokens // BUCKET) * BUCKET, tokens - 1
@@ -124,8 +123,7 @@ def check_rope(tvm, lib, name: str, shape, variant: str, short: int, tokens: int
     ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, np.float32), dev)
     out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, np.float16), dev)
     tables = [tvm.runtime.tensor(a, dev) for a in (qkv, cos.reshape(1, 1, d), sin.reshape(1, 1, d))]
-    lib[f"{name}_rope_partial"](*tables, k_t, v_t, tvm.runtime.tensor(np.array([pos], np.int64), dev), o, ml)
-    lib[f"{name}_{variant}_combine"](o, ml, out)
+    lib[f"{name}_rope"](*tables, k_t, v_t, tvm.runtime.tensor(np.array([pos], np.int64), dev), o, ml, out)
     got_k, got_v = k_t.numpy(), v_t.numpy()
     k = x[heads:heads + nkv].astype(np.float64)
     c64, s64 = cos.astype(np.float64), sin.astype(np.float64)
@@ -155,29 +153,27 @@ def check(folder: Path, out: Path | None) -> int:
     failed, rows = 0, []
     variants, default = manifest["variants"], manifest["default"]
     print(f"compiler's chunks {default}")
-    for (name, shape), (var, (_, short)), tokens in itertools.product(manifest["shapes"].items(), variants.items(),
-                                                                      TOKENS):
+    for (name, shape), (var, (_, short, _)), tokens in itertools.product(manifest["shapes"].items(),
+                                                                         variants.items(), TOKENS):
         err = Case(tvm, lib, name, shape, var, short, tokens, rng).check(torch)
         ok = err <= TOLERANCE
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {var:<7} tokens={tokens:<5} rel_err={err:.2e}")
     for (name, shape), tokens in itertools.product(manifest["shapes"].items(), TOKENS):
-        err = check_rope(tvm, lib, name, shape, default, variants[default][1], tokens, rng)
+        err = check_rope(tvm, lib, name, shape, variants[default][1], tokens, rng)
         ok = err <= TOLERANCE
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<8} rope      tokens={tokens:<5} rel_err={err:.2e}")
-    print(f"{'shape':<8} {'chunks':>7} {'ctx':>5} {'us':>8} {'GB/s':>7} {'partial us':>10}")
-    for (name, shape), tokens, (var, (_, short)) in itertools.product(manifest["shapes"].items(), TIMED,
-                                                                      variants.items()):
+    print(f"{'shape':<8} {'chunks':>7} {'ctx':>5} {'us':>8} {'GB/s':>7}")
+    for (name, shape), tokens, (var, (_, short, _)) in itertools.product(manifest["shapes"].items(), TIMED,
+                                                                         variants.items()):
         probe = Case(tvm, lib, name, shape, var, short, tokens, rng)
         copies = copies_past_l2(probe.kv_bytes, most=64)
         case = Case(tvm, lib, name, shape, var, short, tokens, rng, copies)
         us = time_rotated(torch, case.run, copies, min_calls=64)
-        partial_us = time_rotated(torch, lambda i: case.run(i, combine=False), copies, min_calls=64)
         gbps = case.kv_bytes / (us * 1e-6) / 1e9
-        rows.append({"shape": name, "heads": shape, "chunks": var, "ctx": tokens, "us": us, "gbps": gbps,
-                     "partial_us": partial_us})
-        print(f"{name:<8} {var:>7} {tokens:>5} {us:>8.2f} {gbps:>7.0f} {partial_us:>10.2f}")
+        rows.append({"shape": name, "heads": shape, "chunks": var, "ctx": tokens, "us": us, "gbps": gbps})
+        print(f"{name:<8} {var:>7} {tokens:>5} {us:>8.2f} {gbps:>7.0f}")
     return finish_check(out, torch, manifest, failed, len(manifest["shapes"]) * (len(variants) + 1) * len(TOKENS),
                         timings=rows)
 

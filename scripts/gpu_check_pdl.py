@@ -5,13 +5,13 @@ made of the PDL kernels must give bit for bit what the same kernels without PDL 
     # GPU host:                  . .kbundle/bundle/env.sh && python3 scripts/gpu_check_pdl.py check .kbundle/pdl
 
 A layer is what a 7B decode step runs 32 times: add + RMSNorm, the q/k/v GEMV (3 bits), attention with the
-rotary embedding and the KV-cache write (partial + combine; 8 KV heads for 32 query heads), the output GEMV. The layers share their buffers
+rotary embedding and the KV-cache write (32 heads, as 7B has), the output GEMV. The layers share their buffers
 as TVM's memory planner makes them share (each norm overwrites the residual the one before read; the output
 GEMV overwrites the delta the norm read; each attention writes the cache row the next one reads), so a kernel
 that passes its wait before its predecessor's writes land, or writes before its predecessor has read,
 changes the result. Four runs of the chain: the kernels without PDL with a synchronize after each launch (the
-reference), the PDL kernels launched back to back, and both replayed in a CUDA graph (timed). Exit status 1 on
-any difference.
+reference), the PDL kernels launched back to back, and both replayed in a CUDA graph (timed); at a context of
+128 rows (attention in one kernel) and of 640 (partial kernel, then combine). Exit status 1 on any difference.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqcompile.kernels.reference import kernel_args, random_weight  # noqa: E402
 
-HEADS, KV_HEADS, HEAD_DIM, HIDDEN, CTX, LAYERS, BITS = 32, 8, 128, 4096, 128, 32, 3  # grouped-query attention
+HEADS, KV_HEADS, HEAD_DIM, HIDDEN, LAYERS, BITS = 32, 32, 128, 4096, 32, 3  # 7B
+CONTEXTS = (128, 640)  # attention.ONE_ROWS: one kernel at 128 rows, partial + combine at 640
 QKV = (HEADS + 2 * KV_HEADS) * HEAD_DIM
 EPS = 1e-5
 
@@ -48,15 +49,14 @@ def export(folder: Path, arch: str) -> None:
             funcs[f"gemv_{name}_{tag}"] = lut_matmul(n, HIDDEN, BITS, m=1, sparse=False, act_dtype="float16",
                                                      target=target, pdl=pdl)
         funcs[f"norm_{tag}"] = add_rms_norm(HIDDEN, "float16", EPS, t)
-        funcs[f"partial_{tag}"], funcs[f"combine_{tag}"] = decode_attention(HEADS, KV_HEADS, HEAD_DIM, "float16", t,
-                                                                            rope=True)
+        funcs[f"attention_{tag}"] = decode_attention(HEADS, KV_HEADS, HEAD_DIM, "float16", t, rope=True)
     export_kernels(folder, funcs, target, {"arch": arch})
 
 
 class Chain:
     """The buffers of ``LAYERS`` decode layers and one launch sequence over them."""
 
-    def __init__(self, tvm, lib, rng):
+    def __init__(self, tvm, lib, rng, ctx: int):
         dev = tvm.cuda()
 
         def tensor(a):
@@ -72,14 +72,14 @@ class Chain:
         self.cos = tensor(np.tile(np.cos(angle), 2).reshape(1, 1, HEAD_DIM).astype(np.float16))
         self.sin = tensor(np.tile(np.sin(angle), 2).reshape(1, 1, HEAD_DIM).astype(np.float16))
         self.norm_w = tensor((1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float16))
-        self.pos = tensor(np.array([CTX - 1], np.int64))
+        self.pos = tensor(np.array([ctx - 1], np.int64))
         self.init = {"h": rng.standard_normal((1, HIDDEN)), "d": rng.standard_normal((1, HIDDEN)),
-                     "keys": rng.standard_normal((CTX, KV_HEADS, HEAD_DIM)),
-                     "values": rng.standard_normal((CTX, KV_HEADS, HEAD_DIM))}
+                     "keys": rng.standard_normal((ctx, KV_HEADS, HEAD_DIM)),
+                     "values": rng.standard_normal((ctx, KV_HEADS, HEAD_DIM))}
         self.buf = {k: tensor(v.astype(np.float16)) for k, v in self.init.items()}
         for name, shape in (("s", (1, HIDDEN)), ("n", (1, HIDDEN)), ("qkv", (1, QKV)), ("att", (1, HIDDEN))):
             self.buf[name] = tensor(np.zeros(shape, np.float16))
-        slots = CTX // 32  # the short chunks (attention.SHORT_CHUNK) at this context
+        slots = ctx // 32  # attention.partial_slots: one per short chunk (SHORT_CHUNK)
         group = HEADS // KV_HEADS
         self.buf["o"] = tensor(np.zeros((KV_HEADS, slots, group, HEAD_DIM), np.float32))
         self.buf["ml"] = tensor(np.zeros((KV_HEADS, slots, group, 2), np.float32))
@@ -95,9 +95,8 @@ class Chain:
             res, out = (b["h"], b["s"]) if layer % 2 == 0 else (b["s"], b["h"])  # the residual ping-pongs
             calls += [lambda res=res, out=out: f("norm")(res, b["d"], self.norm_w, out, b["n"]),
                       lambda: f("gemv_qkv")(b["n"], *self.weights["qkv"], b["qkv"]),
-                      lambda: f("partial")(b["qkv"], self.cos, self.sin, b["keys"], b["values"], self.pos, b["o"],
-                                           b["ml"]),
-                      lambda: f("combine")(b["o"], b["ml"], b["att"]),
+                      lambda: f("attention")(b["qkv"], self.cos, self.sin, b["keys"], b["values"], self.pos, b["o"],
+                                             b["ml"], b["att"]),
                       lambda: f("gemv_o")(b["att"], *self.weights["o"], b["d"])]
         return calls
 
@@ -112,44 +111,45 @@ def check(folder: Path, out: Path | None) -> int:
     from sqcompile.kernels.export import finish_check, load_export
     from sqcompile.kernels.measure import capture, replay_us
     tvm, manifest, lib = load_export(folder, torch, f", {LAYERS} layers")
-    chain = Chain(tvm, lib, np.random.default_rng(0))
+    failed, results, timings = 0, [], {}
+    for ctx in CONTEXTS:
+        chain = Chain(tvm, lib, np.random.default_rng(0), ctx)
 
-    def run(tag: str, sync: bool) -> dict:
-        chain.reset()
-        for call in chain.launches(tag):
-            call()
-            if sync:
-                torch.cuda.synchronize()
-        torch.cuda.synchronize()
-        return chain.result()
+        def run(tag: str, sync: bool) -> dict:
+            chain.reset()
+            for call in chain.launches(tag):
+                call()
+                if sync:
+                    torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            return chain.result()
 
-    def graph(tag: str) -> tuple[dict, float]:
-        g = capture(torch, chain.launches(tag))
-        chain.reset()
-        torch.cuda.synchronize()
-        g.replay()
-        torch.cuda.synchronize()
-        res = chain.result()  # the first replay's: later ones start from its state
-        return res, replay_us(torch, g, reps=20) / LAYERS
+        def graph(tag: str) -> tuple[dict, float]:
+            g = capture(torch, chain.launches(tag))
+            chain.reset()
+            torch.cuda.synchronize()
+            g.replay()
+            torch.cuda.synchronize()
+            res = chain.result()  # the first replay's: later ones start from its state
+            return res, replay_us(torch, g, reps=20) / LAYERS
 
-    ref = run("plain", sync=True)
-    finite = all(np.isfinite(v).all() for v in ref.values())
-    runs = {"pdl back to back": run("pdl", sync=False)}
-    runs["pdl graph"], pdl_us = graph("pdl")
-    runs["plain graph"], plain_us = graph("plain")
-    failed = 0 if finite else 1
-    print(f"{'ok  ' if finite else 'FAIL'} reference finite")
-    results = []
-    for name, res in runs.items():
-        diff = {k: int(np.sum(res[k].view(np.uint16) != ref[k].view(np.uint16))) for k in ref}
-        ok = not any(diff.values())
-        failed += not ok
-        results.append({"run": name, "differing_elements": diff})
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<18} differing elements: {diff}")
-    print(f"graph replay, us per layer: without PDL {plain_us:.2f}, with PDL {pdl_us:.2f} "
-          f"({100 * (pdl_us / plain_us - 1):+.1f}%)")
-    return finish_check(out, torch, manifest, failed, layers=LAYERS, runs=results,
-                        us_per_layer={"plain_graph": plain_us, "pdl_graph": pdl_us})
+        ref = run("plain", sync=True)
+        finite = all(np.isfinite(v).all() for v in ref.values())
+        runs = {"pdl back to back": run("pdl", sync=False)}
+        runs["pdl graph"], pdl_us = graph("pdl")
+        runs["plain graph"], plain_us = graph("plain")
+        failed += not finite
+        print(f"{'ok  ' if finite else 'FAIL'} ctx {ctx}: reference finite")
+        for name, res in runs.items():
+            diff = {k: int(np.sum(res[k].view(np.uint16) != ref[k].view(np.uint16))) for k in ref}
+            ok = not any(diff.values())
+            failed += not ok
+            results.append({"ctx": ctx, "run": name, "differing_elements": diff})
+            print(f"{'ok  ' if ok else 'FAIL'} ctx {ctx}: {name:<18} differing elements: {diff}")
+        print(f"ctx {ctx}: graph replay, us per layer: without PDL {plain_us:.2f}, with PDL {pdl_us:.2f} "
+              f"({100 * (pdl_us / plain_us - 1):+.1f}%)")
+        timings[ctx] = {"plain_graph": plain_us, "pdl_graph": pdl_us}
+    return finish_check(out, torch, manifest, failed, layers=LAYERS, runs=results, us_per_layer=timings)
 
 
 def main() -> int:

@@ -26,15 +26,13 @@ def reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int) -> 
 
 
 def run_llvm(heads: int, nkv: int, d: int, dtype: str, q, keys, values, pos: int) -> np.ndarray:
-    partial, combine = decode_attention(heads, nkv, d, dtype, LLVM)
-    ex = tvm.compile(tvm.IRModule({"partial": partial.with_attr("global_symbol", "partial"),
-                                   "combine": combine.with_attr("global_symbol", "combine")}), LLVM)
-    dev, chunks, group = tvm.cpu(), int(partial_slots(partial, keys.shape[0])), heads // nkv
+    attention = decode_attention(heads, nkv, d, dtype, LLVM)
+    ex = tvm.compile(tvm.IRModule({"attention": attention.with_attr("global_symbol", "attention")}), LLVM)
+    dev, chunks, group = tvm.cpu(), int(partial_slots(attention, keys.shape[0])), heads // nkv
     o = tvm.runtime.tensor(np.full((nkv, chunks, group, d), np.nan, "float32"), dev)  # poisoned outputs
     ml = tvm.runtime.tensor(np.full((nkv, chunks, group, 2), np.nan, "float32"), dev)
     out = tvm.runtime.tensor(np.full((1, heads * d), np.nan, dtype), dev)
-    ex["partial"](*(tvm.runtime.tensor(x, dev) for x in (q, keys, values, np.array([pos], "int64"))), o, ml)
-    ex["combine"](o, ml, out)
+    ex["attention"](*(tvm.runtime.tensor(x, dev) for x in (q, keys, values, np.array([pos], "int64"))), o, ml, out)
     return out.numpy()
 
 
@@ -78,9 +76,21 @@ def test_partial_slots_follow_the_kernel():
     ctx = tvm.tirx.Var("ctx", "int64")
     for target, d, rows in ((LLVM, 16, 32), (cuda, 128, 32), (cuda, 64, 32), (cuda, 16, 64)):
         for rope in (False, True):
-            partial, _ = decode_attention(4, 2, d, "float16", target, rope=rope)
-            assert int(partial_slots(partial, tvm.tirx.const(640, "int64"))) == 640 // rows, (target, d, rope)
-            assert str(partial_slots(partial, ctx)) == f"(ctx + T.int64({rows - 1})) // T.int64({rows})"
+            attention = decode_attention(4, 2, d, "float16", target, rope=rope)
+            assert int(partial_slots(attention, tvm.tirx.const(640, "int64"))) == 640 // rows, (target, d, rope)
+            assert str(partial_slots(attention, ctx)) == f"(ctx + T.int64({rows - 1})) // T.int64({rows})"
+
+
+def test_one_kernel_path_only_where_it_pays():
+    """CUDA views of up to ONE_ROWS rows take one kernel where there are enough KV heads for the SMs and the
+    block's per-warp sums fit the shared memory; otherwise (and on llvm) attention is always split."""
+    from sqcompile.kernels.attention import ONE_ROWS, AttentionShape, _cuda_shape
+    for heads, nkv, d, one in ((32, 32, 128, ONE_ROWS), (64, 16, 128, ONE_ROWS), (9, 3, 64, 0), (32, 8, 128, 0),
+                               (128, 16, 128, 0)):  # the last: a group of 8 needs 64 KB of per-warp sums
+        assert _cuda_shape(AttentionShape(heads, nkv, d, "float16", 1.0)).one_rows == one, (heads, nkv, d)
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"})
+    assert "T.int64(512)" in decode_attention(32, 32, 128, "float16", cuda).script()
+    assert "T.int64(512)" not in decode_attention(32, 32, 128, "float16", cuda, one_rows=0).script()
 
 
 def _ops(func: relax.Function) -> list[str]:
@@ -116,8 +126,7 @@ def test_pass_puts_the_kernels_in_decode_only(traced):
     mod = DecodeAttention(LLVM)(traced)
     decode, prefill = _ops(mod["decode"]), _ops(mod["prefill"])
     callees = _callees(mod["decode"])
-    assert sum(c.endswith("_partial") for c in callees) == 2  # one per layer
-    assert sum(c.endswith("_combine") for c in callees) == 2
+    assert sum(c.startswith("decode_attention") for c in callees) == 2  # one per layer
     assert "relax.nn.softmax" not in decode and "relax.where" not in decode
     assert "relax.broadcast_to" not in decode  # no transposed/broadcast copies of the cache
     assert "relax.nn.softmax" in prefill  # prefill stays on the generic (tensor-core) path
@@ -182,7 +191,7 @@ def test_rotary_and_kv_writes_fuse_in_decode_only(traced):
 
 def test_rotary_folds_into_the_attention_kernel_in_decode_only(traced):
     """After DecodeAttention and FuseRopeKVWrite, each decode layer's rope_kv_write call folds into its partial
-    attention call (one call_tir_inplace per layer, the plain partial gone); prefill is untouched."""
+    attention call (one call_tir_inplace per layer, the plain attention gone); prefill is untouched."""
     from sqcompile.passes.decode_attention import DecodeAttention
     from sqcompile.passes.fuse_rope_attention import FuseRopeAttention
     from sqcompile.passes.fuse_rope_kv_write import FuseRopeKVWrite
@@ -190,9 +199,8 @@ def test_rotary_folds_into_the_attention_kernel_in_decode_only(traced):
     before = FuseRopeKVWrite(LLVM)(SplitToSlices()(DecodeAttention(LLVM)(traced)))
     after = FuseRopeAttention(LLVM)(before)
     decode = _callees(after["decode"])
-    assert sum(c.endswith("_rope_partial") for c in decode) == 2  # one per layer
-    assert not any(c.startswith("rope_kv_write") or c.endswith("_float16_partial") for c in decode)
-    assert sum(c.endswith("_combine") for c in decode) == 2
+    assert sum(c.endswith("_rope") for c in decode) == 2  # one per layer
+    assert not any(c.startswith("rope_kv_write") or c.endswith("_float16") for c in decode)
     assert _callees(after["prefill"]) == _callees(before["prefill"])
     assert not any(g.name_hint.startswith("rope_kv_write") for g in after.get_global_vars())  # dead kernels dropped
 
@@ -224,16 +232,17 @@ def test_rope_kv_write_kernel_matches_numpy():
 @pytest.mark.parametrize("heads,nkv,d,dtype,ctx,pos", [(9, 3, 64, "float16", 130, 77), (4, 4, 32, "float32", 64, 0),
                                                      (4, 2, 32, "float32", 640, 600)])
 def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
-    """The partial kernel with the rotary folded in (``rope=True``) gives the same chunks as rope_kv_write
-    followed by the plain partial, and writes the same cache rows: row ``pos`` only, rows past it never read."""
+    """The attention with the rotary folded in (``rope=True``) gives the same chunks and output as
+    rope_kv_write followed by the plain attention, and writes the same cache rows: row ``pos`` only, rows past
+    it never read."""
     from sqcompile.kernels.rope import rope_kv_write
     rng = np.random.default_rng(pos + d)
     qkv = rng.standard_normal((1, (heads + 2 * nkv) * d)).astype(dtype)
     cos, sin = rng.standard_normal((2, 1, 1, d)).astype(dtype)
     keys, values = rng.standard_normal((2, ctx, nkv, d)).astype(dtype)
     keys[pos:], values[pos:] = np.nan, np.inf  # row pos is written by the kernels; later rows must stay unread
-    plain, _ = decode_attention(heads, nkv, d, dtype, LLVM)
-    fused, _ = decode_attention(heads, nkv, d, dtype, LLVM, rope=True)
+    plain = decode_attention(heads, nkv, d, dtype, LLVM)
+    fused = decode_attention(heads, nkv, d, dtype, LLVM, rope=True)
     chunks, group = int(partial_slots(fused, ctx)), heads // nkv
     ex = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in [
         ("rope", rope_kv_write(heads, nkv, d, dtype, LLVM)), ("plain", plain), ("fused", fused)]}), LLVM)
@@ -242,17 +251,17 @@ def test_rope_partial_equals_rope_then_partial(heads, nkv, d, dtype, ctx, pos):
 
     def outputs():
         return (t(np.full((nkv, chunks, group, d), np.nan, "float32")),
-                t(np.full((nkv, chunks, group, 2), np.nan, "float32")))
+                t(np.full((nkv, chunks, group, 2), np.nan, "float32")), t(np.full((1, heads * d), np.nan, dtype)))
 
     k1, v1, q1 = t(keys), t(values), t(np.zeros((1, heads, d), dtype))
     ex["rope"](t(qkv), t(cos), t(sin), k1, v1, pos_t, q1)
-    o1, ml1 = outputs()
-    ex["plain"](q1, k1, v1, pos_t, o1, ml1)
+    first = outputs()
+    ex["plain"](q1, k1, v1, pos_t, *first)
     k2, v2 = t(keys), t(values)
-    o2, ml2 = outputs()
-    ex["fused"](t(qkv), t(cos), t(sin), k2, v2, pos_t, o2, ml2)
-    np.testing.assert_allclose(o2.numpy(), o1.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ml2.numpy(), ml1.numpy(), rtol=1e-5, atol=1e-5)
+    second = outputs()
+    ex["fused"](t(qkv), t(cos), t(sin), k2, v2, pos_t, *second)
+    for a, b in zip(second, first):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(k2.numpy()[:pos + 1], k1.numpy()[:pos + 1])
     np.testing.assert_array_equal(v2.numpy()[:pos + 1], v1.numpy()[:pos + 1])
     assert np.isnan(k2.numpy()[pos + 1:]).all() and np.isinf(v2.numpy()[pos + 1:]).all()

@@ -117,11 +117,13 @@ def test_programmatic_launch_marks_sm90_decode_kernels_only():
     assert text.count("griddepcontrol.wait") == 1
     assert "launch_dependents" not in text  # an early trigger broke CUDA graphs (launch.py)
     assert marked(add_rms_norm(4096, "float16", 1e-5, CUDA))
-    assert all(marked(f) for f in decode_attention(8, 2, 64, "float16", CUDA, rope=True))
+    attention = decode_attention(16, 16, 64, "float16", CUDA, rope=True)
+    assert marked(attention)
+    assert attention.script().count("griddepcontrol.wait") == 4  # one kernel, short and long partial, combine
     for func in (lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=sm80),
                  lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA, pdl=False),
                  lut_matmul(100, 1000, 3, m=None, sparse=True, act_dtype="float16", target=CUDA),
-                 add_rms_norm(4096, "float16", 1e-5, sm80), *decode_attention(8, 2, 64, "float16", sm80)):
+                 add_rms_norm(4096, "float16", 1e-5, sm80), decode_attention(8, 2, 64, "float16", sm80)):
         assert not marked(func)
         assert "griddepcontrol" not in func.script()
 
