@@ -49,6 +49,7 @@ def test_reg_words_knob_is_checked_and_dropped_where_it_does_not_apply():
         GemvKnobs(reg_words=5).validate()
     reg = GemvKnobs(reg_words=4)
     assert fit_gemv_knobs(4096, 3, reg) == reg
+    assert fit_gemv_knobs(4096, 4, reg) == reg
     assert fit_gemv_knobs(4096, 4, replace(reg, pairs=False)).reg_words == 0
     assert fit_gemv_knobs(4096, 2, reg).reg_words == 0  # 2 bits: no register table
     assert knobs_from_dict("gemv", {"reg_words": 2}).reg_words == 2
@@ -60,14 +61,16 @@ def test_register_table_frees_the_pair_table():
     assert row_table_words(3, GemvKnobs(reg_words=2)) == (64, 4)
     assert row_table_words(3, GemvKnobs(reg_words=4)) == (0, 4)
     assert gemv_shared_bytes(4096, 3, GemvKnobs(reg_words=4)) < gemv_shared_bytes(4096, 3, GemvKnobs())
+    assert row_table_words(4, GemvKnobs(reg_words=4)) == (0, 8)  # 16 entries: 8 words, no 256-entry table
+    assert row_table_words(4, GemvKnobs(reg_words=1)) == (256, 8)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("reg_words", [2, 4])
-def test_register_table_compiles_for_sm90_with_odd_shape(reg_words):
+@pytest.mark.parametrize("bits,reg_words", [(3, 2), (3, 4), (4, 4)])
+def test_register_table_compiles_for_sm90_with_odd_shape(bits, reg_words):
     from sqcompile.kernels import lut_matmul
     t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
-    f = lut_matmul(37, 300, 3, m=1, sparse=True, act_dtype="float16", target=t,
+    f = lut_matmul(37, 300, bits, m=1, sparse=True, act_dtype="float16", target=t,
                    knobs=GemvKnobs(threads_k=64, reg_words=reg_words))
     with t:
         src = tvm.compile(tvm.IRModule({"gemv": f}), target=t).mod.imports[0].inspect_source()

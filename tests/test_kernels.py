@@ -232,41 +232,49 @@ def test_pair_index_words_decode_every_code(bits):
     np.testing.assert_array_equal(out.numpy(), codes)
 
 
-def test_register_table_decodes_every_code():
-    """The 3-bit register table (``pairs.reg_*``), with ``__byte_perm`` spelled out in TIR and run on llvm: the
-    selectors of every index word, the table words built from the fp16 LUT and the interleave must give back
-    lut[code] for every code of the packed layout."""
+@pytest.mark.parametrize("bits", [3, 4])
+def test_register_table_decodes_every_code(bits):
+    """The register table (``pairs.reg_*``), with ``__byte_perm`` spelled out in TIR and run on llvm: the
+    selectors of every index word (4 bits: and the masks of the codes' top bits), the table words built from
+    the fp16 LUT and the interleave must give back lut[code] for every code of the packed layout."""
     from tvm.script import tirx as T
 
     from sqcompile.kernels import pairs as P
     from sqcompile.quant.format import pack_codes, packed_words
-    n, k = 3, 96
+    n, k, words = 3, 96, P.reg_table_words(bits)
+
+    def index_word(q, r, b, i):
+        if bits == 3:
+            return P.index_word_3bit(lambda w: q[r, b * 3 + w], i, masked=False)
+        return q[r, b * 4 + i]
 
     @T.prim_func
-    def decode(q: T.Buffer((n, packed_words(k, 3)), "uint32"), lut: T.Buffer((n, 8), "float16"),
+    def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), lut: T.Buffer((n, 1 << bits), "float16"),
                out: T.Buffer((n, k // 2), "uint32")):
-        rt = T.alloc_buffer((4,), "uint32")
+        rt = T.alloc_buffer((words,), "uint32")
         sl = T.alloc_buffer((2,), "uint32")
         lh = T.alloc_buffer((2,), "uint32")
+        mk = T.alloc_buffer((1,), "uint32")
         for r in range(n):
-            for t in T.unroll(4):
-                rt[t] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[r, c])), t)
+            for t in T.unroll(words):
+                rt[t] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[r, c])), t, bits)
             for b in range(k // 32):
                 for i in T.unroll(4):
-                    sl[0] = P.reg_selector(P.index_word_3bit(lambda w: q[r, b * 3 + w], i, masked=False))
+                    sl[0] = P.reg_selector(index_word(q, r, b, i), bits)
                     sl[1] = P.reg_selector_high(sl[0], extern=False)
                     for g in T.unroll(2):
+                        mk[0] = P.reg_mask(index_word(q, r, b, i), g, extern=False) if bits == 4 else T.uint32(0)
                         for h in T.unroll(2):
-                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False)
+                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False, bits=bits, mask=mk[0])
                         for h in T.unroll(2):
                             out[r, b * 16 + i * 4 + 2 * g + h] = P.reg_half2(lh[0], lh[1], h, extern=False)
 
-    rng = np.random.default_rng(3)
-    codes = rng.integers(0, 8, size=(n, k))
-    lut = rng.standard_normal((n, 8)).astype(np.float16)
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, size=(n, k))
+    lut = rng.standard_normal((n, 1 << bits)).astype(np.float16)
     lib = tvm.compile(tvm.IRModule({"main": decode}), target=LLVM)
     out = tvm.runtime.tensor(np.zeros((n, k // 2), np.uint32), tvm.cpu())
-    lib["main"](tvm.runtime.tensor(pack_codes(codes, 3), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
+    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
     got = out.numpy().view(np.float16).reshape(n, k)  # each word: the half2 of codes (2p, 2p + 1)
     np.testing.assert_array_equal(got, np.take_along_axis(lut, codes, axis=1))
 

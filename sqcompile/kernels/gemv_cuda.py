@@ -9,8 +9,8 @@ Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
   * LUT placement (``pairs`` knob): a per-row pair table of half2 (``pairs.py``: one field extraction, one
     lookup and one HFMA2 per two neighbouring codes, whose x pair is x's own half2 word; the half2 partial
     sums of a 32-code block are added into float32), or a per-row float32 table (one decode, lookup and
-    FFMA per code). All lanes of a warp read the same row's table. At 3 bits ``reg_words`` of a block's four
-    index words skip the shared table: the row's eight entries sit in four registers and PRMTs select them
+    FFMA per code). All lanes of a warp read the same row's table. At 3 and 4 bits ``reg_words`` of a block's
+    four index words skip the shared table: the row's entries sit in registers and PRMTs select them
     (``pairs.reg_*``), so the integer pipe and the shared-memory pipe share the lookups;
   * the sparse part is fused and balanced over the whole block: a block's rows are contiguous, so are their
     nonzeros in CSR, and thread t takes nonzeros t, t + threads, ... of that range, whatever rows they sit in
@@ -99,7 +99,7 @@ def row_table_words(bits: int, knobs: GemvKnobs) -> tuple[int, int]:
     """Shared words per row: (pair or float32 table entries, register table words after them)."""
     if not knobs.pairs:
         return 1 << bits, 0
-    reg = P.REG_TABLE_WORDS if knobs.reg_words else 0
+    reg = P.reg_table_words(bits) if knobs.reg_words else 0
     return (0 if knobs.reg_words == P.index_words(bits) else P.table_size(bits)), reg
 
 
@@ -130,8 +130,8 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False,
     same rows per block), then the float32 table (8-16 words per row, not 16-256); a K too large for any
     raises ValueError.
     ``lane_rows`` (dense 3 bits only) falls back to the default row-per-warp schedule where it does not apply;
-    ``reg_words`` (3-bit pair tables only) is dropped elsewhere."""
-    if knobs.reg_words and (bits != 3 or not knobs.pairs or knobs.layout != "row_warps"):
+    ``reg_words`` (3- and 4-bit pair tables only) is dropped elsewhere."""
+    if knobs.reg_words and (bits not in P.REG_BITS or not knobs.pairs or knobs.layout != "row_warps"):
         knobs = replace(knobs, reg_words=0)
     if knobs.layout == "lane_rows" and (bits != 3 or sparse or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
@@ -157,8 +157,8 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     silu, residual, rms_parts = fusion.silu, fusion.residual, fusion.rms_parts
     rms = rms_parts > 0
     n_out = n // 2 if silu else n
-    if knobs.reg_words and (bits != 3 or not knobs.pairs):
-        raise ValueError(f"reg_words needs the 3-bit pair table, got {bits} bits and {knobs}")
+    if knobs.reg_words and (bits not in P.REG_BITS or not knobs.pairs):
+        raise ValueError(f"reg_words needs the 3- or 4-bit pair table, got {bits} bits and {knobs}")
     shared = gemv_shared_bytes(k, bits, knobs, fusion)
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMV knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
@@ -219,18 +219,20 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         tab[e * nthreads + ty * tk + tx] = T.Cast(
                             "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
                                            (e * nthreads + ty * tk + tx) % table])
-                    elif (e * nthreads + ty * tk + tx) % table < pair_entries:
-                        tab[e * nthreads + ty * tk + tx] = T.call_pure_extern(
-                            "uint32", "__pack_half2",
-                            lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[0]],
-                            lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]])
                     else:
-                        tab[e * nthreads + ty * tk + tx] = P.reg_table_word(
-                            lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[
-                                bx * rpb + (e * nthreads + ty * tk + tx) // table, c])),
-                            (e * nthreads + ty * tk + tx) % P.REG_TABLE_WORDS)  # pair_entries: 0 or 64
+                        if (e * nthreads + ty * tk + tx) % table < pair_entries:
+                            tab[e * nthreads + ty * tk + tx] = T.call_pure_extern(
+                                "uint32", "__pack_half2",
+                                lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                    P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[0]],
+                                lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
+                                    P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]])
+                        if reg_entries > 0:  # the register table's words after the pair table (if any)
+                            if (e * nthreads + ty * tk + tx) % table >= pair_entries:
+                                tab[e * nthreads + ty * tk + tx] = P.reg_table_word(
+                                    lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[
+                                        bx * rpb + (e * nthreads + ty * tk + tx) // table, c])),
+                                    (e * nthreads + ty * tk + tx) % max(reg_entries, 1), bits)  # pair_entries: a multiple
 
     @T.macro
     def load_x(x, xh, tx):
@@ -248,7 +250,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         xh[j * BLOCK + c] = T.Cast(act_dtype, 0)
 
     @T.macro
-    def dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, acc, acc2, slot, ty, tx, r, a, buf):
+    def dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, mk, acc, acc2, slot, ty, tx, r, a, buf):
         acc[a] = T.float32(0)
         for t in T.unroll(reg_entries):  # the row's register table (uniform shared loads: broadcasts)
             rt[t] = tab[slot * table + pair_entries + t]
@@ -269,11 +271,13 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + m], T.call_extern(
                         "uint32", LOAD_AT_BYTE, T.address_of(tab[slot * table]), byte_offset(iw[i], m)), acc2[0])
             for i in T.unroll(shared_words, nw):
-                sl[0] = P.reg_selector(iw[i])
+                sl[0] = P.reg_selector(iw[i], bits)
                 sl[1] = P.reg_selector_high(sl[0])
                 for g in T.unroll(2):
+                    if bits == 4:
+                        mk[0] = P.reg_mask(iw[i], g)
                     for h in T.unroll(2):
-                        lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h)
+                        lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, bits=bits, mask=mk[0])
                     for h in T.unroll(2):
                         acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + 2 * g + h],
                                                      P.reg_half2(lh[0], lh[1], h), acc2[0])
@@ -376,7 +380,8 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
                     iw = T.alloc_buffer((nw,), "uint32", scope="local")
                     cw = T.alloc_buffer((3,), "uint32", scope="local")  # a 3-bit block's words
-                    rt = T.alloc_buffer((P.REG_TABLE_WORDS,), "uint32", scope="local")  # register table
+                    rt = T.alloc_buffer((max(reg_entries, 1),), "uint32", scope="local")  # register table
+                    mk = T.alloc_buffer((1,), "uint32", scope="local")  # 4 bits: the codes' top-bit mask
                     sl = T.alloc_buffer((2,), "uint32", scope="local")  # PRMT selectors of codes 0-3, 4-7
                     lh = T.alloc_buffer((2,), "uint32", scope="local")  # low and high bytes of 4 entries
                     acc = T.alloc_buffer((slots,), "float32", scope="local")
@@ -428,7 +433,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                         T.tvm_storage_sync("shared")
                         for r in T.unroll(ri):
                             if pairs:
-                                dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
+                                dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, mk, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
                                           s * ri + r, s % 2)
                             else:
                                 dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)

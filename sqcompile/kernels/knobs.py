@@ -17,7 +17,7 @@ class GemvKnobs:
     ``steps`` such batches (unrolled, the next batch's loads in flight during the current one's arithmetic);
     a CUDA block covers ``rows_y * rows_inner * steps`` rows, reusing x held in registers. ``pairs`` picks the
     LUT placement: a per-row pair table of half2 in shared memory (one lookup and one HFMA2 per two codes,
-    ``pairs.py``) or a per-row float32 table (one lookup and one FFMA per code). ``reg_words`` (3 bits, pair
+    ``pairs.py``) or a per-row float32 table (one lookup and one FFMA per code). ``reg_words`` (3 and 4 bits, pair
     table) decodes that many of a block's four index words from a register table instead (``pairs.reg_*``:
     PRMTs on the integer pipe in place of shared-memory lookups); 4 needs no shared pair table at all.
 
@@ -50,7 +50,7 @@ class GemvKnobs:
         if min(self.rows_y, self.rows_inner, self.steps) < 1:
             raise ValueError(f"rows_y, rows_inner and steps must be >= 1: {self}")
         if not 0 <= self.reg_words <= 4:
-            raise ValueError(f"reg_words must be 0..4 (index words of a 3-bit block), got {self.reg_words}")
+            raise ValueError(f"reg_words must be 0..4 (index words of a 32-code block), got {self.reg_words}")
         if self.layout not in ("row_warps", "lane_rows"):
             raise ValueError(f"layout must be 'row_warps' or 'lane_rows', got {self.layout!r}")
 

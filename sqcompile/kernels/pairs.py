@@ -12,11 +12,14 @@ every width field m of index word j is the pair of codes (8j + 2m, 8j + 2m + 1) 
     0xFCFCFCFC, word i is index word i with every field 4 * idx, the table entry's byte offset. Index word 3
     (pairs 12-15) gathers the three words' low two bits of each byte.
 
-**Register table (3 bits, ``reg_*``).** The shared pair table costs a shared-memory lookup per pair, and on the
-H100 those lookups, not DRAM, bound the GEMV. The register form keeps a row's eight fp16 entries in four words:
-the low bytes of entries 0-3 and 4-7, then their high bytes. A PRMT (``__byte_perm``) whose selector nibbles
-are four codes picks four low (or high) bytes at once, and two more PRMTs interleave them into the half2
-words of two pairs: 4 PRMTs per 4 codes, all on the integer pipe, no shared memory.
+**Register table (3 and 4 bits, ``reg_*``).** The shared pair table costs a shared-memory lookup per pair, and on
+the H100 those lookups, not DRAM, bound the GEMV. The register form keeps a row's fp16 entries in registers, four
+entries a word: first their low bytes, then their high bytes (3 bits: 8 entries in 4 words; 4 bits: 16 in 8). A
+PRMT (``__byte_perm``) whose selector nibbles are four codes picks four low (or high) bytes at once from eight,
+and two more PRMTs interleave them into the half2 words of two pairs: 4 PRMTs per 4 codes at 3 bits, all on the
+integer pipe, no shared memory. A PRMT sees only 8 bytes, so at 4 bits the low three bits of each code pick from
+entries 0-7 and from entries 8-15, and a mask built from the codes' top bits (two more PRMTs in their
+sign-replicating mode per 8 codes) keeps one of the two: 2 PRMTs and a LOP3 per four low (or high) bytes.
 
 All helpers take TIR expressions; ``i``/``m``/``j`` may be unrolled loop variables (the results are affine in
 them, so they fold to constants after unrolling).
@@ -82,7 +85,7 @@ def index_word_3bit(word, i, masked: bool = True) -> tirx.Expr:
     return T.if_then_else(i < 3, own & _u(OFFSETS) if masked else own, gathered)
 
 
-REG_TABLE_WORDS = 4
+REG_BITS = (3, 4)  # widths with a register table
 # PTX prmt as an extern call: CUDA's ``__byte_perm`` is defined on the low 3 bits of each selector nibble, so
 # nvcc masks every non-constant selector with 0x7777 first (one LOP3 per selector); our selectors have bit 3
 # clear already. Not volatile: nvcc may still merge or drop it like any pure expression.
@@ -91,39 +94,61 @@ PRMT_U32 = ('[](unsigned a, unsigned b, unsigned s) { unsigned r; asm("prmt.b32 
 # Interleave four low bytes (word a) and four high bytes (word b) into the half2 of entries 0, 1 (h = 0) or
 # 2, 3 (h = 1): selector INTERLEAVE + h * INTERLEAVE_STEP.
 INTERLEAVE, INTERLEAVE_STEP = 0x5140, 0x2222
+# 4 bits: a byte per code of codes 0-3 (g = 0) or 4-7 (g = 1) that is 0xFF where the code's top bit is set: the
+# PRMT of (word << 4, word) whose sign-replicating nibbles pick the byte holding each code's bit 3 in its bit 7;
+# selector TOP_BITS + g * TOP_BITS_STEP.
+TOP_BITS, TOP_BITS_STEP = 0xD9C8, 0x2222
+
+
+def reg_table_words(bits: int) -> int:
+    """Words of a row's register table: four entries' low (or high) bytes a word."""
+    if bits not in REG_BITS:
+        raise ValueError(f"the register table is for {REG_BITS} bits, got {bits}")
+    return (1 << bits) // 2
 
 
 def byte_perm(a: tirx.Expr, b: tirx.Expr, sel, extern: bool = True) -> tirx.Expr:
     """PTX ``prmt.b32`` (CUDA's ``__byte_perm``): byte i of the result is byte ``(sel >> 4i) & 7`` of the eight
-    bytes (a's four, then b's). Bit 3 of a nibble would replicate a sign bit instead: callers keep it clear.
-    ``extern=False`` spells it out in plain TIR, for running the same decode on llvm."""
+    bytes (a's four, then b's); where bit 3 of the nibble is set, that byte's top bit replicated (0x00 or 0xFF),
+    which only constant selectors use. ``extern=False`` spells it out in plain TIR, for running the same
+    decode on llvm."""
     if extern:
         return T.call_pure_extern("uint32", PRMT_U32, a, b, _u(sel))
     out = _u(0)
     for i in range(4):
         if isinstance(sel, int):  # a constant selector picks its bytes here (TIR's folding trips on it)
-            s = sel >> 4 * i & 7
-            src, shift = (a if s < 4 else b), _u(s % 4 * 8)
+            s = sel >> 4 * i & 15
+            src, shift = (a if s & 7 < 4 else b), _u(s % 4 * 8)
+            byte = (src >> shift) & _u(0xFF)
+            if s & 8:
+                byte = T.if_then_else(byte >= _u(0x80), _u(0xFF), _u(0))
         else:
-            s = (sel >> _u(4 * i)) & _u(7)
-            src, shift = T.if_then_else(s < _u(4), a, b), (s & _u(3)) * _u(8)
-        out = out | (((src >> shift) & _u(0xFF)) << _u(8 * i))
+            s = (sel >> _u(4 * i)) & _u(15)
+            src, shift = T.if_then_else((s & _u(7)) < _u(4), a, b), (s & _u(3)) * _u(8)
+            byte = (src >> shift) & _u(0xFF)
+            byte = T.if_then_else((s & _u(8)) == _u(0), byte, T.if_then_else(byte >= _u(0x80), _u(0xFF), _u(0)))
+        out = out | (byte << _u(8 * i))
     return out
 
 
-def reg_table_word(entry_bits, t: int) -> tirx.Expr:
-    """Word ``t`` (0..3) of a row's register table: byte b = low (t < 2) or high (t >= 2) byte of entry
-    ``4 * (t % 2) + b``. ``entry_bits(c)`` returns entry c's fp16 bits as uint32."""
-    shift = 8 * (t // 2)
+def reg_table_word(entry_bits, t: int, bits: int = 3) -> tirx.Expr:
+    """Word ``t`` of a row's register table: the low (first half of the words) or high (second half) bytes of
+    entries ``4 * (t % quarter) .. + 3``, quarter = ``reg_table_words(bits) // 2``. ``entry_bits(c)`` returns
+    entry c's fp16 bits as uint32."""
+    quarter = reg_table_words(bits) // 2
+    shift = 8 * (t // quarter)
     out = _u(0)
     for b in range(4):
-        out = out | (((entry_bits(4 * (t % 2) + b) >> _u(shift)) & _u(0xFF)) << _u(8 * b))
+        out = out | (((entry_bits(4 * (t % quarter) + b) >> _u(shift)) & _u(0xFF)) << _u(8 * b))
     return out
 
 
-def reg_selector(index_word: tirx.Expr) -> tirx.Expr:
-    """The eight codes of a 3-bit index word (4 * pair index in bits 2-7 of each byte, bits 0-1 ignored) as
-    PRMT selector nibbles, in code order: pair m's codes are nibbles 2m and 2m + 1, bit 3 of every nibble 0."""
+def reg_selector(index_word: tirx.Expr, bits: int = 3) -> tirx.Expr:
+    """The eight codes of an index word as PRMT selector nibbles, in code order: pair m's codes are nibbles 2m
+    and 2m + 1, bit 3 of every nibble 0. 3 bits: 4 * pair index in bits 2-7 of each byte (bits 0-1 ignored);
+    4 bits: the word's nibbles are the codes already, their top bits dropped (``reg_mask`` keeps them)."""
+    if bits == 4:
+        return index_word & _u(0x77777777)
     return ((index_word >> _u(2)) & _u(0x07070707)) | ((index_word >> _u(1)) & _u(0x70707070))
 
 
@@ -133,10 +158,20 @@ def reg_selector_high(sel: tirx.Expr, extern: bool = True) -> tirx.Expr:
     return byte_perm(sel, sel, 0x3232, extern)
 
 
-def reg_bytes(table, sel: tirx.Expr, half, extern: bool = True) -> tirx.Expr:
+def reg_mask(index_word: tirx.Expr, g: int, extern: bool = True) -> tirx.Expr:
+    """4 bits: byte i is 0xFF where code 4g + i of the index word (nibble 4g + i) is 8 or more, else 0."""
+    return byte_perm(index_word << _u(4), index_word, _u(TOP_BITS) + _u(g) * _u(TOP_BITS_STEP), extern)
+
+
+def reg_bytes(table, sel: tirx.Expr, half, extern: bool = True, bits: int = 3, mask=None) -> tirx.Expr:
     """The low (``half`` 0) or high (1) bytes of the entries of the four codes in selector ``sel``'s low
-    nibbles; ``table(t)`` returns register table word t."""
-    return byte_perm(table(2 * half), table(2 * half + 1), sel, extern)
+    nibbles; ``table(t)`` returns register table word t. 4 bits: from entries 0-7 where ``mask`` (``reg_mask``)
+    is clear, 8-15 where it is set."""
+    if bits == 3:
+        return byte_perm(table(2 * half), table(2 * half + 1), sel, extern)
+    low = byte_perm(table(4 * half), table(4 * half + 1), sel, extern)
+    high = byte_perm(table(4 * half + 2), table(4 * half + 3), sel, extern)
+    return (low & ~mask) | (high & mask)
 
 
 def reg_half2(lo: tirx.Expr, hi: tirx.Expr, h: int, extern: bool = True) -> tirx.Expr:
