@@ -8,6 +8,7 @@ turn re-uses the conversation so far).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,8 +24,21 @@ from .sampling import Sampler, SamplingParams
 log = logging.getLogger(__name__)
 DECODE_BUCKET = 64  # decode attends to the cache rounded up to this many rows
 # Greedy decode steps queued on the device between two reads of their tokens: the host's launch of the next
-# step overlaps the GPU's work on the previous ones; a stop token costs at most this many steps more.
+# step overlaps the GPU's work on the previous ones. On CUDA the next batch is queued before the current one's
+# tokens are read, so a stop token costs at most twice this many steps more.
 DEVICE_STEPS = 16
+PENDING = -2  # a token slot of the pinned landing rows that its copy has not reached yet
+POLL_SECONDS = 1e-4
+KDL_CUDA, KDL_CUDA_HOST = 2, 3  # DLPack device types
+
+
+@dataclass
+class _Batch:
+    """Greedy steps queued on the device: positions ``start .. start + steps - 1`` are fed, and their argmaxes
+    land in ``history[start + 1 ..]`` and, on CUDA, in ``landing`` (pinned host rows)."""
+    start: int
+    steps: int
+    landing: np.ndarray | None
 
 
 def _logits(out):
@@ -94,9 +108,16 @@ class Engine:
             raise ValueError(f"prefill_chunk must be between 1 and the artifact's {most}, got {prefill_chunk}")
         self._decode_inputs = (tvm.runtime.empty((1, 1), "int64", self.device),
                                tvm.runtime.empty((1,), "int64", self.device))
+        self._decode_fn = self.vm["decode"]
+        self._decode_args: dict[int, tuple] = {}  # view length -> the decode call's arguments (host time per step)
         # Tokens chosen on the device, by position (artifacts built before the `greedy` function have none).
         self._history = (tvm.runtime.empty((int(spec["max_len"]) + 1,), "int64", self.device)
                          if "greedy" in self.manifest.entry_functions else None)
+        self._landing, self._landing_rows = self._open_landing()
+        self._next_slot = 0
+        # Batches queued ahead of the one being read: reading a token back with a copy + synchronize would wait
+        # for everything queued, so only the pinned landing rows (CUDA) make a look-ahead pay.
+        self.lookahead_batches = 1 if self._landing is not None else 0
         self._tokenizer = None
         gen = self.manifest.generation
         self.stop_token_ids = set(gen.get("stop_token_ids") or [])
@@ -194,23 +215,89 @@ class Engine:
         shapes, and the CUDA graph captured for them, stay the same for DECODE_BUCKET steps.
         """
         ctx = min(self.max_len, -(-(position + 1) // DECODE_BUCKET) * DECODE_BUCKET)
-        views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
-        return _logits(self.vm["decode"](*self._decode_inputs, *views, *self.params))
+        args = self._decode_args.get(ctx)
+        if args is None:
+            views = [buf._create_view((ctx, *buf.shape[1:])) for buf in self.kv]
+            args = self._decode_args[ctx] = (*self._decode_inputs, *views, *self.params)
+        return _logits(self._decode_fn(*args))
 
-    def _greedy_on_device(self, token: int, steps: int) -> list[int]:
-        """``steps`` greedy decode steps queued back to back, the first fed ``token``: each step's argmax
-        (``greedy`` function) becomes the next step's input on the device. -> the ``steps`` new tokens."""
+    def _open_landing(self):
+        """Pinned host rows (two batches) that each batch's tokens are copied into, in stream order after its
+        steps: the host polls them instead of synchronizing the device, so the steps queued after them keep
+        the GPU busy while it reads. None off CUDA or where pinned memory is unavailable."""
+        if self._history is None or self.device.dlpack_device_type() != KDL_CUDA:
+            return None, None
+        try:
+            pinned = self.tvm.runtime.empty((2 * DEVICE_STEPS,), "int64", self.tvm.runtime.Device(KDL_CUDA_HOST, 0))
+            rows = np.ctypeslib.as_array(ctypes.cast(pinned.data_ptr(), ctypes.POINTER(ctypes.c_int64)),
+                                         shape=(2, DEVICE_STEPS))
+            self._history._create_view((1,)).copyto(pinned._create_view((1,)))  # the copy path works here
+            self.device.sync()
+        except Exception as e:  # noqa: BLE001 - any failure leaves the synchronizing read, which always works
+            log.info("no pinned landing rows for device tokens (%s): tokens are read with a synchronize", e)
+            return None, None
+        return pinned, rows
+
+    def _queue_greedy(self, start: int, steps: int, token: int | None = None) -> _Batch:
+        """Queue ``steps`` greedy decode steps from position ``start``: each step's argmax (``greedy`` function)
+        becomes the next step's input on the device. ``token`` feeds the first step; without it the token and
+        position the previous batch left on the device do."""
         ids_t, pos_t = self._decode_inputs
-        start = len(self.cached)
-        ids_t.copyfrom(np.array([[token]], np.int64))
-        pos_t.copyfrom(np.array([start], np.int64))
+        if token is not None:
+            ids_t.copyfrom(np.array([[token]], np.int64))
+            pos_t.copyfrom(np.array([start], np.int64))
+        greedy = self.vm["greedy"]
+        landing = None
+        if self._landing is not None:
+            landing = self._landing_rows[self._next_slot, :steps]
+            landing[:] = PENDING  # before the copy is queued: the copy lands after this write
         for i in range(steps):
-            self.vm["greedy"](self._decode(start + i), ids_t, pos_t, self._history)
-        tokens = self._history.numpy()[start + 1:start + steps + 1].tolist()
+            greedy(self._decode(start + i), ids_t, pos_t, self._history)
+        if landing is not None:
+            self._history._create_view((steps,), relative_byte_offset=(start + 1) * 8).copyto(
+                self._landing._create_view((steps,), relative_byte_offset=self._next_slot * DEVICE_STEPS * 8))
+            self._next_slot ^= 1
+        return _Batch(start, steps, landing)
+
+    def _collect(self, batch: _Batch) -> list[int]:
+        """The tokens of a queued batch, once they are on the host."""
+        if batch.landing is None:
+            tokens = self._history.numpy()[batch.start + 1:batch.start + batch.steps + 1].tolist()
+        else:
+            while (batch.landing == PENDING).any():
+                time.sleep(POLL_SECONDS)
+            tokens = batch.landing.tolist()
         if min(tokens) < 0:
-            raise _non_finite(f"within positions {start}..{start + steps}")
-        self.cached += [token] + tokens[:-1]  # the K/V rows written: the fed tokens
+            raise _non_finite(f"within positions {batch.start}..{batch.start + batch.steps}")
         return tokens
+
+    def _greedy_on_device(self, first: int, max_new_tokens: int, stops: set[int], stats: GenerationStats,
+                          t0: float) -> Iterator[int]:
+        """The tokens after ``first`` (the prompt's argmax, already yielded), DEVICE_STEPS per batch, with
+        ``lookahead_batches`` more queued before each read."""
+        start = len(self.cached)  # first's position
+        budget = min(max_new_tokens - stats.generated_tokens, self.max_len - start)
+        queued: list[_Batch] = []
+        fed, end = first, start
+        try:
+            while queued or end < start + budget:
+                while end < start + budget and len(queued) <= self.lookahead_batches:
+                    steps = min(start + budget - end, DEVICE_STEPS)
+                    queued.append(self._queue_greedy(end, steps, first if end == start else None))
+                    end += steps
+                tokens = self._collect(queued.pop(0))
+                self.cached += [fed] + tokens[:-1]  # the K/V rows written: the fed tokens
+                fed = tokens[-1]
+                stats.decode_seconds = time.perf_counter() - t0
+                for token in tokens:
+                    stats.generated_tokens += 1
+                    yield token
+                    if token in stops or stats.generated_tokens >= max_new_tokens:
+                        return
+        finally:  # batches still in flight write the landing rows: let them land before the next request
+            for batch in queued:
+                if batch.landing is not None:
+                    self._collect(batch)
 
     def reset(self) -> None:
         """Forget the cached prompt: the next request prefills all of its tokens."""
@@ -273,26 +360,23 @@ class Engine:
         stats.prefilled_tokens = len(prompt_ids) - keep
         stats.prefill_seconds = time.perf_counter() - t
         t = time.perf_counter()
-        on_device = self._history is not None and sampler.params.greedy
-        pending = [sampler(logits)]
-        while pending:
-            token = pending.pop(0)
+        token = sampler(logits)
+        stats.generated_tokens = 1
+        yield token
+        if token in stops:
+            return
+        if self._history is not None and sampler.params.greedy:
+            yield from self._greedy_on_device(token, max_new_tokens, stops, stats, t)
+            return
+        while stats.generated_tokens < max_new_tokens and len(self.cached) < self.max_len:
+            logits = self._run(np.asarray([token]), len(self.cached), last_only=True)[-1]
+            self.cached.append(token)
+            token = sampler(logits)
             stats.generated_tokens += 1
-            yield token
-            if token in stops or stats.generated_tokens >= max_new_tokens:
-                break
-            if pending:
-                continue
-            left = min(max_new_tokens - stats.generated_tokens, self.max_len - len(self.cached))
-            if left <= 0:
-                break
-            if on_device:
-                pending = self._greedy_on_device(token, min(left, DEVICE_STEPS))
-            else:
-                logits = self._run(np.asarray([token]), len(self.cached), last_only=True)[-1]
-                self.cached.append(token)
-                pending = [sampler(logits)]
             stats.decode_seconds = time.perf_counter() - t
+            yield token
+            if token in stops:
+                return
 
     def stream(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
                *, chat: bool = False) -> Iterator[str]:

@@ -132,15 +132,18 @@ def test_greedy_on_device_matches_host_sampling(tiny_artifact):  # noqa: F811
     a stop token inside a chunk ends the output there, and the cache stays right for the next call."""
     from sqcompile.runtime.engine import DEVICE_STEPS
 
-    device = Engine(tiny_artifact[1])
     host = Engine(tiny_artifact[1])
     host._history = None  # as an artifact without the `greedy` function
     n = 2 * DEVICE_STEPS + 5
     want = list(host.generate_ids([5, 6, 7], n, stop_token_ids=set()))
-    assert list(device.generate_ids([5, 6, 7], n, stop_token_ids=set())) == want
     stop = want[DEVICE_STEPS + 3]
-    got = list(device.generate_ids([5, 6, 7], n, stop_token_ids={stop}))
-    assert got == want[:want.index(stop) + 1]
-    prompt = [5, 6, 7] + got  # continues from a cache that holds rows past the stop token
-    assert list(device.generate_ids(prompt, 8, stop_token_ids=set())) == list(
-        host.generate_ids(prompt, 8, stop_token_ids=set()))
+    for lookahead in (0, 1):  # 1: the next batch queued before each read, as on CUDA
+        device = Engine(tiny_artifact[1])
+        device.lookahead_batches = lookahead
+        assert list(device.generate_ids([5, 6, 7], n, stop_token_ids=set())) == want
+        assert device.cached == [5, 6, 7] + want[:-1]
+        got = list(device.generate_ids([5, 6, 7], n, stop_token_ids={stop}))
+        assert got == want[:want.index(stop) + 1]
+        prompt = [5, 6, 7] + got  # continues from a cache that holds rows past the stop token
+        assert list(device.generate_ids(prompt, 8, stop_token_ids=set())) == list(
+            host.generate_ids(prompt, 8, stop_token_ids=set()))
