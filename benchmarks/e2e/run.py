@@ -317,7 +317,9 @@ def report(rows: list[dict], out: Path, device: str) -> None:
              "last position's logits to the host; PyTorch: one forward, logits left on the device); peak = NVML device memory above the CUDA context. Random weights "
              "(ours: random codes/LUTs/CSR, sqcompile.runtime.synthesize; PyTorch: N(0, 0.02) fp16). Each step's "
              f"argmax feeds the next on the device and the host reads tokens every {DEVICE_STEPS} steps (ours: the "
-             "artifact's `greedy` function; PyTorch graphs: argmax in torch; eager HF: every step). "
+             "artifact's `greedy` function, the next steps queued before the tokens are read from pinned memory; "
+             "PyTorch graphs: argmax in torch, `.item()`, whose graph replays cost the host ~20 us; eager HF: every "
+             "step). "
              "x = decode tok/s over the faster PyTorch fp16 CUDA-graph decoder's.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
