@@ -115,6 +115,7 @@ class Engine:
                          if "greedy" in self.manifest.entry_functions else None)
         self._landing, self._landing_rows = self._open_landing()
         self._next_slot = 0
+        self._in_flight: list[_Batch] = []  # queued greedy batches whose tokens are not read yet, oldest first
         # Batches queued ahead of the one being read: reading a token back with a copy + synchronize would wait
         # for everything queued, so only the pinned landing rows (CUDA) make a look-ahead pay.
         self.lookahead_batches = 1 if self._landing is not None else 0
@@ -278,6 +279,7 @@ class Engine:
         start = len(self.cached)  # first's position
         budget = min(max_new_tokens - stats.generated_tokens, self.max_len - start)
         queued: list[_Batch] = []
+        self._in_flight = queued
         fed, end = first, start
         try:
             while queued or end < start + budget:
@@ -290,14 +292,24 @@ class Engine:
                 fed = tokens[-1]
                 stats.decode_seconds = time.perf_counter() - t0
                 for token in tokens:
+                    if self._in_flight is not queued:  # a later request took over the cache: stop here
+                        return
                     stats.generated_tokens += 1
                     yield token
                     if token in stops or stats.generated_tokens >= max_new_tokens:
                         return
-        finally:  # batches still in flight write the landing rows: let them land before the next request
-            for batch in queued:
-                if batch.landing is not None:
-                    self._collect(batch)
+        finally:
+            self._land(queued)
+
+    @staticmethod
+    def _land(batches: list[_Batch]) -> None:
+        """Wait for (and drop) batches queued past a stop token: their copies write the landing rows that the
+        next request's batches reuse. Their K/V rows past ``cached`` are ignored, as any past the cache's end."""
+        while batches:
+            batch = batches.pop(0)
+            if batch.landing is not None:
+                while (batch.landing == PENDING).any():
+                    time.sleep(POLL_SECONDS)
 
     def reset(self) -> None:
         """Forget the cached prompt: the next request prefills all of its tokens."""
@@ -348,6 +360,8 @@ class Engine:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; max_len is {self.max_len}")
         sampler = Sampler(sampling or SamplingParams())
         stops = self.stop_token_ids if stop_token_ids is None else stop_token_ids
+        self._land(self._in_flight)  # an earlier request's generator, left unfinished, stops at its next token
+        self._in_flight = []
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
         # Re-use the cached prefix; always feed at least the last prompt token to get its logits.
         keep = 0

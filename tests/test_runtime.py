@@ -147,3 +147,7 @@ def test_greedy_on_device_matches_host_sampling(tiny_artifact):  # noqa: F811
         prompt = [5, 6, 7] + got  # continues from a cache that holds rows past the stop token
         assert list(device.generate_ids(prompt, 8, stop_token_ids=set())) == list(
             host.generate_ids(prompt, 8, stop_token_ids=set()))
+        left = device.generate_ids([5, 6, 7], n, stop_token_ids=set())
+        assert [next(left) for _ in range(3)] == want[:3]  # left unfinished, batches in flight
+        assert list(device.generate_ids([5, 6, 7], n, stop_token_ids=set())) == want
+        assert list(left) == []  # the later request took over the cache: the old generator just ends
