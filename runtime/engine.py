@@ -41,6 +41,13 @@ class _Batch:
     landing: np.ndarray | None
 
 
+def _landed(rows: np.ndarray) -> np.ndarray:
+    """``rows`` of the pinned landing memory once their copy has reached all of them."""
+    while (rows == PENDING).any():
+        time.sleep(POLL_SECONDS)
+    return rows
+
+
 def _logits(out):
     """The logits tensor of an entry function's result (a one-element tuple, or the tensor itself)."""
     return out if hasattr(out, "numpy") else out[0]
@@ -265,9 +272,7 @@ class Engine:
         if batch.landing is None:
             tokens = self._history.numpy()[batch.start + 1:batch.start + batch.steps + 1].tolist()
         else:
-            while (batch.landing == PENDING).any():
-                time.sleep(POLL_SECONDS)
-            tokens = batch.landing.tolist()
+            tokens = _landed(batch.landing).tolist()
         if min(tokens) < 0:
             raise _non_finite(f"within positions {batch.start}..{batch.start + batch.steps}")
         return tokens
@@ -308,8 +313,7 @@ class Engine:
         while batches:
             batch = batches.pop(0)
             if batch.landing is not None:
-                while (batch.landing == PENDING).any():
-                    time.sleep(POLL_SECONDS)
+                _landed(batch.landing)
 
     def reset(self) -> None:
         """Forget the cached prompt: the next request prefills all of its tokens."""

@@ -109,9 +109,9 @@ def reg_table_words(bits: int) -> int:
 
 def byte_perm(a: tirx.Expr, b: tirx.Expr, sel, extern: bool = True) -> tirx.Expr:
     """PTX ``prmt.b32`` (CUDA's ``__byte_perm``): byte i of the result is byte ``(sel >> 4i) & 7`` of the eight
-    bytes (a's four, then b's); where bit 3 of the nibble is set, that byte's top bit replicated (0x00 or 0xFF),
-    which only constant selectors use. ``extern=False`` spells it out in plain TIR, for running the same
-    decode on llvm."""
+    bytes (a's four, then b's); where bit 3 of the nibble is set, that byte's top bit replicated (0x00 or 0xFF:
+    ``reg_mask``; code selectors keep bit 3 clear). ``extern=False`` spells it out in plain TIR, for running the
+    same decode on llvm."""
     if extern:
         return T.call_pure_extern("uint32", PRMT_U32, a, b, _u(sel))
     out = _u(0)
