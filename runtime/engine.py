@@ -118,8 +118,10 @@ class Engine:
         self._decode_fn = self.vm["decode"]
         self._decode_args: dict[int, tuple] = {}  # view length -> the decode call's arguments (host time per step)
         # Tokens chosen on the device, by position (artifacts built before the `greedy` function have none).
-        self._history = (tvm.runtime.empty((int(spec["max_len"]) + 1,), "int64", self.device)
-                         if "greedy" in self.manifest.entry_functions else None)
+        self._history, self._greedy_fn = None, None
+        if "greedy" in self.manifest.entry_functions:
+            self._history = tvm.runtime.empty((int(spec["max_len"]) + 1,), "int64", self.device)
+            self._greedy_fn = self.vm["greedy"]
         self._landing, self._landing_rows = self._open_landing()
         self._next_slot = 0
         self._in_flight: list[_Batch] = []  # queued greedy batches whose tokens are not read yet, oldest first
@@ -254,13 +256,12 @@ class Engine:
         if token is not None:
             ids_t.copyfrom(np.array([[token]], np.int64))
             pos_t.copyfrom(np.array([start], np.int64))
-        greedy = self.vm["greedy"]
         landing = None
         if self._landing is not None:
             landing = self._landing_rows[self._next_slot, :steps]
             landing[:] = PENDING  # before the copy is queued: the copy lands after this write
         for i in range(steps):
-            greedy(self._decode(start + i), ids_t, pos_t, self._history)
+            self._greedy_fn(self._decode(start + i), ids_t, pos_t, self._history)
         if landing is not None:
             self._history._create_view((steps,), relative_byte_offset=(start + 1) * 8).copyto(
                 self._landing._create_view((steps,), relative_byte_offset=self._next_slot * DEVICE_STEPS * 8))

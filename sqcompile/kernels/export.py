@@ -57,7 +57,7 @@ def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnob
             for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4), (8, 1), (4, 1))]
     grid += [replace(kn, threads_k=128, rows_inner=ri, steps=2) for kn in others for ri in (2, 4)]
     if bits == 4:
-        grid += [GemvKnobs(tk, 1, ri, steps, reg_words=4) for tk in threads_per_row(k)[:1] + threads_per_row(k)[2:]
+        grid += [GemvKnobs(tk, 1, ri, steps, reg_words=4) for tk in threads_per_row(k) if tk != 64
                  for ri, steps in ((2, 2), (4, 1), (2, 8))]
     out = [fit_gemv_knobs(k, bits, GemvKnobs.default(bits), sparse)]
     for kn in grid:

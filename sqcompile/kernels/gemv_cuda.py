@@ -232,7 +232,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                                 tab[e * nthreads + ty * tk + tx] = P.reg_table_word(
                                     lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[
                                         bx * rpb + (e * nthreads + ty * tk + tx) // table, c])),
-                                    (e * nthreads + ty * tk + tx) % max(reg_entries, 1), bits)  # pair_entries: a multiple
+                                    (e * nthreads + ty * tk + tx) % reg_entries, bits)  # pair_entries: a multiple
 
     @T.macro
     def load_x(x, xh, tx):

@@ -131,7 +131,7 @@ def byte_perm(a: tirx.Expr, b: tirx.Expr, sel, extern: bool = True) -> tirx.Expr
     return out
 
 
-def reg_table_word(entry_bits, t: int, bits: int = 3) -> tirx.Expr:
+def reg_table_word(entry_bits, t: int, bits: int) -> tirx.Expr:
     """Word ``t`` of a row's register table: the low (first half of the words) or high (second half) bytes of
     entries ``4 * (t % quarter) .. + 3``, quarter = ``reg_table_words(bits) // 2``. ``entry_bits(c)`` returns
     entry c's fp16 bits as uint32."""
@@ -143,7 +143,7 @@ def reg_table_word(entry_bits, t: int, bits: int = 3) -> tirx.Expr:
     return out
 
 
-def reg_selector(index_word: tirx.Expr, bits: int = 3) -> tirx.Expr:
+def reg_selector(index_word: tirx.Expr, bits: int) -> tirx.Expr:
     """The eight codes of an index word as PRMT selector nibbles, in code order: pair m's codes are nibbles 2m
     and 2m + 1, bit 3 of every nibble 0. 3 bits: 4 * pair index in bits 2-7 of each byte (bits 0-1 ignored);
     4 bits: the word's nibbles are the codes already, their top bits dropped (``reg_mask`` keeps them)."""
@@ -163,7 +163,7 @@ def reg_mask(index_word: tirx.Expr, g: int, extern: bool = True) -> tirx.Expr:
     return byte_perm(index_word << _u(4), index_word, _u(TOP_BITS) + _u(g) * _u(TOP_BITS_STEP), extern)
 
 
-def reg_bytes(table, sel: tirx.Expr, half, extern: bool = True, bits: int = 3, mask=None) -> tirx.Expr:
+def reg_bytes(table, sel: tirx.Expr, half, *, bits: int, mask=None, extern: bool = True) -> tirx.Expr:
     """The low (``half`` 0) or high (1) bytes of the entries of the four codes in selector ``sel``'s low
     nibbles; ``table(t)`` returns register table word t. 4 bits: from entries 0-7 where ``mask`` (``reg_mask``)
     is clear, 8-15 where it is set."""
