@@ -16,6 +16,7 @@ from .decode_attention import DecodeAttention
 from .fold_weight_transpose import FoldWeightTranspose
 from .fuse_elementwise import fuse_elementwise
 from .fuse_norm_into_gemv import FuseNormIntoGEMV
+from .fuse_prologue import FusePrologue
 from .fuse_rms_norm import FuseRMSNorm
 from .fuse_rope_attention import FuseRopeAttention
 from .fuse_silu_into_gemv import FuseSiluIntoGEMV
@@ -34,6 +35,7 @@ def model_passes(target: TargetDef, quantized: dict[str, QuantizedWeight],
         FuseSiluIntoGEMV(target.tvm_target()),
         FuseRMSNorm(),  # here already (fuse_elementwise starts with it too) for the fold into the GEMVs:
         FuseNormIntoGEMV(target.tvm_target()),  # before FuseAddRMSNorm claims the adds and norms
+        FusePrologue(target.tvm_target()),  # layer 0's norm, which FuseNormIntoGEMV leaves
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         fuse_elementwise(target.tvm_target()),

@@ -300,3 +300,31 @@ def test_greedy_feed_takes_the_first_maximum_and_flags_non_finite_logits():
         assert int(pos.numpy()[0]) == 5
         assert int(history.numpy()[5]) == (-1 if bad else top)
         assert int(ids.numpy()[0, 0]) == (0 if bad else top)
+
+
+@pytest.mark.parametrize("hidden, head_dim, scale", [(72, 16, 1.0), (100, 10, 0.75)])
+def test_embed_rms_norm_rope_matches_float64(hidden, head_dim, scale):
+    """The step prologue on llvm (the CUDA body is the same math; scripts/gpu_check_norm_gemv.py runs it on a
+    GPU): the gathered rows exactly, the norm and the cos/sin (positions up to 2000) against float64, outputs
+    poisoned with NaN first."""
+    from sqcompile.kernels.norm import embed_rms_norm_rope
+
+    vocab, rows, eps = 50, 3, 1e-5
+    rng = np.random.default_rng(hidden)
+    f = embed_rms_norm_rope(vocab, hidden, head_dim, "float16", eps, scale, LLVM)
+    mod = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=LLVM)
+    ids = rng.integers(0, vocab, (1, rows)).astype(np.int64)
+    positions = np.array([0, 77, 2000], np.int64)
+    table = rng.standard_normal((vocab, hidden)).astype(np.float16)
+    w = rng.standard_normal(hidden).astype(np.float16)
+    inv_freq = (10000.0 ** -(np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
+    inv_freq = np.concatenate([inv_freq, inv_freq])
+    outs = [tvm.runtime.tensor(np.full(shape, np.nan, np.float16))
+            for shape in ((rows, hidden), (rows, hidden), (rows, 1, head_dim), (rows, 1, head_dim))]
+    mod["main"](*(tvm.runtime.tensor(v) for v in (ids, positions, table, w, inv_freq)), *outs)
+    h, n, cos, sin = (o.numpy() for o in outs)
+    e = table[ids[0]].astype(np.float64)
+    angles = positions[:, None] * inv_freq.astype(np.float64)
+    assert np.array_equal(h, table[ids[0]])
+    assert rel_error(n, e / np.sqrt((e ** 2).mean(-1, keepdims=True) + eps) * w) < 2e-3
+    assert rel_error(cos[:, 0], np.cos(angles) * scale) < 2e-3 and rel_error(sin[:, 0], np.sin(angles) * scale) < 2e-3

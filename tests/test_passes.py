@@ -339,10 +339,26 @@ def test_residual_add_fuses_with_the_rms_norm_that_reads_it():
 
 
 @pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="needs nvcc")
-def test_add_rms_norm_compiles_for_cuda():
-    from sqcompile.kernels.norm import add_rms_norm
+def test_norm_kernels_compile_for_cuda():
+    from sqcompile.kernels.norm import add_rms_norm, embed_rms_norm_rope
     t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
-    for hidden in (576, 4096, 100):
+    for hidden, head_dim in ((576, 64), (4096, 128), (100, 10)):
+        funcs = {"add": add_rms_norm(hidden, "float16", 1e-5, t),
+                 "prologue": embed_rms_norm_rope(300, hidden, head_dim, "float16", 1e-5, 1.0, t)}
         with t:
-            tvm.compile(tvm.IRModule({"main": add_rms_norm(hidden, "float16", 1e-5, t).with_attr(
-                "global_symbol", "main")}), target=t)
+            tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}), target=t)
+
+
+@pytest.mark.parametrize("kind", ["cuda", "llvm"])
+def test_prologue_is_one_kernel(tiny_fp16_decoder, kind):
+    """Embedding gather, layer 0's RMSNorm and the rotary cos/sin: one kernel per call, prefill and decode, on
+    both targets; without the pass they are six or seven."""
+    from sqcompile.targets import get_target
+
+    target = get_target("cuda", "sm_90") if kind == "cuda" else LLVM
+    before = _graph_kernels(tiny_fp16_decoder, target, {"FusePrologue"})
+    after = _graph_kernels(tiny_fp16_decoder, target, set())
+    for entry in ("decode", "prefill"):
+        assert [c.startswith("embed_rms_norm_rope") for c in after[entry]].count(True) == 1, after[entry]
+        assert not [c for c in after[entry] if c.startswith(("take", "rms_norm")) or "cos" in c or "sin" in c]
+        assert len(after[entry]) <= len(before[entry]) - 5, (before[entry], after[entry])

@@ -66,7 +66,7 @@ class KVDecoder(nn.Module):
         t = input_ids.shape[1]
         ctx = kv[0].shape[0]
         past = ctx - t
-        h = inner.embed_tokens(input_ids)[0]  # [T, hidden]
+        h = inner.embed_tokens(input_ids.reshape(-1))  # [T, hidden]; a reshape is free, `[0]` was a copy kernel
         angles = positions.float()[:, None, None] * self.rope_inv_freq  # [T, 1, head_dim]
         cos = (angles.cos() * self.rope_scaling).to(h.dtype)
         sin = (angles.sin() * self.rope_scaling).to(h.dtype)
