@@ -70,14 +70,21 @@ class GemvVariants:
         return self.kernels[key]
 
 
-def rewrite_on_cuda(mod: tvm.IRModule, target: tvm.target.Target, make_rewriter, what: str) -> tvm.IRModule:
+def rewrite_module(mod: tvm.IRModule, target: tvm.target.Target, make_rewriter,
+                   report: Callable[[PyExprMutator], str]) -> tvm.IRModule:
     """``mod`` with every Relax function rewritten by ``make_rewriter(mod, target)`` (a mutator with a
-    ``transform(func)`` and a ``variants: GemvVariants``) where ``target`` is CUDA; unchanged elsewhere."""
-    if target.kind.name != "cuda":
-        return mod
+    ``transform(func)``), ``report(rewriter)`` logged where anything changed; ``mod`` itself where nothing did."""
     rewriter = make_rewriter(mod, target)
-    out = rewrite_functions(rewriter, rewriter.transform)  # the plain GEMV kernels go with their calls
+    out = rewrite_functions(rewriter, rewriter.transform)  # the kernels the rewritten calls replace go with them
     if out is None:
         return mod
-    log.info("%s: %d kernel(s)", what, len(rewriter.variants.kernels))
+    log.info(report(rewriter))
     return out
+
+
+def rewrite_on_cuda(mod: tvm.IRModule, target: tvm.target.Target, make_rewriter, what: str) -> tvm.IRModule:
+    """:func:`rewrite_module` where ``target`` is CUDA (the mutator has a ``variants: GemvVariants``); ``mod``
+    unchanged elsewhere."""
+    if target.kind.name != "cuda":
+        return mod
+    return rewrite_module(mod, target, make_rewriter, lambda r: f"{what}: {len(r.variants.kernels)} kernel(s)")

@@ -14,7 +14,6 @@ and positions are the function's own inputs (prefill and decode alike); anything
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import tvm
@@ -24,10 +23,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.norm import embed_rms_norm_rope
 
-from .bindings import bindings_and_uses, rewrite_functions
+from .bindings import bindings_and_uses, rewrite_module
 from .shapes import static_ints
-
-log = logging.getLogger(__name__)
 
 
 def _same(a, b) -> bool:
@@ -175,10 +172,5 @@ class FusePrologue:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.target)
-        out = rewrite_functions(rewriter, rewriter.transform)
-        if out is None:
-            log.info("prologue: no embedding + RMSNorm + rotary pattern found; left as traced")
-            return mod
-        log.info("prologue: embedding, layer 0's RMSNorm and the rotary tables in one kernel")
-        return out
+        return rewrite_module(mod, self.target, _Rewriter,
+                              lambda _: "prologue: embedding, layer 0's RMSNorm and the rotary tables in one kernel")

@@ -13,7 +13,6 @@ rewritten only when the rotated q and the two cache results feed nothing but tha
 """
 from __future__ import annotations
 
-import logging
 
 import tvm
 from tvm import relax
@@ -21,11 +20,10 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.attention import decode_attention
 
-from .bindings import bindings_and_uses, rewrite_functions
+from .bindings import bindings_and_uses, rewrite_module
 from .decode_attention import SCALE_ATTR
 from .fuse_rope_kv_write import ROPE_KV_PREFIX
 
-log = logging.getLogger(__name__)
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 CALL_TIR_INPLACE = tvm.ir.Op.get("relax.call_tir_inplace")
 
@@ -115,9 +113,5 @@ class FuseRopeAttention:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.target)
-        out = rewrite_functions(rewriter, rewriter.transform)  # the rope and plain attention kernels go with it
-        if out is None:
-            return mod
-        log.info("rotary + attention: %d decode layers in one kernel", rewriter.fused)
-        return out
+        return rewrite_module(mod, self.target, _Rewriter,
+                              lambda r: f"rotary + attention: {r.fused} decode layers in one kernel")

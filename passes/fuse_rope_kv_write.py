@@ -13,7 +13,6 @@ by walking the bindings: Relax's dataflow patterns cannot match through ``concat
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import tvm
@@ -22,10 +21,9 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.rope import rope_kv_write
 
-from .bindings import rewrite_functions
+from .bindings import rewrite_module
 from .shapes import static_ints
 
-log = logging.getLogger(__name__)
 KV_WRITE_PREFIX = "kv_write_rows_"
 ROPE_KV_PREFIX = "rope_kv_write_"  # the name of this pass's kernels (fuse_rope_attention.py finds them by it)
 CALL_TIR_INPLACE = tvm.ir.Op.get("relax.call_tir_inplace")
@@ -190,9 +188,5 @@ class FuseRopeKVWrite:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.target)
-        out = rewrite_functions(rewriter, rewriter.transform)
-        if out is None:
-            return mod
-        log.info("rotary + KV write: %d attention layers fused", rewriter.fused)
-        return out
+        return rewrite_module(mod, self.target, _Rewriter,
+                              lambda r: f"rotary + KV write: {r.fused} attention layers fused")
