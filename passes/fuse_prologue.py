@@ -10,8 +10,8 @@ The traced decoder (``frontend/decoder.py``) starts each call with
 which TVM's fusion leaves as six or seven kernels of 1-2 us each, a launch apiece (a 7B decode step on an
 H100: ~10 us of kernel time; folded, 0.6-1.3% more tokens/s, benchmarks/e2e/NOTES.md). Here they become one
 ``call_tir`` of ``kernels.norm.embed_rms_norm_rope`` with outputs ``(h, n, cos, sin)``; every user of the four
-reads the new call's fields. Matched where the ids
-and positions are the function's own inputs (prefill and decode alike); anything else is left as traced.
+reads the new call's fields. Matched where the ids and positions are the function's own inputs (prefill and
+decode alike); anything else is left as traced.
 """
 from __future__ import annotations
 
