@@ -28,6 +28,20 @@ def bindings_and_uses(func: relax.Function) -> tuple[dict[relax.Var, relax.Expr]
     return bindings, uses
 
 
+def binding_readers(bindings: dict[relax.Var, relax.Expr]) -> dict[relax.Var, list[relax.Var]]:
+    """var -> the vars whose bound values read it, in binding order."""
+    readers: dict[relax.Var, list[relax.Var]] = {}
+    for var, value in bindings.items():
+        for v in relax.analysis.free_vars(value) if not isinstance(value, relax.Var) else [value]:
+            readers.setdefault(v, []).append(var)
+    return readers
+
+
+def is_op_call(value, *names: str) -> bool:
+    """Whether ``value`` is a call of one of the Relax operators ``names`` (``"relax.add"`` ...)."""
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in names
+
+
 def rewrite_functions(rewriter: PyExprMutator, rewrite: Callable[[relax.Function], relax.Function]) -> tvm.IRModule | None:
     """Each Relax function of ``rewriter``'s module replaced by ``rewrite(func)`` (which returns ``func`` itself
     to leave it), then the PrimFuncs nothing calls any more dropped (DeadCodeElimination: replaced kernels are

@@ -27,7 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from sqcompile.kernels.gemv_cuda import GemvFusion
 from sqcompile.kernels.matmul import FUSION_ATTR
 
-from .bindings import GemvVariants, bindings_and_uses, decode_gemv_fusion, rewrite_on_cuda
+from .bindings import GemvVariants, binding_readers, bindings_and_uses, decode_gemv_fusion, rewrite_on_cuda
 
 
 @dataclass
@@ -49,10 +49,7 @@ def _static(shape) -> list[int | None]:
 
 def _plan(mod: tvm.IRModule, func: relax.Function) -> list[_Fold]:
     bindings, uses = bindings_and_uses(func)
-    readers: dict[relax.Var, list[relax.Var]] = {}
-    for var, value in bindings.items():
-        for v in relax.analysis.free_vars(value) if not isinstance(value, relax.Var) else [value]:
-            readers.setdefault(v, []).append(var)
+    readers = binding_readers(bindings)
     folds = []
     for n, value in bindings.items():
         if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.nn.rms_norm")):

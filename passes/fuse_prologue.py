@@ -24,16 +24,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.norm import embed_rms_norm_rope
 
-from .bindings import bindings_and_uses, rewrite_module
+from .bindings import binding_readers, bindings_and_uses, is_op_call, rewrite_module
 from .shapes import static_ints
 
 
 def _same(a, b) -> bool:
     return bool(tvm.sym.Analyzer().can_prove_equal(a, b))
-
-
-def _op(value, *names: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in names
 
 
 @dataclass
@@ -54,14 +50,11 @@ class _Graph:
     def __init__(self, func: relax.Function):
         self.params = set(func.params)
         self.bindings, self.uses = bindings_and_uses(func)
-        self.readers: dict[relax.Var, list[relax.Var]] = {}
-        for var, value in self.bindings.items():
-            for v in relax.analysis.free_vars(value) if not isinstance(value, relax.Var) else [value]:
-                self.readers.setdefault(v, []).append(var)
+        self.readers = binding_readers(self.bindings)
 
     def root(self, expr, ops: tuple[str, ...]) -> relax.Expr:
         """``expr`` followed back through calls of ``ops`` (first argument) to where the chain starts."""
-        while isinstance(expr, relax.Var) and _op(self.bindings.get(expr), *ops):
+        while isinstance(expr, relax.Var) and is_op_call(self.bindings.get(expr), *ops):
             expr = self.bindings[expr].args[0]
         return expr
 
@@ -72,10 +65,10 @@ class _Graph:
         while len(self.readers.get(var, [])) == 1 and self.uses.get(var) == 1:
             nxt = self.readers[var][0]
             value = self.bindings[nxt]
-            if _op(value, "relax.multiply") and value.args[0].same_as(var) and isinstance(value.args[1], Constant) \
-                    and value.args[1].value.numpy().size == 1:
-                scale *= float(value.args[1].value.numpy())
-            elif not _op(value, "relax.astype"):
+            factor = value.args[1] if is_op_call(value, "relax.multiply") and value.args[0].same_as(var) else None
+            if isinstance(factor, Constant) and factor.value.numpy().size == 1:
+                scale *= float(factor.value.numpy())
+            elif not is_op_call(value, "relax.astype"):
                 break
             var = nxt
         return var, scale
@@ -84,7 +77,7 @@ class _Graph:
 def _rotary(graph: _Graph, rows):
     """(positions, inv_freq, scale, cos end, sin end) of the rotary tables, or None."""
     for a, value in graph.bindings.items():
-        if not _op(value, "relax.multiply"):
+        if not is_op_call(value, "relax.multiply"):
             continue
         x, c = value.args if isinstance(value.args[1], Constant) else value.args[::-1]
         positions = graph.root(x, ("relax.astype", "relax.expand_dims", "relax.reshape"))
@@ -93,7 +86,7 @@ def _rotary(graph: _Graph, rows):
                 and str(x.ty.dtype) == "float32" and _same(positions.ty.shape[0], rows)):
             continue
         trig = {graph.bindings[v].op.name: v for v in graph.readers.get(a, [])
-                if _op(graph.bindings[v], "relax.cos", "relax.sin")}
+                if is_op_call(graph.bindings[v], "relax.cos", "relax.sin")}
         if set(trig) != {"relax.cos", "relax.sin"}:
             continue
         (cos, cos_scale), (sin, sin_scale) = (graph.rotary_end(trig[k]) for k in ("relax.cos", "relax.sin"))
@@ -107,11 +100,11 @@ def _rotary(graph: _Graph, rows):
 def _plan(func: relax.Function) -> _Prologue | None:
     graph = _Graph(func)
     for n, value in graph.bindings.items():
-        if not _op(value, "relax.nn.rms_norm") or [int(a) for a in value.attrs.axes] not in ([-1], [1]):
+        if not is_op_call(value, "relax.nn.rms_norm") or [int(a) for a in value.attrs.axes] not in ([-1], [1]):
             continue
         h, weight = value.args
         take = graph.bindings.get(h)
-        if not (_op(take, "relax.take") and int(take.attrs.axis) == 0 and len(h.ty.shape) == 2):
+        if not (is_op_call(take, "relax.take") and int(take.attrs.axis) == 0 and len(h.ty.shape) == 2):
             continue
         table, index = take.args
         ids = graph.root(index, ("relax.astype", "relax.reshape"))

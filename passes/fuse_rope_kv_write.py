@@ -21,7 +21,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sqcompile.kernels.rope import rope_kv_write
 
-from .bindings import rewrite_module
+from .bindings import is_op_call, rewrite_module
 from .shapes import static_ints
 
 KV_WRITE_PREFIX = "kv_write_rows_"
@@ -55,8 +55,7 @@ class _Matcher:
 
     def call(self, expr, op: str) -> relax.Call | None:
         value = self.bindings.get(expr, expr)
-        ok = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == op
-        return value if ok else None
+        return value if is_op_call(value, op) else None
 
     def heads(self, x3) -> _Heads | None:
         """``reshape(strided_slice(qkv, axis 1, [h0 d, (h0 + n) d)), [1, n, d])`` of a [1, width] qkv."""
