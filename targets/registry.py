@@ -59,6 +59,8 @@ class TargetDef:
         from tvm.s_tir import dlight as dl
 
         if self.name == "cuda":
+            from sqcompile.kernels.gemm_tc import import_tensor_intrinsics
+            import_tensor_intrinsics()
             return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                             dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
         return []

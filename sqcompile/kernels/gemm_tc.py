@@ -1,5 +1,7 @@
-"""The CUDA prefill rule on tensor cores (dense part, sm_70+): TVM's own tensor-core matmul schedule
-(``tvm.s_tir.dlight.gpu.Matmul``, its wmma path) applied to a LUT-decode block feeding a matmul block.
+"""The fallback CUDA prefill rule on tensor cores (dense part, sm_70+): TVM's own tensor-core matmul schedule
+(``tvm.s_tir.dlight.gpu.Matmul``, its wmma path) applied to a LUT-decode block feeding a matmul block. It runs
+where the written-out ``mma.sync`` rule (``gemm_mma.py``) does not apply: 2 bits, float32 activations, K not a
+multiple of 8, or before sm_80.
 
 The rule inlines the decode into the shared-memory fetch of the weight tile, so one kernel reads the packed
 codes, looks each weight up in its row's LUT (fp16) while staging the tile, and runs 16x16x16 fp16 MMAs with
@@ -84,12 +86,18 @@ def _frames_without_source():
         entry.inspect = saved
 
 
-def cuda_lut_gemm_tc(n: int, k: int, bits: int, act_dtype: str, target: tvm.target.Target) -> tirx.PrimFunc | None:
-    """The dense prefill kernel scheduled by dlight's Matmul rule, or None where the rule declines."""
-    import tvm.s_tir.dlight as dl
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin.cuda`` the fast way, before any dlight Matmul rule imports it the slow way
+    (the build's own dlight pass on fp16 matmuls, such as the LM head, does: minutes of ``inspect.stack()``)."""
     if "tvm.s_tir.tensor_intrin.cuda" not in sys.modules:
         with _frames_without_source():
             importlib.import_module("tvm.s_tir.tensor_intrin.cuda")
+
+
+def cuda_lut_gemm_tc(n: int, k: int, bits: int, act_dtype: str, target: tvm.target.Target) -> tirx.PrimFunc | None:
+    """The dense prefill kernel scheduled by dlight's Matmul rule, or None where the rule declines."""
+    import tvm.s_tir.dlight as dl
+    import_tensor_intrinsics()
     mod = tvm.IRModule({"main": dense_matmul(n, k, bits, act_dtype)})
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul())(mod)
