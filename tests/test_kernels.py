@@ -97,6 +97,76 @@ def test_cuda_rules_are_marked_scheduled(m):
     assert func.attrs["tirx.is_scheduled"]
 
 
+def _is_mma(func) -> bool:
+    return "mma.sync.aligned.m16n8k16" in func.script()
+
+
+def test_prefill_rule_choice():
+    """The mma rule where it applies (sm_80+, 3/4 bits, fp16, K % 8 == 0); dlight's tensor-core rule elsewhere."""
+    sm80 = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
+    sm75 = tvm.target.Target({"kind": "cuda", "arch": "sm_75"}, host={"kind": "llvm"})
+    for bits, sparse in ((3, False), (3, True), (4, True)):
+        assert _is_mma(lut_matmul(96, 1000, bits, m=None, sparse=sparse, act_dtype="float16", target=CUDA))
+    assert _is_mma(lut_matmul(96, 1000, 4, m=7, sparse=False, act_dtype="float16", target=sm80))
+    for n, k, bits, act, target in ((96, 1000, 2, "float16", CUDA), (96, 1004, 3, "float16", CUDA),
+                                    (96, 1000, 3, "float32", CUDA), (96, 1000, 3, "float16", sm75)):
+        func = lut_matmul(n, k, bits, m=None, sparse=True, act_dtype=act, target=target)
+        assert not _is_mma(func) and func.attrs["tirx.is_scheduled"]
+    wmma = lut_matmul(96, 1000, 3, m=None, sparse=False, act_dtype="float16", target=CUDA,
+                      knobs=GemmKnobs(rule="wmma"))
+    assert not _is_mma(wmma)
+
+
+def test_mma_knobs_are_checked():
+    from sqcompile.kernels.gemm_mma import check_mma_knobs
+    check_mma_knobs(GemmKnobs())
+    bad = {"rule": GemmKnobs(rule="tensor"), "16-row": GemmKnobs(tile_m=96, warps_m=4),
+           "one or two": GemmKnobs(tile_k=48), "threads per weight row": GemmKnobs(tile_n=64, warps_n=4, warps_m=4),
+           "2 x stages": GemmKnobs(stages=1), "shared memory": GemmKnobs(256, 256, stages=4)}
+    for match, knobs in bad.items():
+        with pytest.raises(ValueError, match=match):
+            check_mma_knobs(knobs)
+
+
+@pytest.mark.parametrize("chunks", [4, 8])
+def test_mma_swizzle_is_a_conflict_free_permutation(chunks):
+    """Each row's chunks permute within the row, and the eight rows an ldmatrix reads at one chunk column (or a
+    warp's 16-byte stores of one chunk) sit in eight different 16-byte bank groups."""
+    from sqcompile.kernels.gemm_mma import swizzled
+    for row in range(64):
+        assert sorted(swizzled(row, c, chunks) for c in range(chunks)) == [row * chunks + c for c in range(chunks)]
+    for first in range(0, 64, 8):
+        for c in range(chunks):
+            assert len({swizzled(r, c, chunks) % 8 for r in range(first, first + 8)}) == 8
+
+
+@pytest.mark.parametrize("knobs", [GemmKnobs(), GemmKnobs(warps_n=2), GemmKnobs(128, 64, warps_n=2),
+                                   GemmKnobs(tile_k=32), GemmKnobs(64, 32, warps_m=1, warps_n=2, tile_k=32)])
+def test_mma_decode_covers_the_weight_tile_once(knobs):
+    """Thread -> (row, part) -> index words: every 16-byte chunk of the decoded tile is written by one thread."""
+    from sqcompile.kernels.gemm_mma import check_mma_knobs, decode_part, decode_row
+    check_mma_knobs(knobs)
+    threads, chunks = knobs.threads, knobs.tile_k // 8
+    tpr = threads // knobs.tile_n
+    iwp = chunks // tpr
+    written = [(decode_row(t, tpr), decode_part(t, tpr) * iwp + j) for t in range(threads) for j in range(iwp)]
+    assert sorted(written) == [(r, c) for r in range(knobs.tile_n) for c in range(chunks)]
+
+
+def test_cuda_schedule_passes_import_the_tensor_intrinsics_the_fast_way(tmp_path):
+    """dlight's Matmul rule imports ``tvm.s_tir.tensor_intrin.cuda`` itself when it first meets an fp16 matmul
+    (the LM head); imported that way it took minutes of ``inspect.stack()`` per build. The CUDA target's schedule
+    passes import it first, in a fresh interpreter here so that no earlier test has done it."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from sqcompile.targets.registry import get_target\n"
+            "assert 'tvm.s_tir.tensor_intrin.cuda' not in sys.modules\n"
+            "get_target('cuda', 'sm_90').schedule_passes()\n"
+            "assert 'tvm.s_tir.tensor_intrin.cuda' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=tmp_path)
+
+
 def test_programmatic_launch_marks_sm90_decode_kernels_only():
     """PDL (``kernels/launch.py``): on sm_90 the decode GEMV, the add + RMSNorm and both attention kernels carry
     the launch attribute; the GEMV issues its first weight copies before it waits for the kernel that writes x,

@@ -73,10 +73,13 @@ def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnob
 
 
 def gemm_space() -> list[GemmKnobs]:
-    """Tensor cores first (with a sparse part: the tensor-core GEMM, then the CSR add of ``sparse_cuda.py``),
-    then the SIMT tiles."""
-    return [GemmKnobs(), GemmKnobs(tensor_cores=False), GemmKnobs(64, 64, 8, 4, False),
-            GemmKnobs(128, 64, 8, 4, False), GemmKnobs(64, 128, 4, 8, False)]
+    """The mma rule's default first, then dlight's tensor-core schedule (the previous rule), then mma tile
+    shapes, then the SIMT tiles."""
+    return [GemmKnobs(), GemmKnobs(rule="wmma"), GemmKnobs(tile_k=32, stages=4), GemmKnobs(warps_n=2),
+            GemmKnobs(128, 64, warps_n=2, stages=4), GemmKnobs(warps_n=2, tile_k=32, stages=6),
+            GemmKnobs(warps_m=4, warps_n=2, tile_k=32, stages=4),
+            GemmKnobs(256, 128, warps_m=4, warps_n=2, tile_k=32),
+            GemmKnobs(64, 64, 8, 4, "simt"), GemmKnobs(128, 64, 8, 4, "simt"), GemmKnobs(64, 128, 4, 8, "simt")]
 
 
 def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
@@ -93,7 +96,9 @@ def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_
             space = list(dict.fromkeys([space[0], *([rec] if rec else []), *space[1:]]))[:space_limit]
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
-        out.append((Config("gemm", n, k, bits, sparse, m), gemm_space()[:2]))
+        rec = recs.exact("gemm", n, k, bits, sparse)
+        out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([gemm_space()[0], *([rec] if rec else []),
+                                                                              gemm_space()[1]]))))
     return out
 
 
@@ -117,6 +122,13 @@ def check_configs() -> list[tuple[Config, list]]:
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), gemm_space()[:1]))
     return out
+
+
+def prefill_configs() -> list[tuple[Config, list]]:
+    """The prefill GEMMs over the tensor-core part of ``gemm_space`` (the SIMT tiles take milliseconds)."""
+    space = [kn for kn in gemm_space() if kn.rule != "simt"]
+    return [(Config("gemm", n, k, bits, sparse, m), space)
+            for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True))]
 
 
 def explore_configs(arch: str) -> list[tuple[Config, list]]:
@@ -252,5 +264,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
     cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": check_configs,
-            "explore": lambda: explore_configs(arch_), "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
+            "explore": lambda: explore_configs(arch_), "prefill": prefill_configs,
+            "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
     build(out, arch_, cfgs)

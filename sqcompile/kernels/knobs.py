@@ -57,31 +57,48 @@ class GemvKnobs:
 
 @dataclass(frozen=True)
 class GemmKnobs:
-    """Prefill GEMM: a CUDA block computes a ``tile_m x tile_n`` output tile with one thread per
-    ``micro_m x micro_n`` piece, stepping along K one 32-code block at a time: the weight tile is
-    dequantized into shared memory once per block and reused by all ``tile_m`` rows of x. With
-    ``tensor_cores`` (the default) the GEMM is the tensor-core rule (``gemm_tc.py``), followed for a sparse
-    weight by the CSR add (``sparse_cuda.py``), and the tile knobs are unused; without, this SIMT kernel
-    computes dense and sparse parts together."""
+    """Prefill GEMM. A CUDA block computes a ``tile_m x tile_n`` output tile, stepping along K one 32-code block
+    at a time; the weight tile is decoded once per block and reused by all ``tile_m`` rows of x. ``rule`` picks
+    the kernel:
 
-    tile_m: int = 64
-    tile_n: int = 64
+    * ``"mma"`` (``gemm_mma.py``, sm_80+, 3 and 4 bits, fp16): ``warps_m x warps_n`` warps on ``mma.sync``,
+      K-tiles of ``tile_k`` codes (32 or 64) with ``stages`` of them in flight, the sparse part added into the
+      decoded tile. Where it does not apply, the
+      ``"wmma"`` rule runs instead.
+    * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
+      the CSR add of ``sparse_cuda.py``.
+    * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""
+
+    tile_m: int = 128
+    tile_n: int = 128
     micro_m: int = 4
     micro_n: int = 4
-    tensor_cores: bool = True
+    rule: str = "mma"
+    warps_m: int = 2
+    warps_n: int = 4
+    stages: int = 3
+    tile_k: int = 64
 
     @property
     def threads(self) -> int:
+        if self.rule == "mma":
+            return 32 * self.warps_m * self.warps_n
         return (self.tile_m // self.micro_m) * (self.tile_n // self.micro_n)
 
     def validate(self) -> None:
-        if min(self.tile_m, self.tile_n, self.micro_m, self.micro_n) < 1:
+        if self.rule not in GEMM_RULES:
+            raise ValueError(f"GEMM rule must be one of {GEMM_RULES}, got {self.rule!r}")
+        if min(self.tile_m, self.tile_n, self.micro_m, self.micro_n, self.warps_m, self.warps_n, self.stages,
+               self.tile_k) < 1:
             raise ValueError(f"GEMM knobs must be positive: {self}")
-        if self.tile_m % self.micro_m or self.tile_n % self.micro_n:
+        if self.rule == "simt" and (self.tile_m % self.micro_m or self.tile_n % self.micro_n):
             raise ValueError(f"tiles must be whole multiples of the micro tiles: {self}")
         if not 32 <= self.threads <= MAX_THREADS or self.threads % 32:
             raise ValueError(f"GEMM knobs give {self.threads} threads per block (want a multiple of 32 "
                              f"up to {MAX_THREADS}): {self}")
+
+
+GEMM_RULES = ("mma", "wmma", "simt")
 
 
 def knobs_from_dict(kind: str, values: dict) -> GemvKnobs | GemmKnobs:

@@ -9,6 +9,8 @@ from tvm import tirx
 from ..quant.format import check_bits
 from .cpu import cpu_lut_matmul
 from .gemm_cuda import cuda_lut_gemm
+from .gemm_mma import applies as mma_applies
+from .gemm_mma import cuda_lut_gemm_mma
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
@@ -65,13 +67,17 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             else:
                 func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
         else:
-            # A sparse GEMM is the dense GEMM plus a cheap CSR add (sparse_cuda.py): the dense record decides.
-            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, False) or GemmKnobs()
-            func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target) if knobs.tensor_cores else None
-            if func is not None and sparse:
-                func = sparse_after_dense(func, n, k, act_dtype)
+            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
+            func = None
+            if knobs.rule == "mma" and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
+                func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs)
+            elif knobs.rule != "simt":  # the dense part on dlight's schedule, then the CSR add (sparse_cuda.py)
+                func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
+                if func is not None and sparse:
+                    func = sparse_after_dense(func, n, k, act_dtype)
             if func is None:
-                func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype, knobs)
+                func = cuda_lut_gemm(n, k, bits, m, sparse, act_dtype,
+                                     knobs if knobs.rule == "simt" else GemmKnobs(64, 64, 4, 4, "simt"))
     else:
         raise ValueError(f"no lut_matmul rule for target kind {kind!r} (have llvm and cuda)")
     suffix = "".join(tag for on, tag in ((fusion.silu, "_silu"), (fusion.residual, "_res"),

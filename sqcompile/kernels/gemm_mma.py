@@ -1,0 +1,333 @@
+"""The CUDA prefill rule (m > 1 or symbolic) on tensor cores, written out: a pipelined ``mma.sync`` GEMM that
+decodes each weight tile once per CUDA block, with the sparse part folded into the decoded tile.
+
+TVM 0.27's own tensor-core schedule (dlight ``gpu.Matmul``, ``gemm_tc.py``) takes 2.9-3.3x cuBLAS' time on an
+H100 even on plain fp16 weights (``benchmarks/kernels/NOTES.md``): no multi-stage pipeline, no ``ldmatrix``.
+This kernel is the usual Ampere-class design with the weight side replaced by the LUT decode:
+
+  * A block computes a ``tile_m x tile_n`` tile of y; ``warps_m x warps_n`` warps own ``16 MT x 8 NT`` pieces.
+    Per 32-code block along K (a K-tile), each warp loads its x fragments with ``ldmatrix.x4`` and issues
+    ``mma.sync.m16n8k16`` (fp16 in, float32 accumulators).
+  * x tiles stream into shared memory with ``cp.async`` (zero-filled past m and k), ``stages`` tiles in
+    flight, one commit group per tile.
+  * The weight tile is decoded by the block's threads into a double-buffered fp16 tile: each thread owns one
+    row of the tile and 8-32 codes of it for the whole K loop, so its row's LUT sits in registers as the
+    PRMT register table of the GEMV (``pairs.reg_*``). The code words travel with x: the commit group of x
+    tile t also copies the codes of tile t + 1 into a ring of ``stages`` slots, because tile t + 1 is decoded
+    while tile t's MMAs run. One barrier per K-tile. (Code words loaded into registers a few tiles ahead
+    instead left the DRAM latency exposed: ~1 us per K-tile on an H100.)
+  * The +0.45% sparse part: the thread that decodes a row's codes also walks that row's CSR entries (sorted by
+    column, two prefetched in registers) and adds each value into the decoded fp16 weight of its column. No
+    second kernel, no second pass over x.
+  * Shared tiles are 64-byte rows (32 fp16); 16-byte chunk ``c`` of row ``r`` sits at chunk
+    ``c ^ ((r >> 1) & 3)``, so the eight rows an ``ldmatrix`` (or a warp's 16-byte stores) touch hit eight
+    different bank groups.
+
+Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
+(16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
+"""
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from . import pairs as P
+from .knobs import GemmKnobs
+from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
+
+MIN_ARCH = 80
+# Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
+# raises the kernel's limit at load time.
+SHARED_LIMIT = 96 * 1024
+NO_COL = 0x7FFFFFFF  # the column of "no more nonzeros"
+
+# Inline PTX as immediately-invoked lambdas, as the GEMV's helpers (gemv_cuda.py): fragments are passed by pointer
+# into unrolled local arrays, which nvcc keeps in registers.
+MMA_16816 = ('[](float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) { '
+             'asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, '
+             '{%8,%9}, {%0,%1,%2,%3};" : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a0), "r"(a1), '
+             '"r"(a2), "r"(a3), "r"(b0), "r"(b1)); return 0; }')
+LDMATRIX_X4 = ('[](unsigned* r, const void* p) { asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 '
+               '{%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : '
+               '"r"((unsigned)__cvta_generic_to_shared(p))); return 0; }')
+# 16 (or 4) bytes global -> shared; ``n`` source bytes are read and the rest zero-filled (0: all zeros).
+CP_ASYNC_ZFILL = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.cg.shared.global [%0], '
+                  '[%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
+                  'return 0; }')
+CP_ASYNC_ZFILL_4 = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.ca.shared.global [%0], '
+                    '[%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
+                    'return 0; }')
+CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
+# The thread's own decoded weight plus a sparse value. Through a pointer: TVM's barrier planner would otherwise
+# ask for a barrier between the thread's own store and this load, inside the CSR loop.
+ADD_HALF = '[](void* p, float v) { __half* h = (__half*)p; *h = __float2half(__half2float(*h) + v); return 0; }'
+# A thread's code words from the shared ring (3: three 32-bit loads; 4: one 128-bit load). Through pointers
+# for the same reason as ADD_HALF: the cp.async writes are invisible to the planner, the barriers are ours.
+LOAD_WORDS = {3: '[](unsigned* r, const void* p) { const unsigned* s = (const unsigned*)p; r[0] = s[0]; r[1] = s[1]; '
+                 'r[2] = s[2]; return 0; }',
+              4: '[](unsigned* r, const void* p) { uint4 v = *(const uint4*)p; r[0] = v.x; r[1] = v.y; r[2] = v.z; '
+                 'r[3] = v.w; return 0; }'}
+STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(a, b); return 0; }'
+
+
+def cp_async_wait(pending: int) -> str:
+    return f'[]() {{ asm volatile("cp.async.wait_group {pending};" ::: "memory"); return 0; }}'
+
+
+def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
+    """Whether this rule can build the GEMM (see the module doc)."""
+    return arch >= MIN_ARCH and act_dtype == "float16" and bits in P.REG_BITS and k % 8 == 0
+
+
+def mma_shared_bytes(knobs: GemmKnobs, bits: int = 4) -> int:
+    """x stages and the double-buffered decoded weight tile (fp16), and the ring of code words."""
+    return ((knobs.stages * knobs.tile_m + 2 * knobs.tile_n) * knobs.tile_k * 2
+            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * bits * 4)
+
+
+def check_mma_knobs(knobs: GemmKnobs) -> None:
+    knobs.validate()
+    warps = knobs.warps_m * knobs.warps_n
+    threads = 32 * warps
+    if knobs.tile_m % (16 * knobs.warps_m) or knobs.tile_n % (16 * knobs.warps_n):
+        raise ValueError(f"mma tiles need 16-row warp pieces in M and 16-column ones in N: {knobs}")
+    if knobs.tile_k not in (BLOCK, 2 * BLOCK):
+        raise ValueError(f"mma K-tiles are one or two 32-code blocks, got tile_k={knobs.tile_k}: {knobs}")
+    if threads % knobs.tile_n or threads // knobs.tile_n not in (1, 2, 4) or warps % (threads // knobs.tile_n):
+        raise ValueError(f"mma tiles need 1, 2 or 4 threads per weight row ({threads} threads, tile_n "
+                         f"{knobs.tile_n}): {knobs}")
+    if knobs.tile_m * knobs.tile_k // 8 % threads:
+        raise ValueError(f"the x tile ({knobs.tile_m} rows) must split evenly over {threads} threads: {knobs}")
+    if knobs.stages < 2:
+        raise ValueError(f"mma needs at least 2 x stages: {knobs}")
+    if mma_shared_bytes(knobs) > SHARED_LIMIT:
+        raise ValueError(f"mma knobs {knobs} need up to {mma_shared_bytes(knobs)} bytes of shared memory, over the "
+                         f"{SHARED_LIMIT} limit")
+
+
+def swizzled(row, chunk, chunks: int):
+    """16-byte chunk index of (row, chunk) in a tile of ``chunks`` (4 or 8) chunks a row: the eight rows one
+    ``ldmatrix`` reads at one chunk column land in eight different 16-byte bank groups."""
+    return row * chunks + (chunk ^ ((row >> (1 if chunks == 4 else 0)) & (chunks - 1)))
+
+
+def decode_row(tid, tpr: int):
+    """The weight-tile row thread ``tid`` decodes: warp-major groups of 32 rows, ``tpr`` warps per group, so a
+    warp's 32 lanes take 32 rows and the same chunks of them (its part is warp-uniform)."""
+    return tid // (32 * tpr) * 32 + tid % 32
+
+
+def decode_part(tid, tpr: int):
+    """Which of its row's ``tpr`` parts (consecutive index words, one 16-byte chunk each) the thread decodes."""
+    return tid // 32 % tpr
+
+
+def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs) -> tirx.PrimFunc:
+    check_mma_knobs(knobs)
+    if not applies(k, bits, "float16", MIN_ARCH):
+        raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
+    bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
+    wn_count = knobs.warps_n
+    nthreads = 32 * knobs.warps_m * knobs.warps_n
+    mt, nt = bm // knobs.warps_m // 16, bn // knobs.warps_n // 8  # m16 / n8 pieces per warp
+    kbt = bk // BLOCK  # 32-code blocks per K-tile
+    ch = bk // 8  # 16-byte chunks of a shared tile row
+    tpr = nthreads // bn  # threads per weight row
+    iwp = 4 * kbt // tpr  # index words (8 codes, one chunk each) a thread decodes per K-tile
+    tblocks = max(1, iwp // 4)  # code blocks whose words a thread loads
+    cpt = bk // tpr  # columns of a K-tile a thread decodes
+    ntiles = -(-(padded_k(k) // BLOCK) // kbt)
+    row_words = packed_words(k, bits)
+    x_iters = bm * ch // nthreads
+    rt_words = P.reg_table_words(bits)
+    words = bits  # code words of a 32-code block (3 bits: the pair layout's 3)
+    tile_words = kbt * words  # code words of a row per K-tile
+    x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
+    c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
+    c_iters = -(-bn * tile_words // c_vec // nthreads)
+
+    def drow(tid):
+        return decode_row(tid, tpr)
+
+    def part(tid):
+        return decode_part(tid, tpr)
+
+    @T.macro
+    def issue_x(x, xs, bx, tid, t, rows):
+        for e in T.unroll(x_iters):
+            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[(t % stages * bm * ch + swizzled(
+                (e * nthreads + tid) // ch, (e * nthreads + tid) % ch, ch)) * 8]), T.address_of(x[
+                    T.min(bx * bm + (e * nthreads + tid) // ch, rows - 1),
+                    T.min(t * bk + (e * nthreads + tid) % ch * 8, k - 8)]),
+                T.if_then_else(bx * bm + (e * nthreads + tid) // ch < rows
+                               and t * bk + (e * nthreads + tid) % ch * 8 < k, T.uint32(16), T.uint32(0))))
+
+    @T.macro
+    def issue_codes(q, cs, by, tid, t):
+        """cp.async of K-tile t's code words of the tile's rows into ring slot t % stages (zeros past the row)."""
+        for e in T.unroll(c_iters):
+            if (e * nthreads + tid) * c_vec < bn * tile_words:
+                T.evaluate(T.call_extern(
+                    "int32", CP_ASYNC_ZFILL if c_vec == 4 else CP_ASYNC_ZFILL_4,
+                    T.address_of(cs[t % stages * bn * tile_words + (e * nthreads + tid) * c_vec]),
+                    T.address_of(q[T.min(by * bn + (e * nthreads + tid) * c_vec // tile_words, n - 1),
+                                   T.min(t * tile_words + (e * nthreads + tid) * c_vec % tile_words,
+                                         row_words - c_vec)]),
+                    T.if_then_else(t * tile_words + (e * nthreads + tid) * c_vec % tile_words < row_words,
+                                   T.uint32(4 * c_vec), T.uint32(0))))
+
+    @T.macro
+    def next_nonzero(col, val, sp, se, sc, sv):
+        """Shift the two prefetched nonzeros and load the one after them."""
+        sc[0] = sc[1]
+        sv[0] = sv[1]
+        sp[0] = sp[0] + 1
+        if sp[0] + 1 < se[0]:
+            sc[1] = col[sp[0] + 1]
+            sv[1] = val[sp[0] + 1]
+        else:
+            sc[1] = NO_COL
+
+    @T.macro
+    def decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, t):
+        """K-tile t's codes -> the thread's chunks of decoded tile t % 2 (a warp-uniform branch on the part)."""
+        for pt in T.unroll(tpr):
+            if part(tid) == pt:
+                for b in T.unroll(tblocks):
+                    T.evaluate(T.call_extern("int32", LOAD_WORDS[words], T.address_of(cw[b * words]), T.address_of(
+                        cs[(t % stages * bn + drow(tid)) * tile_words + (pt * iwp // 4 + b) * words])))
+                for j in T.unroll(iwp):
+                    if bits == 3:
+                        iw[0] = P.index_word_3bit(lambda w: cw[j // 4 * words + w], (pt * iwp + j) % 4, masked=False)
+                    else:
+                        iw[0] = cw[j // 4 * words + (pt * iwp + j) % 4]
+                    sl[0] = P.reg_selector(iw[0], bits)
+                    sl[1] = P.reg_selector_high(sl[0])
+                    for g in T.unroll(2):
+                        if bits == 4:
+                            mk[0] = P.reg_mask(iw[0], g)
+                        for h in T.unroll(2):
+                            lh[h] = P.reg_bytes(lambda r: rt[r], sl[g], h, bits=bits, mask=mk[0])
+                        for h in T.unroll(2):
+                            hw[2 * g + h] = P.reg_half2(lh[0], lh[1], h)
+                    for v in T.vectorized(4):
+                        ws32[(t % 2 * bn * ch + swizzled(drow(tid), pt * iwp + j, ch)) * 4 + v] = hw[v]
+
+    @T.macro
+    def add_sparse(ws, col, val, sp, se, sc, sv, tid, t):
+        """The row's nonzeros in this thread's columns of K-tile t, added into the decoded weights."""
+        while sc[0] < t * bk + (part(tid) + 1) * cpt:
+            if sc[0] >= t * bk + part(tid) * cpt:
+                T.evaluate(T.call_extern("int32", ADD_HALF, T.address_of(ws[(t % 2 * bn * ch + swizzled(
+                    drow(tid), (sc[0] - t * bk) // 8, ch)) * 8 + (sc[0] - t * bk) % 8]), T.Cast("float32", sv[0])))
+            next_nonzero(col, val, sp, se, sc, sv)
+
+    @T.macro
+    def mma_tile(xs, ws, acc, af, bf, tid, t):
+        for s in T.unroll(2 * kbt):  # k16 steps of the K-tile
+            for i in T.unroll(mt):
+                T.evaluate(T.call_extern("int32", LDMATRIX_X4, T.address_of(af[i * 4]), T.address_of(xs[(
+                    t % stages * bm * ch + swizzled(tid // 32 // wn_count * mt * 16 + i * 16 + tid % 16,
+                                                    2 * s + tid % 32 // 16, ch)) * 8])))
+            for j in T.unroll(nt // 2):
+                T.evaluate(T.call_extern("int32", LDMATRIX_X4, T.address_of(bf[j * 4]), T.address_of(ws[(
+                    t % 2 * bn * ch + swizzled(tid // 32 % wn_count * nt * 8 + j * 16 + tid % 32 // 16 * 8
+                                               + tid % 8, 2 * s + tid % 16 // 8, ch)) * 8])))
+            for i in T.unroll(mt):
+                for j in T.unroll(nt):
+                    T.evaluate(T.call_extern("int32", MMA_16816, T.address_of(acc[(i * nt + j) * 4]),
+                                             af[i * 4], af[i * 4 + 1], af[i * 4 + 2], af[i * 4 + 3],
+                                             bf[j * 2], bf[j * 2 + 1]))
+
+    @T.macro
+    def store_y(y, acc, bx, by, tid, rows):
+        for i in T.unroll(mt):
+            for j in T.unroll(nt):
+                for hh in T.unroll(2):  # the fragment's rows g and g + 8
+                    if bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4 < rows:
+                        if n % 2 == 0:
+                            if by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 < n:
+                                T.evaluate(T.call_extern("int32", STORE_HALF2, T.address_of(y[
+                                    bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4,
+                                    by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2]),
+                                    acc[(i * nt + j) * 4 + 2 * hh], acc[(i * nt + j) * 4 + 2 * hh + 1]))
+                        else:
+                            for v in T.unroll(2):
+                                if by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 + v < n:
+                                    y[bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4,
+                                      by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 + v] = T.Cast(
+                                        "float16", acc[(i * nt + j) * 4 + 2 * hh + v])
+
+    @T.macro
+    def issue_tile(x, q, xs, cs, bx, by, tid, t, rows):
+        """One commit group: x tile t and the codes of tile t + 1 (those of tile 0 join the first group)."""
+        if t < ntiles:
+            issue_x(x, xs, bx, tid, t, rows)
+        if t + 1 < ntiles:
+            issue_codes(q, cs, by, tid, t + 1)
+        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
+
+    @T.macro
+    def body(x, q, lut, y, rowptr, col, val, rows):
+        for bx in T.thread_binding(T.ceildiv(rows, bm), thread="blockIdx.x"):
+            for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
+                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
+                    # One allocation, three views: TVM's storage rewrite does not see uses through address_of.
+                    smem = T.alloc_buffer(((x_halves + w_halves) // 2 + c_words,), "uint32", scope="shared.dyn")
+                    xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
+                    ws = T.decl_buffer((w_halves,), "float16", data=smem.data, elem_offset=x_halves,
+                                       scope="shared.dyn")
+                    ws32 = T.decl_buffer((w_halves // 2,), "uint32", data=smem.data, elem_offset=x_halves // 2,
+                                         scope="shared.dyn")
+                    cs = T.decl_buffer((c_words,), "uint32", data=smem.data,
+                                       elem_offset=(x_halves + w_halves) // 2, scope="shared.dyn")
+                    acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
+                    af = T.alloc_buffer((mt * 4,), "uint32", scope="local")
+                    bf = T.alloc_buffer((nt * 2,), "uint32", scope="local")
+                    cw = T.alloc_buffer((tblocks * words,), "uint32", scope="local")
+                    rt = T.alloc_buffer((rt_words,), "uint32", scope="local")
+                    iw = T.alloc_buffer((1,), "uint32", scope="local")
+                    sl = T.alloc_buffer((2,), "uint32", scope="local")
+                    lh = T.alloc_buffer((2,), "uint32", scope="local")
+                    mk = T.alloc_buffer((1,), "uint32", scope="local")
+                    hw = T.alloc_buffer((4,), "uint32", scope="local")
+                    sp = T.alloc_buffer((1,), "int32", scope="local")  # the first prefetched nonzero's index
+                    se = T.alloc_buffer((1,), "int32", scope="local")  # the row's end
+                    sc = T.alloc_buffer((2,), "int32", scope="local")  # two prefetched columns
+                    sv = T.alloc_buffer((2,), "float16", scope="local")  # and values
+                    issue_codes(q, cs, by, tid, 0)
+                    for s in T.unroll(stages - 1):
+                        issue_tile(x, q, xs, cs, bx, by, tid, s, rows)
+                    for r in T.unroll(rt_words):
+                        rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
+                            "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
+                    for i in T.unroll(mt * nt * 4):
+                        acc[i] = T.float32(0)
+                    if sparse:
+                        sp[0] = rowptr[T.min(by * bn + drow(tid), n - 1)]
+                        se[0] = T.if_then_else(by * bn + drow(tid) < n, rowptr[T.min(by * bn + drow(tid), n - 1) + 1],
+                                               sp[0])
+                        for u in T.unroll(2):
+                            if sp[0] + u < se[0]:
+                                sc[u] = col[sp[0] + u]
+                                sv[u] = val[sp[0] + u]
+                            else:
+                                sc[u] = NO_COL
+                    T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile 0, codes 0 and 1
+                    T.tvm_storage_sync("shared")
+                    decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, 0)
+                    if sparse:
+                        add_sparse(ws, col, val, sp, se, sc, sv, tid, 0)
+                    T.tvm_storage_sync("shared")
+                    for kt in range(ntiles):
+                        issue_tile(x, q, xs, cs, bx, by, tid, kt + stages - 1, rows)
+                        mma_tile(xs, ws, acc, af, bf, tid, kt)
+                        if kt + 1 < ntiles:
+                            decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
+                            if sparse:
+                                add_sparse(ws, col, val, sp, se, sc, sv, tid, kt + 1)
+                        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))
+                        T.tvm_storage_sync("shared")
+                    store_y(y, acc, bx, by, tid, rows)
+
+    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, body)
