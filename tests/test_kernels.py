@@ -141,10 +141,12 @@ def test_mma_swizzle_is_a_conflict_free_permutation(chunks):
 
 
 @pytest.mark.parametrize("knobs", [GemmKnobs(), GemmKnobs(warps_n=2), GemmKnobs(128, 64, warps_n=2),
-                                   GemmKnobs(tile_k=32), GemmKnobs(64, 32, warps_m=1, warps_n=2, tile_k=32)])
+                                   GemmKnobs(tile_k=32), GemmKnobs(64, 32, warps_m=1, warps_n=2, tile_k=32),
+                                   pytest.param("short", id="short")])
 def test_mma_decode_covers_the_weight_tile_once(knobs):
     """Thread -> (row, part) -> index words: every 16-byte chunk of the decoded tile is written by one thread."""
-    from sqcompile.kernels.gemm_mma import check_mma_knobs, decode_part, decode_row
+    from sqcompile.kernels.gemm_mma import SHORT_KNOBS, check_mma_knobs, decode_part, decode_row
+    knobs = SHORT_KNOBS if knobs == "short" else knobs
     check_mma_knobs(knobs)
     threads, chunks = knobs.threads, knobs.tile_k // 8
     tpr = threads // knobs.tile_n

@@ -118,7 +118,9 @@ def check_configs() -> list[tuple[Config, list]]:
         for sparse in (False, True):
             out.append((Config("gemv", n, k, bits, sparse, 1),
                         list(dict.fromkeys(fit_gemv_knobs(k, bits, kn, sparse) for kn in gemv))))
-        out.append((Config("gemm", n, k, bits, True, 37), gemm_space()[:2]))
+        out.append((Config("gemm", n, k, bits, True, 37), gemm_space()[:2]))  # the mma rule's short-prompt kernel
+        if bits > 2:
+            out.append((Config("gemm", n, k, bits, True, 100), gemm_space()[:1]))  # and its tuned kernel
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), gemm_space()[:1]))
     return out

@@ -122,10 +122,36 @@ def decode_part(tid, tpr: int):
     return tid // 32 % tpr
 
 
+# Short prompts: at m <= SHORT_ROWS a block of the tuned tile would leave most of its rows empty and the GPU
+# with ceil(N / tile_n) blocks (32 at N = 4096), each walking K alone, latency-bound. These narrow tiles give
+# 2-4x the blocks, and their small x tiles afford a deeper pipeline.
+SHORT_ROWS = 64
+SHORT_KNOBS = GemmKnobs(32, 64, warps_m=1, warps_n=4, stages=6, tile_k=64)
+
+
 def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs) -> tirx.PrimFunc:
-    check_mma_knobs(knobs)
+    """The GEMM with ``knobs``; for a symbolic m the kernel with ``SHORT_KNOBS`` beside it, picked on the host by
+    the row count of the call (for a static m, the one that fits)."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
+    if m is not None:
+        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS if m <= SHORT_ROWS else knobs)
+        return lut_matmul_signature(n, k, bits, m, "float16", sparse, body)
+    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), _mma_body(n, k, bits, sparse, knobs)
+
+    @T.macro
+    def either(x, q, lut, y, rowptr, col, val, rows):
+        if rows <= SHORT_ROWS:
+            short(x, q, lut, y, rowptr, col, val, rows)
+        else:
+            tuned(x, q, lut, y, rowptr, col, val, rows)
+
+    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, either)
+
+
+def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
+    """The kernel as a ``T.macro(x, q, lut, y, rowptr, col, val, rows)``."""
+    check_mma_knobs(knobs)
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     wn_count = knobs.warps_n
     nthreads = 32 * knobs.warps_m * knobs.warps_n
@@ -330,4 +356,4 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
                         T.tvm_storage_sync("shared")
                     store_y(y, acc, bx, by, tid, rows)
 
-    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, body)
+    return body
