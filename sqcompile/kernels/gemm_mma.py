@@ -6,7 +6,7 @@ H100 even on plain fp16 weights (``benchmarks/kernels/NOTES.md``): no multi-stag
 This kernel is the usual Ampere-class design with the weight side replaced by the LUT decode:
 
   * A block computes a ``tile_m x tile_n`` tile of y; ``warps_m x warps_n`` warps own ``16 MT x 8 NT`` pieces.
-    Per 32-code block along K (a K-tile), each warp loads its x fragments with ``ldmatrix.x4`` and issues
+    Per K-tile (``tile_k`` = 32 or 64 codes), each warp loads its fragments with ``ldmatrix.x4`` and issues
     ``mma.sync.m16n8k16`` (fp16 in, float32 accumulators).
   * x tiles stream into shared memory with ``cp.async`` (zero-filled past m and k), ``stages`` tiles in
     flight, one commit group per tile.
@@ -19,9 +19,12 @@ This kernel is the usual Ampere-class design with the weight side replaced by th
   * The +0.45% sparse part: the thread that decodes a row's codes also walks that row's CSR entries (sorted by
     column, two prefetched in registers) and adds each value into the decoded fp16 weight of its column. No
     second kernel, no second pass over x.
-  * Shared tiles are 64-byte rows (32 fp16); 16-byte chunk ``c`` of row ``r`` sits at chunk
-    ``c ^ ((r >> 1) & 3)``, so the eight rows an ``ldmatrix`` (or a warp's 16-byte stores) touch hit eight
-    different bank groups.
+  * Shared tiles are rows of ``tile_k`` fp16 (64 or 128 bytes) whose 16-byte chunks are XOR-swizzled by the row
+    (``swizzled``), so the eight rows an ``ldmatrix`` (or a warp's 16-byte stores) touch hit eight different
+    bank groups.
+  * Short prompts (m <= ``SHORT_ROWS``) would leave most rows of the tuned tiles empty and the GPU with few
+    blocks, so the PrimFunc holds a second kernel with narrow tiles (``SHORT_KNOBS``) and the host picks one by
+    the call's row count.
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -32,6 +35,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from . import pairs as P
+from .gemv_cuda import CP_ASYNC_COMMIT
 from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 
@@ -57,7 +61,6 @@ CP_ASYNC_ZFILL = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp
 CP_ASYNC_ZFILL_4 = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.ca.shared.global [%0], '
                     '[%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
                     'return 0; }')
-CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
 # The thread's own decoded weight plus a sparse value. Through a pointer: TVM's barrier planner would otherwise
 # ask for a barrier between the thread's own store and this load, inside the CSR loop.
 ADD_HALF = '[](void* p, float v) { __half* h = (__half*)p; *h = __float2half(__half2float(*h) + v); return 0; }'
