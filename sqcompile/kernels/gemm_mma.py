@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from . import pairs as P
-from .gemv_cuda import CP_ASYNC_COMMIT
+from .gemv_cuda import CP_ASYNC_COMMIT, cp_async_wait
 from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 
@@ -73,19 +73,16 @@ LOAD_WORDS = {3: '[](unsigned* r, const void* p) { const unsigned* s = (const un
 STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(a, b); return 0; }'
 
 
-def cp_async_wait(pending: int) -> str:
-    return f'[]() {{ asm volatile("cp.async.wait_group {pending};" ::: "memory"); return 0; }}'
-
-
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
     """Whether this rule can build the GEMM (see the module doc)."""
     return arch >= MIN_ARCH and act_dtype == "float16" and bits in P.REG_BITS and k % 8 == 0
 
 
-def mma_shared_bytes(knobs: GemmKnobs, bits: int = 4) -> int:
-    """x stages and the double-buffered decoded weight tile (fp16), and the ring of code words."""
+def mma_shared_bytes(knobs: GemmKnobs) -> int:
+    """x stages and the double-buffered decoded weight tile (fp16), and the ring of code words, sized for 4 bits
+    (the larger ring), so that knobs valid at one width are valid at the other."""
     return ((knobs.stages * knobs.tile_m + 2 * knobs.tile_n) * knobs.tile_k * 2
-            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * bits * 4)
+            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4)
 
 
 def check_mma_knobs(knobs: GemmKnobs) -> None:

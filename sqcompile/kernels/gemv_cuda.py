@@ -48,11 +48,14 @@ HFMA2_U32 = ("[](unsigned a, unsigned b, unsigned c) { __half2 r = __hfma2(*(__h
 CP_ASYNC_16 = ('[](void* dst, const void* src) { asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: '
                '"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory"); return 0; }')
 CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
-CP_ASYNC_WAIT_0 = '[]() { asm volatile("cp.async.wait_group 0;" ::: "memory"); return 0; }'
-CP_ASYNC_WAIT_1 = '[]() { asm volatile("cp.async.wait_group 1;" ::: "memory"); return 0; }'
 # A table entry by byte offset, so that the offset (4 * index, as the index words hold it) needs no scaling.
 LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*)((const char*)row + off); }"
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
+
+
+def cp_async_wait(pending: int) -> str:
+    """Wait until at most ``pending`` of this thread's most recent cp.async groups are still in flight."""
+    return f'[]() {{ asm volatile("cp.async.wait_group {pending};" ::: "memory"); return 0; }}'
 
 
 @dataclass(frozen=True)
@@ -427,9 +430,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     T.tvm_storage_sync("shared")
                     for s in T.unroll(steps):
                         if s + 1 < steps:  # batch s landed (s + 1 may still be in flight)
-                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_1))
+                            T.evaluate(T.call_extern("int32", cp_async_wait(1)))
                         else:
-                            T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_0))
+                            T.evaluate(T.call_extern("int32", cp_async_wait(0)))
                         T.tvm_storage_sync("shared")
                         for r in T.unroll(ri):
                             if pairs:

@@ -18,8 +18,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from . import pairs as P
-from .gemv_cuda import (CP_ASYNC_16, CP_ASYNC_COMMIT, CP_ASYNC_WAIT_0, CP_ASYNC_WAIT_1, HALF2_SUM, HFMA2_U32,
-                        LOAD_AT_BYTE, gemv_shared_bytes, lane_row_stride)
+from .gemv_cuda import (CP_ASYNC_16, CP_ASYNC_COMMIT, HALF2_SUM, HFMA2_U32, LOAD_AT_BYTE, cp_async_wait,
+                        gemv_shared_bytes, lane_row_stride)
 from .knobs import SHARED_LIMIT, GemvKnobs
 from .launch import GRID_WAIT, mark
 from .layout import BLOCK, GROUP, packed_words, padded_k
@@ -114,7 +114,7 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                     issue(q, st, bx, ty, tx, 1, 1)
                     acc[0] = T.float32(0)
                     for g in range(stages):
-                        T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_1))
+                        T.evaluate(T.call_extern("int32", cp_async_wait(1)))
                         T.evaluate(T.call_extern("int32", SYNC_WARP))
                         for c in T.unroll(unroll * gw // 4):  # the lane's row: 16-byte loads (odd 16-byte stride)
                             for v in T.vectorized(4):
@@ -138,7 +138,7 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                                     "uint32", "__byte_perm", iw[i], T.uint32(0),
                                                     T.uint32(0x4440 + m)) << T.uint32(5)) + lane4[0]), acc2[0])
                                     acc[0] = acc[0] + T.call_pure_extern("float32", HALF2_SUM, acc2[0])
-                    T.evaluate(T.call_extern("int32", CP_ASYNC_WAIT_0))
+                    T.evaluate(T.call_extern("int32", cp_async_wait(0)))
                     red[ty * LANES + tx] = acc[0]
                     T.tvm_storage_sync("shared")
                     if ty == 0:

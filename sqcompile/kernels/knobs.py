@@ -57,14 +57,12 @@ class GemvKnobs:
 
 @dataclass(frozen=True)
 class GemmKnobs:
-    """Prefill GEMM. A CUDA block computes a ``tile_m x tile_n`` output tile, stepping along K one 32-code block
-    at a time; the weight tile is decoded once per block and reused by all ``tile_m`` rows of x. ``rule`` picks
-    the kernel:
+    """Prefill GEMM. A CUDA block computes a ``tile_m x tile_n`` output tile, stepping along K; the weight tile is
+    decoded once per block and reused by all ``tile_m`` rows of x. ``rule`` picks the kernel:
 
     * ``"mma"`` (``gemm_mma.py``, sm_80+, 3 and 4 bits, fp16): ``warps_m x warps_n`` warps on ``mma.sync``,
       K-tiles of ``tile_k`` codes (32 or 64) with ``stages`` of them in flight, the sparse part added into the
-      decoded tile. Where it does not apply, the
-      ``"wmma"`` rule runs instead.
+      decoded tile. Where it does not apply, the ``"wmma"`` rule runs instead.
     * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
       the CSR add of ``sparse_cuda.py``.
     * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""
