@@ -43,9 +43,9 @@ class TargetDef:
 
         if self.name == "cuda":
             # Limits common to sm_80..sm_90 (dlight reads them; without them TVM warns and guesses).
-            return tvm.target.Target({"kind": "cuda", "arch": self.arch, "max_shared_memory_per_block": 49152,
-                                      "max_threads_per_block": 1024, "thread_warp_size": 32,
-                                      "registers_per_block": 65536}, host=self._llvm_host())
+            return tvm.target.Target({"kind": "cuda", "arch": nvcc_arch(self.arch),
+                                      "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+                                      "thread_warp_size": 32, "registers_per_block": 65536}, host=self._llvm_host())
         return tvm.target.Target(self._llvm_host())
 
     def _llvm_host(self) -> dict:
@@ -59,11 +59,27 @@ class TargetDef:
         from tvm.s_tir import dlight as dl
 
         if self.name == "cuda":
-            from sqcompile.kernels.gemm_tc import import_tensor_intrinsics
+            import tvm
+
+            from sqcompile.kernels.gemm_tc import dlight_target, import_tensor_intrinsics
             import_tensor_intrinsics()
-            return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                            dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+            schedule = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                               dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+            target = dlight_target(self.tvm_target())
+
+            @tvm.transform.module_pass(opt_level=0, name="DlightSchedule")
+            def dlight(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+                with target:  # sm_90, not sm_90a: dlight's tensor-core rules would turn themselves off
+                    return schedule(mod)
+
+            return [dlight]
         return []
+
+
+def nvcc_arch(arch: str) -> str:
+    """The arch nvcc builds for: sm_90 as ``sm_90a``, whose arch-specific features (wgmma) the prefill GEMM uses.
+    Its SASS runs only on sm_90 devices, which is all an sm_90 artifact promises anyway (the manifest checks)."""
+    return "sm_90a" if arch == "sm_90" else arch
 
 
 def host_cpu() -> str:

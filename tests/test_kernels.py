@@ -3,6 +3,7 @@ CUDA rules on a GPU), plus build-only checks of the CUDA rules and the tuning re
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,6 +102,10 @@ def _is_mma(func) -> bool:
     return "mma.sync.aligned.m16n8k16" in func.script()
 
 
+def _is_wgmma(func) -> bool:
+    return "wgmma.mma_async" in func.script()
+
+
 def test_prefill_rule_choice():
     """The mma rule where it applies (sm_80+, 3/4 bits, fp16, K % 8 == 0); dlight's tensor-core rule elsewhere."""
     sm80 = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
@@ -117,6 +122,43 @@ def test_prefill_rule_choice():
     assert not _is_mma(wmma)
 
 
+def test_wgmma_rule_choice(monkeypatch):
+    """sm_90 builds as sm_90a, whose untuned prefill rule is wgmma (the short-prompt kernel beside it stays mma);
+    without the ``a`` features wgmma knobs fall back to the mma rule; explicit mma knobs are kept."""
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS
+    from sqcompile.targets import tuning
+    from sqcompile.targets.registry import get_target
+    monkeypatch.setattr(tuning, "lookup", lambda *args: None)  # the untuned defaults, whatever the records say
+    sm90a = get_target("cuda", "sm_90").tvm_target()
+    assert str(sm90a.attrs["arch"]) == "sm_90a"
+    for bits, sparse in ((3, False), (3, True), (4, True)):
+        func = lut_matmul(96, 1000, bits, m=None, sparse=sparse, act_dtype="float16", target=sm90a)
+        assert _is_wgmma(func) and _is_mma(func)
+    assert not _is_wgmma(lut_matmul(96, 1000, 3, m=7, sparse=False, act_dtype="float16", target=sm90a))
+    assert not _is_wgmma(lut_matmul(96, 1000, 2, m=None, sparse=False, act_dtype="float16", target=sm90a))
+    assert not _is_wgmma(lut_matmul(96, 1000, 3, m=None, sparse=False, act_dtype="float16", target=sm90a,
+                                    knobs=GemmKnobs()))
+    plain = lut_matmul(96, 1000, 3, m=None, sparse=False, act_dtype="float16", target=CUDA, knobs=WGMMA_KNOBS)
+    assert _is_mma(plain) and not _is_wgmma(plain)
+
+
+def test_dlight_schedules_sm90a_as_sm90():
+    """dlight's Matmul rule reads ``sm_90a`` as no tensor cores (its ``check_sm_version`` wants digits), which made
+    a 7B prefill's attention matmuls SIMT; both the dlight prefill rule and the build's own dlight pass see sm_90."""
+    from sqcompile.kernels.gemm_tc import dlight_target
+    from sqcompile.targets.registry import get_target
+    sm90a = get_target("cuda", "sm_90").tvm_target()
+    assert str(dlight_target(sm90a).attrs["arch"]) == "sm_90" and dlight_target(CUDA).same_as(CUDA)
+    two_bit = [lut_matmul(96, 1000, 2, m=None, sparse=False, act_dtype="float16", target=t).script()
+               for t in (sm90a, CUDA)]
+    assert two_bit[0] == two_bit[1]
+    from sqcompile.kernels.gemm_tc import dense_matmul
+    target = get_target("cuda", "sm_90")
+    with sm90a:
+        scheduled = target.schedule_passes()[0](tvm.IRModule({"main": dense_matmul(128, 1024, 4, "float16")}))
+    assert "wmma_matrix_a" in scheduled["main"].script()  # the build's dlight pass keeps its tensor cores
+
+
 def test_mma_knobs_are_checked():
     from sqcompile.kernels.gemm_mma import check_mma_knobs
     check_mma_knobs(GemmKnobs())
@@ -126,6 +168,17 @@ def test_mma_knobs_are_checked():
     for match, knobs in bad.items():
         with pytest.raises(ValueError, match=match):
             check_mma_knobs(knobs)
+    from sqcompile.kernels.export import gemm_space
+    for knobs in gemm_space("sm_90"):
+        if knobs.rule in ("mma", "wgmma"):
+            check_mma_knobs(knobs)
+    wg = GemmKnobs(rule="wgmma", warps_m=8, warps_n=1, stages=4)
+    for knobs in (replace(wg, warps_n=2, warps_m=4), replace(wg, tile_k=32), replace(wg, tile_m=96, warps_m=6),
+                  replace(wg, tile_n=512)):
+        with pytest.raises(ValueError, match="warpgroups of 64 rows"):
+            check_mma_knobs(knobs)
+    with pytest.raises(ValueError, match="shared memory"):
+        check_mma_knobs(replace(wg, stages=12))
 
 
 @pytest.mark.parametrize("chunks", [4, 8])
@@ -142,6 +195,9 @@ def test_mma_swizzle_is_a_conflict_free_permutation(chunks):
 
 @pytest.mark.parametrize("knobs", [GemmKnobs(), GemmKnobs(warps_n=2), GemmKnobs(128, 64, warps_n=2),
                                    GemmKnobs(tile_k=32), GemmKnobs(64, 32, warps_m=1, warps_n=2, tile_k=32),
+                                   GemmKnobs(rule="wgmma", warps_m=8, warps_n=1, stages=4),
+                                   GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
+                                   GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1),
                                    pytest.param("short", id="short")])
 def test_mma_decode_covers_the_weight_tile_once(knobs):
     """Thread -> (row, part) -> index words: every 16-byte chunk of the decoded tile is written by one thread."""
@@ -261,10 +317,17 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "                                           fusion=GemvFusion(silu=True, rms_parts=7, rms_eps=1e-5))})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
+        "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90a'}, host={'kind': 'llvm'})\n"
+        "mod = tvm.IRModule({'wgmma': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
+        "                    'wgmma_sp': lut_matmul(333, 4160, 3, m=None, sparse=True, act_dtype='float16',\n"
+        "                                           target=t)})\n"
+        "with t:\n"
+        "    tvm.compile(mod, target=t).export_library(sys.argv[2])\n"
     )
-    out = tmp_path / "k.so"
-    subprocess.run([sys.executable, "-c", code, str(out)], env=cuda_build_env(), check=True, timeout=600)
-    check_no_source(out)
+    out = [tmp_path / "k.so", tmp_path / "wgmma.so"]
+    subprocess.run([sys.executable, "-c", code, *map(str, out)], env=cuda_build_env(), check=True, timeout=900)
+    for lib in out:
+        check_no_source(lib)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

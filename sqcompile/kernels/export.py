@@ -72,14 +72,22 @@ def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnob
     return out
 
 
-def gemm_space() -> list[GemmKnobs]:
-    """The mma rule's default first, then dlight's tensor-core schedule (the previous rule), then mma tile
-    shapes, then the SIMT tiles."""
-    return [GemmKnobs(), GemmKnobs(rule="wmma"), GemmKnobs(tile_k=32, stages=4), GemmKnobs(warps_n=2),
-            GemmKnobs(128, 64, warps_n=2, stages=4), GemmKnobs(warps_n=2, tile_k=32, stages=6),
-            GemmKnobs(warps_m=4, warps_n=2, tile_k=32, stages=4),
-            GemmKnobs(256, 128, warps_m=4, warps_n=2, tile_k=32),
-            GemmKnobs(64, 64, 8, 4, "simt"), GemmKnobs(128, 64, 8, 4, "simt"), GemmKnobs(64, 128, 4, 8, "simt")]
+def gemm_space(arch: str) -> list[GemmKnobs]:
+    """The arch's untuned default first and the rule it replaced second (sm_90: wgmma, then mma; elsewhere mma,
+    then dlight's tensor-core schedule), then tile shapes of the tensor-core rules, then the SIMT tiles."""
+    from sqcompile.targets.registry import nvcc_arch
+
+    from .gemm_mma import WGMMA_ARCH, WGMMA_KNOBS
+    mma = [GemmKnobs(), GemmKnobs(tile_k=32, stages=4), GemmKnobs(warps_n=2),
+           GemmKnobs(128, 64, warps_n=2, stages=4), GemmKnobs(warps_n=2, tile_k=32, stages=6),
+           GemmKnobs(warps_m=4, warps_n=2, tile_k=32, stages=4), GemmKnobs(256, 128, warps_m=4, warps_n=2, tile_k=32)]
+    simt = [GemmKnobs(64, 64, 8, 4, "simt"), GemmKnobs(128, 64, 8, 4, "simt"), GemmKnobs(64, 128, 4, 8, "simt")]
+    if nvcc_arch(arch) != WGMMA_ARCH:
+        return [mma[0], GemmKnobs(rule="wmma"), *mma[1:], *simt]
+    wgmma = [WGMMA_KNOBS, replace(WGMMA_KNOBS, stages=3),
+             GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
+             GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1, stages=3)]
+    return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 
 def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
@@ -97,16 +105,20 @@ def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
         rec = recs.exact("gemm", n, k, bits, sparse)
-        out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([gemm_space()[0], *([rec] if rec else []),
-                                                                              gemm_space()[1]]))))
+        space = gemm_space(arch)
+        out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([space[0], *([rec] if rec else []),
+                                                                              space[1]]))))
     return out
 
 
-def check_configs() -> list[tuple[Config, list]]:
+def check_configs(arch: str) -> list[tuple[Config, list]]:
     """Odd shapes (K and N not multiples of 128) for the correctness check: both GEMV LUT placements with a
-    few knobs (fitted to the shared-memory limit), the sparse GEMM (tensor cores + CSR add, and SIMT)
-    everywhere, the dense tensor-core GEMM on three of them."""
+    few knobs (fitted to the shared-memory limit), the sparse GEMM everywhere (the short-prompt kernel, dlight's
+    rule plus the CSR add, and the tuned kernels: mma, and on sm_90 every wgmma tile shape), the dense
+    tensor-core GEMM on three of them."""
     from .gemv_cuda import fit_gemv_knobs
+    space = gemm_space(arch)
+    tuned = [kn for kn in space if kn.rule == "wgmma"] + [GemmKnobs()]
     out = []
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
             GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
@@ -118,17 +130,17 @@ def check_configs() -> list[tuple[Config, list]]:
         for sparse in (False, True):
             out.append((Config("gemv", n, k, bits, sparse, 1),
                         list(dict.fromkeys(fit_gemv_knobs(k, bits, kn, sparse) for kn in gemv))))
-        out.append((Config("gemm", n, k, bits, True, 37), gemm_space()[:2]))  # the mma rule's short-prompt kernel
+        out.append((Config("gemm", n, k, bits, True, 37), [space[0], GemmKnobs(rule="wmma")]))  # short prompts
         if bits > 2:
-            out.append((Config("gemm", n, k, bits, True, 100), gemm_space()[:1]))  # and its tuned kernel
+            out.append((Config("gemm", n, k, bits, True, 100), tuned))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
-        out.append((Config("gemm", n, k, bits, False, 37), gemm_space()[:1]))
+        out.append((Config("gemm", n, k, bits, False, 37), space[:1]))
     return out
 
 
-def prefill_configs() -> list[tuple[Config, list]]:
+def prefill_configs(arch: str) -> list[tuple[Config, list]]:
     """The prefill GEMMs over the tensor-core part of ``gemm_space`` (the SIMT tiles take milliseconds)."""
-    space = [kn for kn in gemm_space() if kn.rule != "simt"]
+    space = [kn for kn in gemm_space(arch) if kn.rule != "simt"]
     return [(Config("gemm", n, k, bits, sparse, m), space)
             for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True))]
 
@@ -160,8 +172,10 @@ def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
     """In-process build; the caller made CUDA builds possible (``cuda_host.prepare_cuda_build``)."""
     import tvm
 
+    from sqcompile.targets.registry import nvcc_arch
+
     from .matmul import lut_matmul
-    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+    target = tvm.target.Target({"kind": "cuda", "arch": nvcc_arch(arch)}, host={"kind": "llvm"})
     funcs, manifest = {}, {"arch": arch, "configs": []}
     for cfg, space in configs:
         cands = []
@@ -265,7 +279,7 @@ def check_script_main(doc: str, export, check) -> int:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
-    cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": check_configs,
-            "explore": lambda: explore_configs(arch_), "prefill": prefill_configs,
+    cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": lambda: check_configs(arch_),
+            "explore": lambda: explore_configs(arch_), "prefill": lambda: prefill_configs(arch_),
             "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
     build(out, arch_, cfgs)

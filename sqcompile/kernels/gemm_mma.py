@@ -26,6 +26,16 @@ This kernel is the usual Ampere-class design with the weight side replaced by th
     blocks, so the PrimFunc holds a second kernel with narrow tiles (``SHORT_KNOBS``) and the host picks one by
     the call's row count.
 
+Rule ``"wgmma"`` (sm_90a) is the same kernel with Hopper's warpgroup MMA in place of ``ldmatrix`` + ``mma.sync``:
+each warpgroup of four warps issues ``wgmma.mma_async m64 x tile_n x k16`` on its 64 rows of x and the whole
+decoded tile, both read by the tensor cores straight from shared memory through descriptors. The tiles' XOR
+swizzle on 128-byte rows is the hardware's 128-byte swizzle, so the copies and the decode write them unchanged;
+the tiles are shifted to a 1024-byte boundary at run time (the swizzle repeats every 8 rows). The MMAs run
+asynchronously while the same threads decode the next K-tile; ``wgmma.wait_group`` and a proxy fence (the
+decoded tile and landed copies are generic-proxy writes, wgmma reads through the async proxy) precede the
+K-tile's barrier. On an H200 the 512-row 7B GEMMs take 122-132 us against the mma rule's 182-198 (cuBLAS fp16:
+63): the mma rule's threads moved every fragment through ``ldmatrix`` and registers.
+
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
 """
@@ -43,6 +53,8 @@ MIN_ARCH = 80
 # Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
 # raises the kernel's limit at load time.
 SHARED_LIMIT = 96 * 1024
+WGMMA_ARCH = "sm_90a"
+WGMMA_SHARED_LIMIT = 227 * 1024  # sm_90's opt-in maximum per block
 NO_COL = 0x7FFFFFFF  # the column of "no more nonzeros"
 
 # Inline PTX as immediately-invoked lambdas, as the GEMV's helpers (gemv_cuda.py): fragments are passed by pointer
@@ -72,21 +84,63 @@ LOAD_WORDS = {3: '[](unsigned* r, const void* p) { const unsigned* s = (const un
                  'r[3] = v.w; return 0; }'}
 STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(a, b); return 0; }'
 
+# Hopper (sm_90a) warpgroup MMA: operands read by the tensor cores from shared memory through 64-bit descriptors,
+# issued asynchronously. Descriptor: start address >> 4, leading byte offset 16 (unused by swizzled K-major
+# tiles), stride byte offset 1024 (eight 128-byte rows), 128-byte swizzle (mode 1 in bits 62-63): exactly the
+# XOR pattern of ``swizzled`` on 64-code rows, given a tile base aligned to 1024 bytes.
+WGMMA_FENCE = '[]() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); return 0; }'
+WGMMA_COMMIT = '[]() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); return 0; }'
+WGMMA_WAIT = '[]() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); return 0; }'
+# Orders this thread's generic-proxy shared-memory writes (stores, landed cp.async) before the async proxy's
+# (wgmma's) reads; the barrier after it makes that hold for the whole block.
+FENCE_PROXY_ASYNC = '[]() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); return 0; }'
+# Halves from the dynamic shared buffer's start to the next 1024-byte boundary (the swizzle atom's alignment).
+ALIGN_1024 = ('[](const void* p) { unsigned a = (unsigned)__cvta_generic_to_shared(p); '
+              'return (int)(((1024u - (a & 1023u)) & 1023u) >> 1); }')
+WGMMA_ALIGN = 1024  # bytes a wgmma block allocates beyond its tiles, for ALIGN_1024's shift
+
+
+# The descriptor of the tile at ``p``; a tile ``b`` bytes further has this plus ``b >> 4`` (start address field).
+SMEM_DESC = ('[](const void* p) { return (unsigned long long)((__cvta_generic_to_shared(p) & 0x3FFFF) >> 4) '
+             '| (1ull << 16) | (64ull << 32) | (1ull << 62); }')
+
+
+def wgmma_m64k16(n: int) -> str:
+    """``wgmma.mma_async m64 x n x k16`` (fp16 in, float32 accumulators ``d[0 .. n/2)``) on two K-major
+    128-byte-swizzled tiles given by their descriptors: a = 64 rows of x, b = n rows of decoded weights."""
+    acc = n // 2
+    regs = ", ".join(f"%{i}" for i in range(acc))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(acc))
+    return ('[](float* d, unsigned long long a, unsigned long long b) { '
+            f'asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{acc + 2}, 0; wgmma.mma_async.sync.aligned.m64n{n}k16'
+            f'.f32.f16.f16 {{{regs}}}, %{acc}, %{acc + 1}, p, 1, 1, 0, 0; }}" : {outs} : "l"(a), "l"(b), "r"(1) '
+            ': "memory"); return 0; }')
+
 
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
     """Whether this rule can build the GEMM (see the module doc)."""
     return arch >= MIN_ARCH and act_dtype == "float16" and bits in P.REG_BITS and k % 8 == 0
 
 
+def wgmma_applies(k: int, bits: int, act_dtype: str, nvcc_arch: str) -> bool:
+    """The wgmma kernel needs what the mma one needs and Hopper's arch-specific features (``sm_90a``)."""
+    return nvcc_arch == WGMMA_ARCH and applies(k, bits, act_dtype, 90)
+
+
 def mma_shared_bytes(knobs: GemmKnobs) -> int:
     """x stages and the double-buffered decoded weight tile (fp16), and the ring of code words, sized for 4 bits
-    (the larger ring), so that knobs valid at one width are valid at the other."""
+    (the larger ring), so that knobs valid at one width are valid at the other; wgmma adds its alignment slack."""
     return ((knobs.stages * knobs.tile_m + 2 * knobs.tile_n) * knobs.tile_k * 2
-            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4)
+            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4
+            + (WGMMA_ALIGN if knobs.rule == "wgmma" else 0))
 
 
 def check_mma_knobs(knobs: GemmKnobs) -> None:
     knobs.validate()
+    if knobs.rule == "wgmma" and (knobs.tile_m % 64 or knobs.warps_m != knobs.tile_m // 16 or knobs.warps_n != 1
+                                  or knobs.tile_k != 2 * BLOCK or not 16 <= knobs.tile_n <= 256):
+        raise ValueError(f"wgmma tiles are warpgroups of 64 rows (warps_m = tile_m / 16, warps_n = 1) and up to 256 "
+                         f"columns over 64-code K-tiles: {knobs}")
     warps = knobs.warps_m * knobs.warps_n
     threads = 32 * warps
     if knobs.tile_m % (16 * knobs.warps_m) or knobs.tile_n % (16 * knobs.warps_n):
@@ -100,9 +154,10 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
         raise ValueError(f"the x tile ({knobs.tile_m} rows) must split evenly over {threads} threads: {knobs}")
     if knobs.stages < 2:
         raise ValueError(f"mma needs at least 2 x stages: {knobs}")
-    if mma_shared_bytes(knobs) > SHARED_LIMIT:
-        raise ValueError(f"mma knobs {knobs} need up to {mma_shared_bytes(knobs)} bytes of shared memory, over the "
-                         f"{SHARED_LIMIT} limit")
+    limit = WGMMA_SHARED_LIMIT if knobs.rule == "wgmma" else SHARED_LIMIT
+    if mma_shared_bytes(knobs) > limit:
+        raise ValueError(f"{knobs.rule} knobs {knobs} need up to {mma_shared_bytes(knobs)} bytes of shared memory, "
+                         f"over the {limit} limit")
 
 
 def swizzled(row, chunk, chunks: int):
@@ -127,6 +182,9 @@ def decode_part(tid, tpr: int):
 # 2-4x the blocks, and their small x tiles afford a deeper pipeline.
 SHORT_ROWS = 64
 SHORT_KNOBS = GemmKnobs(32, 64, warps_m=1, warps_n=4, stages=6, tile_k=64)
+# The untuned wgmma tiles (sm_90a): two warpgroups on 128 x 128, four x stages. Measured on the 7B prefill shapes
+# against 64 x 128 (one warpgroup), 128 x 256 and split-N warpgroups (benchmarks/kernels/NOTES.md, v11).
+WGMMA_KNOBS = GemmKnobs(128, 128, rule="wgmma", warps_m=8, warps_n=1, stages=4, tile_k=64)
 
 
 def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs) -> tirx.PrimFunc:
@@ -155,8 +213,10 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     wn_count = knobs.warps_n
     nthreads = 32 * knobs.warps_m * knobs.warps_n
-    mt, nt = bm // knobs.warps_m // 16, bn // knobs.warps_n // 8  # m16 / n8 pieces per warp
+    mt, nt = bm // knobs.warps_m // 16, bn // knobs.warps_n // 8  # m16 / n8 pieces per warp (wgmma: 1, tile_n / 8)
     kbt = bk // BLOCK  # 32-code blocks per K-tile
+    wg = knobs.rule == "wgmma"  # warpgroup MMAs from shared memory instead of ldmatrix + mma.sync
+    slack = WGMMA_ALIGN // 4 if wg else 0  # uint32 words
     ch = bk // 8  # 16-byte chunks of a shared tile row
     tpr = nthreads // bn  # threads per weight row
     iwp = 4 * kbt // tpr  # index words (8 codes, one chunk each) a thread decodes per K-tile
@@ -175,13 +235,23 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     def drow(tid):
         return decode_row(tid, tpr)
 
+    def warp_row0(tid):
+        """First row of the warp's accumulator fragments in the block tile (wgmma: warpgroups of 64 rows x
+        tile_n columns, four warps of 16 rows each)."""
+        if wg:
+            return tid // 128 * 64 + tid % 128 // 32 * 16
+        return tid // 32 // wn_count * mt * 16
+
+    def warp_col0(tid):
+        return 0 if wg else tid // 32 % wn_count * nt * 8
+
     def part(tid):
         return decode_part(tid, tpr)
 
     @T.macro
-    def issue_x(x, xs, bx, tid, t, rows):
+    def issue_x(x, xs, base, bx, tid, t, rows):
         for e in T.unroll(x_iters):
-            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[(t % stages * bm * ch + swizzled(
+            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[base + (t % stages * bm * ch + swizzled(
                 (e * nthreads + tid) // ch, (e * nthreads + tid) % ch, ch)) * 8]), T.address_of(x[
                     T.min(bx * bm + (e * nthreads + tid) // ch, rows - 1),
                     T.min(t * bk + (e * nthreads + tid) % ch * 8, k - 8)]),
@@ -189,13 +259,13 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                and t * bk + (e * nthreads + tid) % ch * 8 < k, T.uint32(16), T.uint32(0))))
 
     @T.macro
-    def issue_codes(q, cs, by, tid, t):
+    def issue_codes(q, cs, base, by, tid, t):
         """cp.async of K-tile t's code words of the tile's rows into ring slot t % stages (zeros past the row)."""
         for e in T.unroll(c_iters):
             if (e * nthreads + tid) * c_vec < bn * tile_words:
                 T.evaluate(T.call_extern(
                     "int32", CP_ASYNC_ZFILL if c_vec == 4 else CP_ASYNC_ZFILL_4,
-                    T.address_of(cs[t % stages * bn * tile_words + (e * nthreads + tid) * c_vec]),
+                    T.address_of(cs[base // 2 + t % stages * bn * tile_words + (e * nthreads + tid) * c_vec]),
                     T.address_of(q[T.min(by * bn + (e * nthreads + tid) * c_vec // tile_words, n - 1),
                                    T.min(t * tile_words + (e * nthreads + tid) * c_vec % tile_words,
                                          row_words - c_vec)]),
@@ -215,13 +285,13 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
             sc[1] = NO_COL
 
     @T.macro
-    def decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, t):
+    def decode(ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, tid, t):
         """K-tile t's codes -> the thread's chunks of decoded tile t % 2 (a warp-uniform branch on the part)."""
         for pt in T.unroll(tpr):
             if part(tid) == pt:
                 for b in T.unroll(tblocks):
                     T.evaluate(T.call_extern("int32", LOAD_WORDS[words], T.address_of(cw[b * words]), T.address_of(
-                        cs[(t % stages * bn + drow(tid)) * tile_words + (pt * iwp // 4 + b) * words])))
+                        cs[base // 2 + (t % stages * bn + drow(tid)) * tile_words + (pt * iwp // 4 + b) * words])))
                 for j in T.unroll(iwp):
                     if bits == 3:
                         iw[0] = P.index_word_3bit(lambda w: cw[j // 4 * words + w], (pt * iwp + j) % 4, masked=False)
@@ -237,14 +307,14 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         for h in T.unroll(2):
                             hw[2 * g + h] = P.reg_half2(lh[0], lh[1], h)
                     for v in T.vectorized(4):
-                        ws32[(t % 2 * bn * ch + swizzled(drow(tid), pt * iwp + j, ch)) * 4 + v] = hw[v]
+                        ws32[base // 2 + (t % 2 * bn * ch + swizzled(drow(tid), pt * iwp + j, ch)) * 4 + v] = hw[v]
 
     @T.macro
-    def add_sparse(ws, col, val, sp, se, sc, sv, tid, t):
+    def add_sparse(ws, base, col, val, sp, se, sc, sv, tid, t):
         """The row's nonzeros in this thread's columns of K-tile t, added into the decoded weights."""
         while sc[0] < t * bk + (part(tid) + 1) * cpt:
             if sc[0] >= t * bk + part(tid) * cpt:
-                T.evaluate(T.call_extern("int32", ADD_HALF, T.address_of(ws[(t % 2 * bn * ch + swizzled(
+                T.evaluate(T.call_extern("int32", ADD_HALF, T.address_of(ws[base + (t % 2 * bn * ch + swizzled(
                     drow(tid), (sc[0] - t * bk) // 8, ch)) * 8 + (sc[0] - t * bk) % 8]), T.Cast("float32", sv[0])))
             next_nonzero(col, val, sp, se, sc, sv)
 
@@ -253,11 +323,11 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         for s in T.unroll(2 * kbt):  # k16 steps of the K-tile
             for i in T.unroll(mt):
                 T.evaluate(T.call_extern("int32", LDMATRIX_X4, T.address_of(af[i * 4]), T.address_of(xs[(
-                    t % stages * bm * ch + swizzled(tid // 32 // wn_count * mt * 16 + i * 16 + tid % 16,
+                    t % stages * bm * ch + swizzled(warp_row0(tid) + i * 16 + tid % 16,
                                                     2 * s + tid % 32 // 16, ch)) * 8])))
             for j in T.unroll(nt // 2):
                 T.evaluate(T.call_extern("int32", LDMATRIX_X4, T.address_of(bf[j * 4]), T.address_of(ws[(
-                    t % 2 * bn * ch + swizzled(tid // 32 % wn_count * nt * 8 + j * 16 + tid % 32 // 16 * 8
+                    t % 2 * bn * ch + swizzled(warp_col0(tid) + j * 16 + tid % 32 // 16 * 8
                                                + tid % 8, 2 * s + tid % 16 // 8, ch)) * 8])))
             for i in T.unroll(mt):
                 for j in T.unroll(nt):
@@ -266,32 +336,53 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                              bf[j * 2], bf[j * 2 + 1]))
 
     @T.macro
+    def wgmma_tile(acc, dsc, tid, t):
+        """K-tile t's MMAs, issued: the warpgroup's 64 rows of x times its columns of the decoded tile; waited at
+        the K-tile's end."""
+        T.evaluate(T.call_extern("int32", WGMMA_FENCE))
+        for s in T.unroll(2 * kbt):
+            T.evaluate(T.call_extern("int32", wgmma_m64k16(bn), T.address_of(acc[0]), dsc[0] + T.Cast(
+                "uint64", ((t % stages * bm + tid // 128 * 64) * bk * 2 + s * 32) // 16), dsc[0] + T.Cast(
+                "uint64", (x_halves * 2 + t % 2 * bn * bk * 2 + s * 32) // 16)))
+        T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
+
+    @T.macro
     def store_y(y, acc, bx, by, tid, rows):
         for i in T.unroll(mt):
             for j in T.unroll(nt):
                 for hh in T.unroll(2):  # the fragment's rows g and g + 8
-                    if bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4 < rows:
+                    if bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4 < rows:
                         if n % 2 == 0:
-                            if by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 < n:
+                            if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 < n:
                                 T.evaluate(T.call_extern("int32", STORE_HALF2, T.address_of(y[
-                                    bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4,
-                                    by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2]),
+                                    bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
+                                    by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2]),
                                     acc[(i * nt + j) * 4 + 2 * hh], acc[(i * nt + j) * 4 + 2 * hh + 1]))
                         else:
                             for v in T.unroll(2):
-                                if by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 + v < n:
-                                    y[bx * bm + tid // 32 // wn_count * mt * 16 + i * 16 + hh * 8 + tid % 32 // 4,
-                                      by * bn + tid // 32 % wn_count * nt * 8 + j * 8 + tid % 4 * 2 + v] = T.Cast(
+                                if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v < n:
+                                    y[bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
+                                      by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v] = T.Cast(
                                         "float16", acc[(i * nt + j) * 4 + 2 * hh + v])
 
     @T.macro
-    def issue_tile(x, q, xs, cs, bx, by, tid, t, rows):
+    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows):
         """One commit group: x tile t and the codes of tile t + 1 (those of tile 0 join the first group)."""
         if t < ntiles:
-            issue_x(x, xs, bx, tid, t, rows)
+            issue_x(x, xs, base, bx, tid, t, rows)
         if t + 1 < ntiles:
-            issue_codes(q, cs, by, tid, t + 1)
+            issue_codes(q, cs, base, by, tid, t + 1)
         T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
+
+    @T.macro
+    def tile_done():
+        """Wait for K-tile kt's MMAs (wgmma) and the copies of tile kt + 1, then one barrier for all of them."""
+        if wg:
+            T.evaluate(T.call_extern("int32", WGMMA_WAIT))
+        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))
+        if wg:
+            T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
+        T.tvm_storage_sync("shared")
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, rows):
@@ -299,7 +390,8 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
                     # One allocation, three views: TVM's storage rewrite does not see uses through address_of.
-                    smem = T.alloc_buffer(((x_halves + w_halves) // 2 + c_words,), "uint32", scope="shared.dyn")
+                    smem = T.alloc_buffer(((x_halves + w_halves) // 2 + c_words + slack,), "uint32",
+                                          scope="shared.dyn")
                     xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
                     ws = T.decl_buffer((w_halves,), "float16", data=smem.data, elem_offset=x_halves,
                                        scope="shared.dyn")
@@ -321,9 +413,16 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     se = T.alloc_buffer((1,), "int32", scope="local")  # the row's end
                     sc = T.alloc_buffer((2,), "int32", scope="local")  # two prefetched columns
                     sv = T.alloc_buffer((2,), "float16", scope="local")  # and values
-                    issue_codes(q, cs, by, tid, 0)
+                    off = T.alloc_buffer((1,), "int32", scope="local")  # wgmma: halves up to the aligned tiles
+                    dsc = T.alloc_buffer((1,), "uint64", scope="local")  # wgmma: the x tiles' descriptor
+                    if wg:
+                        off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
+                        dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+                    else:
+                        off[0] = 0
+                    issue_codes(q, cs, off[0], by, tid, 0)
                     for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, bx, by, tid, s, rows)
+                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, s, rows)
                     for r in T.unroll(rt_words):
                         rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
                             "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
@@ -341,19 +440,23 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                 sc[u] = NO_COL
                     T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile 0, codes 0 and 1
                     T.tvm_storage_sync("shared")
-                    decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, 0)
+                    decode(ws32, cs, off[0], cw, rt, iw, sl, lh, mk, hw, tid, 0)
                     if sparse:
-                        add_sparse(ws, col, val, sp, se, sc, sv, tid, 0)
+                        add_sparse(ws, off[0], col, val, sp, se, sc, sv, tid, 0)
+                    if wg:
+                        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
                     T.tvm_storage_sync("shared")
                     for kt in range(ntiles):
-                        issue_tile(x, q, xs, cs, bx, by, tid, kt + stages - 1, rows)
-                        mma_tile(xs, ws, acc, af, bf, tid, kt)
+                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, kt + stages - 1, rows)
+                        if wg:
+                            wgmma_tile(acc, dsc, tid, kt)
+                        else:
+                            mma_tile(xs, ws, acc, af, bf, tid, kt)
                         if kt + 1 < ntiles:
-                            decode(ws32, cs, cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
+                            decode(ws32, cs, off[0], cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
                             if sparse:
-                                add_sparse(ws, col, val, sp, se, sc, sv, tid, kt + 1)
-                        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))
-                        T.tvm_storage_sync("shared")
+                                add_sparse(ws, off[0], col, val, sp, se, sc, sv, tid, kt + 1)
+                        tile_done()
                     store_y(y, acc, bx, by, tid, rows)
 
     return body

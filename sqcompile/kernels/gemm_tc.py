@@ -94,12 +94,22 @@ def import_tensor_intrinsics() -> None:
             importlib.import_module("tvm.s_tir.tensor_intrin.cuda")
 
 
+def dlight_target(target: tvm.target.Target) -> tvm.target.Target:
+    """``target`` as dlight must see it: its Matmul rule parses the arch as ``sm_<digits>`` and schedules without
+    tensor cores where that fails (``check_sm_version``), ``sm_90a`` included. The schedule does not depend on
+    the ``a`` features; nvcc still builds for the target's own arch."""
+    arch = str(target.attrs.get("arch", ""))
+    if target.kind.name != "cuda" or not arch.endswith("a"):
+        return target
+    return tvm.target.Target({**target.export(), "arch": arch.rstrip("a")})
+
+
 def cuda_lut_gemm_tc(n: int, k: int, bits: int, act_dtype: str, target: tvm.target.Target) -> tirx.PrimFunc | None:
     """The dense prefill kernel scheduled by dlight's Matmul rule, or None where the rule declines."""
     import tvm.s_tir.dlight as dl
     import_tensor_intrinsics()
     mod = tvm.IRModule({"main": dense_matmul(n, k, bits, act_dtype)})
-    with target:
+    with dlight_target(target):
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul())(mod)
     func = mod["main"]
     if not (func.attrs and func.attrs.get("tirx.is_scheduled")):

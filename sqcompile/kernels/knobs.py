@@ -63,6 +63,10 @@ class GemmKnobs:
     * ``"mma"`` (``gemm_mma.py``, sm_80+, 3 and 4 bits, fp16): ``warps_m x warps_n`` warps on ``mma.sync``,
       K-tiles of ``tile_k`` codes (32 or 64) with ``stages`` of them in flight, the sparse part added into the
       decoded tile. Where it does not apply, the ``"wmma"`` rule runs instead.
+    * ``"wgmma"`` (``gemm_mma.py`` too, sm_90a only): the same kernel with Hopper's asynchronous warpgroup MMAs
+      reading x and the decoded tile from shared memory, so the next tile's decode overlaps the tensor cores;
+      one warpgroup per 64 rows (``warps_m = tile_m / 16``, ``warps_n = 1``), ``tile_k = 64``. Elsewhere the
+      ``"mma"`` rule's default runs.
     * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
       the CSR add of ``sparse_cuda.py``.
     * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""
@@ -79,7 +83,7 @@ class GemmKnobs:
 
     @property
     def threads(self) -> int:
-        if self.rule == "mma":
+        if self.rule in ("mma", "wgmma"):
             return 32 * self.warps_m * self.warps_n
         return (self.tile_m // self.micro_m) * (self.tile_n // self.micro_n)
 
@@ -96,7 +100,7 @@ class GemmKnobs:
                              f"up to {MAX_THREADS}): {self}")
 
 
-GEMM_RULES = ("mma", "wmma", "simt")
+GEMM_RULES = ("mma", "wgmma", "wmma", "simt")
 
 
 def knobs_from_dict(kind: str, values: dict) -> GemvKnobs | GemmKnobs:

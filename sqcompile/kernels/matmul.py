@@ -10,7 +10,7 @@ from ..quant.format import check_bits
 from .cpu import cpu_lut_matmul
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_mma import applies as mma_applies
-from .gemm_mma import cuda_lut_gemm_mma
+from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, wgmma_applies
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
@@ -67,9 +67,13 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             else:
                 func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
         else:
-            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or GemmKnobs()
+            wgmma = wgmma_applies(k, bits, act_dtype, str(target.attrs.get("arch")))
+            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or (
+                WGMMA_KNOBS if wgmma else GemmKnobs())
             func = None
-            if knobs.rule == "mma" and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
+            if knobs.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without wgmma
+                knobs = GemmKnobs()
+            if knobs.rule in ("mma", "wgmma") and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
                 func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs)
             elif knobs.rule != "simt":  # the dense part on dlight's schedule, then the CSR add (sparse_cuda.py)
                 func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
