@@ -98,8 +98,6 @@ FENCE_PROXY_ASYNC = '[]() { asm volatile("fence.proxy.async.shared::cta;" ::: "m
 ALIGN_1024 = ('[](const void* p) { unsigned a = (unsigned)__cvta_generic_to_shared(p); '
               'return (int)(((1024u - (a & 1023u)) & 1023u) >> 1); }')
 WGMMA_ALIGN = 1024  # bytes a wgmma block allocates beyond its tiles, for ALIGN_1024's shift
-
-
 # The descriptor of the tile at ``p``; a tile ``b`` bytes further has this plus ``b >> 4`` (start address field).
 SMEM_DESC = ('[](const void* p) { return (unsigned long long)((__cvta_generic_to_shared(p) & 0x3FFFF) >> 4) '
              '| (1ull << 16) | (64ull << 32) | (1ull << 62); }')
