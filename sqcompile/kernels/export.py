@@ -96,6 +96,7 @@ def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_
     next candidates up to the limit: a re-run of what the records chose, beside cuBLAS."""
     from sqcompile.targets.tuning import load
     recs = load(arch)
+    gemm = gemm_space(arch)
     out = []
     for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
         space = gemv_space(n, k, bits, sparse)
@@ -105,9 +106,8 @@ def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
         rec = recs.exact("gemm", n, k, bits, sparse)
-        space = gemm_space(arch)
-        out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([space[0], *([rec] if rec else []),
-                                                                              space[1]]))))
+        out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([gemm[0], *([rec] if rec else []),
+                                                                              gemm[1]]))))
     return out
 
 

@@ -230,6 +230,10 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
     c_iters = -(-bn * tile_words // c_vec // nthreads)
 
+    def tiles_at(off):
+        """Where the tiles start in the shared buffer, in halves: wgmma's run-time 1024-byte alignment, else 0."""
+        return off[0] if wg else 0
+
     def drow(tid):
         return decode_row(tid, tpr)
 
@@ -416,11 +420,9 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     if wg:
                         off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
                         dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
-                    else:
-                        off[0] = 0
-                    issue_codes(q, cs, off[0], by, tid, 0)
+                    issue_codes(q, cs, tiles_at(off), by, tid, 0)
                     for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, s, rows)
+                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, s, rows)
                     for r in T.unroll(rt_words):
                         rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
                             "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
@@ -438,22 +440,22 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                 sc[u] = NO_COL
                     T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile 0, codes 0 and 1
                     T.tvm_storage_sync("shared")
-                    decode(ws32, cs, off[0], cw, rt, iw, sl, lh, mk, hw, tid, 0)
+                    decode(ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, tid, 0)
                     if sparse:
-                        add_sparse(ws, off[0], col, val, sp, se, sc, sv, tid, 0)
+                        add_sparse(ws, tiles_at(off), col, val, sp, se, sc, sv, tid, 0)
                     if wg:
                         T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
                     T.tvm_storage_sync("shared")
                     for kt in range(ntiles):
-                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, kt + stages - 1, rows)
+                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, kt + stages - 1, rows)
                         if wg:
                             wgmma_tile(acc, dsc, tid, kt)
                         else:
                             mma_tile(xs, ws, acc, af, bf, tid, kt)
                         if kt + 1 < ntiles:
-                            decode(ws32, cs, off[0], cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
+                            decode(ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
                             if sparse:
-                                add_sparse(ws, off[0], col, val, sp, se, sc, sv, tid, kt + 1)
+                                add_sparse(ws, tiles_at(off), col, val, sp, se, sc, sv, tid, kt + 1)
                         tile_done()
                     store_y(y, acc, bx, by, tid, rows)
 

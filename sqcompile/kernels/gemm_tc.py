@@ -19,6 +19,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from .launch import target_arch
 from .layout import BLOCK, code_at, packed_words
 
 
@@ -98,10 +99,9 @@ def dlight_target(target: tvm.target.Target) -> tvm.target.Target:
     """``target`` as dlight must see it: its Matmul rule parses the arch as ``sm_<digits>`` and schedules without
     tensor cores where that fails (``check_sm_version``), ``sm_90a`` included. The schedule does not depend on
     the ``a`` features; nvcc still builds for the target's own arch."""
-    arch = str(target.attrs.get("arch", ""))
-    if target.kind.name != "cuda" or not arch.endswith("a"):
+    if target.kind.name != "cuda" or target_arch(target) == str(target.attrs["arch"]):
         return target
-    return tvm.target.Target({**target.export(), "arch": arch.rstrip("a")})
+    return tvm.target.Target({**target.export(), "arch": target_arch(target)})
 
 
 def cuda_lut_gemm_tc(n: int, k: int, bits: int, act_dtype: str, target: tvm.target.Target) -> tirx.PrimFunc | None:
