@@ -2,12 +2,14 @@
 
 The frontend traces a quantized linear as ``matmul(x, permute_dims(W))`` on a weight parameter ``W``. For
 each such ``W`` listed in ``quantized``, this pass swaps the parameter for its packed tensors
-(``W_qweight``, ``W_lut`` and, when it has a sparse part, ``W_sp_rowptr``, ``W_sp_col``, ``W_sp_val``; in
-that order, where ``W`` was) and the matmul for ``call_tir`` of ``sqcompile.kernels.lut_matmul``: a GEMV
-kernel when the row count is static (decode: ``m = 1``), a GEMM kernel with symbolic ``m`` otherwise
-(prefill), specialised to the weight's shape and bit width. On CUDA a sparse prefill GEMM is one function of
-two launches (tensor-core dense GEMM, then the CSR add into its output: ``kernels/sparse_cuda.py``), so the
-graph keeps one call per linear. Every other op is left alone.
+(``W_qweight``, ``W_lut`` and, when it has a sparse part, ``W_sp_rowptr``, ``W_sp_col``, ``W_sp_val`` and
+``W_sp_tiles``; in that order, where ``W`` was) and the matmul for ``call_tir`` of
+``sqcompile.kernels.lut_matmul``: a GEMV kernel when the row count is static (decode: ``m = 1``), a GEMM kernel
+with symbolic ``m`` otherwise (prefill), specialised to the weight's shape and bit width. The decode GEMV reads
+the CSR; the prefill GEMM also gets ``sp_tiles``, the same nonzeros listed per 32 x 32 tile
+(``runtime/sparse_tiles.py``). Where CUDA has no tensor-core rule of ours for it, a sparse prefill GEMM is one
+function of two launches (dlight's dense GEMM, then the CSR add into its output: ``kernels/sparse_cuda.py``),
+so the graph keeps one call per linear. Every other op is left alone.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ MATMUL = tvm.ir.Op.get("relax.matmul")
 ASTYPE = tvm.ir.Op.get("relax.astype")
 PERMUTE_DIMS = tvm.ir.Op.get("relax.permute_dims")
 OPAQUE = 8  # relax op pattern kOpaque: FuseOps must not merge a scheduled kernel into others
-PACKED_SUFFIXES = QuantizedWeight.SUFFIXES  # qweight, lut, sp_rowptr, sp_col, sp_val
+PACKED_SUFFIXES = QuantizedWeight.KERNEL_SUFFIXES  # qweight, lut, sp_rowptr, sp_col, sp_val, sp_tiles
+GEMV_PARAMS = 5  # the decode GEMV takes the packed params up to sp_val
 
 KernelFactory = Callable[..., tvm.tirx.PrimFunc]
 
@@ -37,7 +40,8 @@ def packed_param_types(q: QuantizedWeight) -> list[tuple[str, relax.TensorType]]
         nnz = tvm.tirx.Var("nnz", "int64")
         types += [("sp_rowptr", relax.TensorType((n + 1,), "int32")),
                   ("sp_col", relax.TensorType((nnz,), "int32")),
-                  ("sp_val", relax.TensorType((nnz,), "float16"))]
+                  ("sp_val", relax.TensorType((nnz,), "float16")),
+                  ("sp_tiles", relax.TensorType((tvm.tirx.Var("tiles", "int64"),), "uint32"))]
     return types
 
 
@@ -96,7 +100,8 @@ class _Rewriter(PyExprMutator):
         m = int(rows) if isinstance(rows, tvm.tirx.IntImm) else None
         dtype = x.ty.dtype
         self.rewritten += 1
-        return relax.call_tir(self._kernel_var(q, m, dtype), [x, *self.packed[w]],
+        packed = self.packed[w][:GEMV_PARAMS] if m == 1 else self.packed[w]
+        return relax.call_tir(self._kernel_var(q, m, dtype), [x, *packed],
                               out_ty=relax.TensorType((rows, q.out_features), dtype))
 
     def rewrite_function(self, func: relax.Function) -> relax.Function:

@@ -6,7 +6,7 @@ then loads like any other. What the values are (say so when quoting speed number
 
 - quantized linears: uniformly random codes (random ``uint32`` words of the packed layout), a sorted LUT per
   row drawn from N(0, 0.02), and a CSR part with the manifest's nonzero count per matrix, spread evenly over
-  rows, random sorted columns, values from N(0, 0.02);
+  rows, random distinct sorted columns, values from N(0, 0.02) (and the same nonzeros per tile, ``sparse_tiles.py``);
 - RMSNorm weights 1, every other float weight N(0, 0.02).
 
 Speed depends only on shapes and on the sparse part's distribution over rows; the text is of course noise.
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, Manifest
+from .sparse_tiles import sparse_tiles
 
 log = logging.getLogger(__name__)
 STD = 0.02
@@ -32,6 +33,12 @@ def _csr(n: int, k: int, nnz: int, rng: np.random.Generator) -> dict[str, np.nda
     counts[rng.choice(n, nnz % n, replace=False)] += 1
     rows = np.repeat(np.arange(n), counts)
     cols = rng.integers(0, k, nnz)
+    while True:  # distinct columns within a row, as the quantizer's
+        dup = np.ones(nnz, bool)
+        dup[np.unique(rows * k + cols, return_index=True)[1]] = False
+        if not dup.any():
+            break
+        cols[dup] = rng.integers(0, k, int(dup.sum()))
     order = np.lexsort((cols, rows))
     rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     return {"sp_rowptr": rowptr, "sp_col": cols[order].astype(np.int32),
@@ -50,11 +57,12 @@ def random_weights(manifest: Manifest, seed: int = 0) -> dict[str, np.ndarray]:
         elif suffix == "lut":
             out[name] = np.sort(rng.normal(0, STD, shape), axis=1).astype(dtype)
         elif suffix == "sp_rowptr":
-            n = shape[0] - 1
-            info = modules[module]
-            out.update({f"{module}.{k}": v for k, v in
-                        _csr(n, int(info["in_features"]), int(info["nnz"]), rng).items()})
-        elif suffix in ("sp_col", "sp_val"):
+            n, k = shape[0] - 1, int(modules[module]["in_features"])
+            csr = _csr(n, k, int(modules[module]["nnz"]), rng)
+            out.update({f"{module}.{s}": v for s, v in csr.items()})
+            if f"{module}.sp_tiles" in manifest.weights:
+                out[f"{module}.sp_tiles"] = sparse_tiles(n, k, csr["sp_rowptr"], csr["sp_col"], csr["sp_val"])
+        elif suffix in ("sp_col", "sp_val", "sp_tiles"):
             continue  # made with sp_rowptr
         elif "norm" in module:
             out[name] = np.ones(shape, dtype)

@@ -106,8 +106,8 @@ class Pair:
             return tvm.runtime.tensor(a, dev)
 
         self.tensor = tensor
-        self.pw = [[tensor(a) for a in kernel_args(self.x, w, sparse)[1:]] for w in self.wp]
-        self.cw = [[tensor(a) for a in kernel_args(self.x, w, sparse)[1:]] for w in self.wc]
+        self.pw = [[tensor(a) for a in kernel_args(self.x, w, sparse, gemm=False)[1:]] for w in self.wp]
+        self.cw = [[tensor(a) for a in kernel_args(self.x, w, sparse, gemm=False)[1:]] for w in self.wc]
         self.x_t, self.res_t, self.gamma_t = tensor(self.x), tensor(self.res), tensor(self.gamma)
         out_rows = rows // 2 if self.silu else rows
         self.h, self.hw = (tensor(np.full((1, n), np.nan, np.float16)) for _ in range(2))
@@ -170,7 +170,8 @@ def check(folder: Path, out: Path | None) -> int:
         if name not in TIMED or bits == 2:
             continue
         probe = Pair(tvm, lib, manifest, name, bits, sparse, rng)
-        nbytes = sum(a.nbytes for w in (probe.wp[0], probe.wc[0]) for a in kernel_args(probe.x, w, sparse)[1:])
+        nbytes = sum(a.nbytes for w in (probe.wp[0], probe.wc[0])
+                     for a in kernel_args(probe.x, w, sparse, gemm=False)[1:])
         copies = copies_past_l2(nbytes, most=8)
         pair = Pair(tvm, lib, manifest, name, bits, sparse, rng, copies)
         us = {}

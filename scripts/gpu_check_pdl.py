@@ -66,7 +66,7 @@ class Chain:
         self.weights = {}
         for name, n in (("qkv", QKV), ("o", HIDDEN)):
             w = random_weight(n, HIDDEN, BITS, 0.0, rng)
-            _, q, lut = kernel_args(np.zeros((1, HIDDEN), np.float16), w, False)
+            _, q, lut = kernel_args(np.zeros((1, HIDDEN), np.float16), w, False, gemm=False)
             self.weights[name] = (tensor(q), tensor((lut / 16).astype(np.float16)))
         angle = 127 * 10000.0 ** (-np.arange(HEAD_DIM // 2) / (HEAD_DIM // 2))
         self.cos = tensor(np.tile(np.cos(angle), 2).reshape(1, 1, HEAD_DIM).astype(np.float16))

@@ -71,7 +71,8 @@ class Case:
         self.weights = [random_weight(n, k, bits, DENSITY if sparse else 0.0, rng) for _ in range(copies)]
         self.x = rng.standard_normal((1, k)).astype(np.float16)
         dev = tvm.cuda()
-        self.args = [[tvm.runtime.tensor(a, dev) for a in kernel_args(self.x, w, sparse)] for w in self.weights]
+        self.args = [[tvm.runtime.tensor(a, dev) for a in kernel_args(self.x, w, sparse, gemm=False)]
+                     for w in self.weights]
         self.z = tvm.runtime.tensor(np.full((1, n // 2), np.nan, np.float16), dev)
         self.y = tvm.runtime.tensor(np.full((1, n), np.nan, np.float16), dev)
 

@@ -172,13 +172,16 @@ def weight_tensors(traced, func) -> dict:
     """Artifact name -> array for every weight parameter of ``func``, in parameter order.
 
     Float weights keep their Hugging Face names; a quantized linear ``<module>`` contributes
-    ``<module>.qweight``, ``.lut`` and, with a sparse part, ``.sp_rowptr``, ``.sp_col``, ``.sp_val``.
+    ``<module>.qweight``, ``.lut`` and, with a sparse part, ``.sp_rowptr``, ``.sp_col``, ``.sp_val`` and
+    ``.sp_tiles`` (derived from the CSR here).
     Placeholders of a synthetic trace come back as zero-stride arrays of the right shape (no memory).
     """
     import numpy as np
 
+    from .frontend.synthetic import is_placeholder
     from .passes import PACKED_SUFFIXES
     from .passes.cuda_graph import num_inputs
+    from .runtime.sparse_tiles import tiles_length
 
     module_of = {relax_name: traced.hf_names[relax_name].removesuffix(".weight") for relax_name in traced.quantized}
     out = {}
@@ -193,8 +196,14 @@ def weight_tensors(traced, func) -> dict:
         base = v.name[: -len(suffix) - 1] if suffix else None
         if base not in traced.quantized:
             raise ValueError(f"no value for parameter {v.name}")
-        module = module_of[base]
-        out[f"{module}.{suffix}"] = traced.quantized[base].tensors(module)[f"{module}.{suffix}"]
+        module, q = module_of[base], traced.quantized[base]
+        if suffix != "sp_tiles":
+            out[f"{module}.{suffix}"] = q.tensors(module)[f"{module}.{suffix}"]
+        elif is_placeholder(q.sparse.rowptr):  # synthetic: the runtime host derives it (runtime/synthesize.py)
+            out[f"{module}.{suffix}"] = np.broadcast_to(np.uint32(0), (
+                tiles_length(q.out_features, q.in_features, q.sparse.nnz),))
+        else:
+            out[f"{module}.{suffix}"] = q.sparse_tiles()
     return out
 
 

@@ -107,3 +107,42 @@ def test_validate_names_the_problem():
     q.lut = q.lut.astype(np.float32)
     with pytest.raises(ValueError, match="lut must be float16"):
         q.validate()
+
+
+@pytest.mark.parametrize("n,k", [(150, 200), (64, 64), (1, 1000)])
+def test_sparse_tiles_list_each_nonzero_once_in_its_tile(n, k):
+    """``sp_tiles`` (runtime/sparse_tiles.py): every CSR nonzero appears once, in the list of its 32 x 32 tile,
+    with its row and column within the tile and its fp16 value bit-exact; offsets are monotone and end at the
+    array's end."""
+    from sqcompile.runtime.sparse_tiles import TILE, entry_col, entry_row, sparse_tiles, tile_counts, tiles_length
+    rng = np.random.default_rng(n + k)
+    dense = np.where(rng.random((n, k)) < 0.03, rng.standard_normal((n, k)), 0).astype(np.float16)
+    dense[0, k - 1] = 1.5  # a nonzero in the last column
+    rows, cols = np.nonzero(dense)
+    csr = fmt.CSR.from_coo(n, rows, cols, dense[rows, cols])
+    tiles = sparse_tiles(n, k, csr.rowptr, csr.col, csr.val)
+    groups, chunks = tile_counts(n, k)
+    head = groups * chunks + 1
+    assert tiles.dtype == np.uint32 and len(tiles) == tiles_length(n, k, csr.nnz) == head + csr.nnz
+    assert tiles[0] == head and tiles[head - 1] == len(tiles) and np.all(np.diff(tiles[:head].astype(np.int64)) >= 0)
+    rebuilt = np.zeros((n, k), np.float16)
+    for g in range(groups):
+        for c in range(chunks):
+            for e in tiles[tiles[g * chunks + c]:tiles[g * chunks + c + 1]]:
+                r, j = g * TILE + entry_row(int(e)), c * TILE + entry_col(int(e))
+                assert rebuilt[r, j] == 0
+                rebuilt[r, j] = np.uint16(int(e) & 0xFFFF).view(np.float16)
+    assert np.array_equal(rebuilt.view(np.uint16), dense.view(np.uint16))
+    empty = fmt.CSR.empty(n)
+    assert np.array_equal(sparse_tiles(n, k, empty.rowptr, empty.col, empty.val), np.full(head, head, np.uint32))
+
+
+def test_sparse_tiles_merge_a_position_listed_twice():
+    """Two threads must not add into one decoded weight: a CSR listing (0, 3) twice gives one entry, the sum."""
+    from sqcompile.runtime.sparse_tiles import sparse_tiles
+    rowptr, col = np.array([0, 3, 3], np.int32), np.array([3, 3, 38], np.int32)
+    from sqcompile.runtime.sparse_tiles import COL_SHIFT
+    tiles = sparse_tiles(2, 40, rowptr, col, np.array([0.5, 0.25, -1.0], np.float16))
+    assert list(tiles[:3]) == [3, 4, 5]  # one row band, two column chunks, one entry each
+    assert list(tiles[3:]) == [3 << COL_SHIFT | int(np.float16(0.75).view(np.uint16)),
+                               6 << COL_SHIFT | int(np.float16(-1).view(np.uint16))]

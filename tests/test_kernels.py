@@ -26,7 +26,7 @@ def run_llvm(n, k, bits, m_static, m_rows, sparse, act_dtype, seed):
     lib = tvm.compile(tvm.IRModule({"main": func}), target=LLVM)
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.full((m_rows, n), np.nan, act_dtype), dev)  # poisoned: unwritten -> NaN
-    lib["main"](*[tvm.runtime.tensor(a, dev) for a in kernel_args(x, w, sparse)], y)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in kernel_args(x, w, sparse, gemm=m_static != 1)], y)
     return rel_error(y.numpy(), reference(x, w))
 
 
@@ -209,6 +209,53 @@ def test_mma_decode_covers_the_weight_tile_once(knobs):
     iwp = chunks // tpr
     written = [(decode_row(t, tpr), decode_part(t, tpr) * iwp + j) for t in range(threads) for j in range(iwp)]
     assert sorted(written) == [(r, c) for r in range(knobs.tile_n) for c in range(chunks)]
+
+
+@pytest.mark.parametrize("knobs", [GemmKnobs(), GemmKnobs(warps_n=2), GemmKnobs(128, 64, warps_n=2),
+                                   GemmKnobs(tile_k=32), GemmKnobs(64, 32, warps_m=1, warps_n=2, tile_k=32),
+                                   GemmKnobs(warps_m=4, warps_n=2, tile_k=32, stages=4),
+                                   GemmKnobs(rule="wgmma", warps_m=8, warps_n=1, stages=4),
+                                   GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
+                                   GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1),
+                                   pytest.param("short", id="short")])
+def test_mma_sparse_adds_each_nonzero_once_in_its_warps_part(knobs):
+    """The sparse GEMM's use of ``sp_tiles`` as the kernel does it: a warp (``decode_row``/``decode_part``: 32
+    rows, tile_k / tpr columns) reads the tiles its part spans, lane i every 32nd entry from i, keeping those in
+    its columns. Each nonzero lands once, at its own row and column, and only in the warp that decoded that
+    weight (so ``__syncwarp`` suffices); N and K are not multiples of the tiles, K-tiles run past K."""
+    from sqcompile.kernels.gemm_mma import (SHORT_KNOBS, decode_part, decode_row, sparse_band,
+                                            sparse_first_col)
+    from sqcompile.kernels.layout import BLOCK, padded_k
+    from sqcompile.runtime.sparse_tiles import TILE, entry_col, entry_row, sparse_tiles, tile_counts
+    knobs = SHORT_KNOBS if knobs == "short" else knobs
+    n, k = 333, 4160
+    w = random_weight(n, k, 3, 0.02, np.random.default_rng(5))
+    tiles = sparse_tiles(n, k, w.sparse.rowptr, w.sparse.col, w.sparse.val)
+    bands, chunks = tile_counts(n, k)
+    bn, bk, threads = knobs.tile_n, knobs.tile_k, knobs.threads
+    tpr = threads // bn
+    cpt = bk // tpr
+    added = []
+    for by in range(-(-n // bn)):
+        for tid in range(threads):
+            band, lane = sparse_band(by, tid, bn, tpr), tid % 32
+            for t in range(-(-(padded_k(k) // BLOCK) // (bk // BLOCK))):
+                first = sparse_first_col(tid, t, bk, tpr)
+                for c in range(first // TILE, first // TILE + max(1, cpt // TILE)):
+                    if band >= bands or c >= chunks:
+                        continue
+                    start, end = tiles[band * chunks + c], tiles[band * chunks + c + 1]
+                    for e in (int(v) for v in tiles[start + lane:end:32]):
+                        col = c * TILE + entry_col(e)
+                        if first <= col < first + cpt:
+                            row = by * bn + tid // (32 * tpr) * 32 + entry_row(e)
+                            decoder = [u for u in range(tid - lane, tid - lane + 32)
+                                       if decode_row(u, tpr) == row - by * bn
+                                       and decode_part(u, tpr) == (col - t * bk) // cpt]
+                            assert len(decoder) == 1 and row < n
+                            added.append((row, col, e & 0xFFFF))
+    rows = np.repeat(np.arange(n), np.diff(w.sparse.rowptr))
+    assert sorted(added) == sorted(zip(rows.tolist(), w.sparse.col.tolist(), w.sparse.val.view(np.uint16).tolist()))
 
 
 def test_cuda_schedule_passes_import_the_tensor_intrinsics_the_fast_way(tmp_path):

@@ -57,7 +57,7 @@ def test_rewrite_quantized_linear(bits, rows, density):
     mod = RewriteQuantizedLinear({"wq": q}, LLVM.tvm_target())(linear_module(m, k, n, n_plain))
 
     params = [p.name for p in mod["main"].params]
-    packed = ["wq_qweight", "wq_lut"] + (["wq_sp_rowptr", "wq_sp_col", "wq_sp_val"] if density else [])
+    packed = ["wq_qweight", "wq_lut"] + (["wq_sp_rowptr", "wq_sp_col", "wq_sp_val", "wq_sp_tiles"] if density else [])
     assert params == ["x", *packed, "wp"]
     calls = _calls(mod)
     kind = "gemv" if rows == 1 else "gemm"
@@ -71,7 +71,8 @@ def test_rewrite_quantized_linear(bits, rows, density):
     m_run = 1 if rows == 1 else 5
     x = rng.standard_normal((m_run, k)).astype(np.float32)
     wp = rng.standard_normal((n_plain, k)).astype(np.float32)
-    packed_values = [q.qweight, q.lut] + ([q.sparse.rowptr, q.sparse.col, q.sparse.val] if density else [])
+    packed_values = [q.qweight, q.lut] + ([q.sparse.rowptr, q.sparse.col, q.sparse.val, q.sparse_tiles()]
+                                          if density else [])
     yq, yp = vm["main"](*(tvm.runtime.tensor(a) for a in [x, *packed_values, wp]))
     assert rel_error(yq.numpy(), reference(x, q)) < 1e-5
     np.testing.assert_allclose(yp.numpy(), x @ wp.T, rtol=1e-5, atol=1e-5)

@@ -43,7 +43,8 @@ def summarize(doc: dict) -> list[dict]:
 def markdown(doc: dict, rows: list[dict]) -> str:
     lines = [f"# LUT-dequant kernels on {doc['device']} ({doc['arch']})", "",
              f"Device copy bandwidth in the same run: {doc['copy_tbps']:.2f} TB/s. Times are medians of CUDA-graph "
-             "replays over weight copies rotated past L2; bytes = packed codes + LUT + CSR.", "",
+             "replays over weight copies rotated past L2; bytes = packed codes + LUT + CSR (GEMMs: + the "
+             "same nonzeros per 32 x 32 tile, which they read instead).", "",
              "| kind | m x N x K | bits | sparse | ours us | untuned us | cuBLAS fp16 us | MB | TB/s | % copy | x fp16 | failed |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

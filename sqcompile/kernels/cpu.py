@@ -44,7 +44,7 @@ def cpu_lut_matmul(n: int, k: int, bits: int, m: int | None, sparse: bool, act_d
             y[r, i] = T.Cast(act_dtype, acc[0])
 
     @T.macro
-    def body(x, q, lut, y, rowptr, col, val, rows):
+    def body(x, q, lut, y, rowptr, col, val, _tiles, rows):
         for i in T.parallel(n):
             row_dot(x, q, lut, y, rowptr, col, val, rows, i)
 

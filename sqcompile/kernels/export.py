@@ -32,6 +32,7 @@ class Config:
     bits: int
     sparse: bool
     m: int  # rows of x to measure with (the gemm kernel itself takes any m)
+    density: float | None = None  # of the random sparse part; None: SqueezeLLM's 0.45% (measure.SPARSE_DENSITY)
 
 
 def threads_per_row(k: int) -> tuple[int, ...]:
@@ -135,6 +136,10 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
             out.append((Config("gemm", n, k, bits, True, 100), tuned))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), space[:1]))
+    # 5%: ~200 nonzeros per 64 x 64 tile, more than the threads that add a tile's nonzeros (64-128), so each
+    # thread takes several; the short-prompt kernel and every tuned tile shape
+    out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
+    out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned))
     return out
 
 
@@ -165,7 +170,8 @@ def explore_configs(arch: str) -> list[tuple[Config, list]]:
 
 
 def _name(cfg: Config, i: int) -> str:
-    return f"{cfg.kind}_{'s' if cfg.sparse else 'd'}{cfg.bits}_n{cfg.n}_k{cfg.k}_c{i}"
+    density = f"_p{round(cfg.density * 10000)}" if cfg.density else ""
+    return f"{cfg.kind}_{'s' if cfg.sparse else 'd'}{cfg.bits}_n{cfg.n}_k{cfg.k}_m{cfg.m}{density}_c{i}"
 
 
 def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
@@ -181,6 +187,8 @@ def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
         cands = []
         for i, kn in enumerate(space):
             name = _name(cfg, i)
+            if name in funcs:  # one name, one kernel: a second config of the same name would replace the first
+                raise ValueError(f"two export configs are both named {name}")
             # pdl off: launched back to back, PDL kernels would overlap each other and time less than alone
             f = lut_matmul(cfg.n, cfg.k, cfg.bits, m=1 if cfg.kind == "gemv" else None, sparse=cfg.sparse,
                            act_dtype="float16", target=target, knobs=kn, pdl=False)

@@ -28,7 +28,7 @@ def cuda_lut_gemm(n: int, k: int, bits: int, m: int | None, sparse: bool, act_dt
     x_iters, w_iters = -(-tm * BLOCK // nthreads), -(-tn * BLOCK // nthreads)
 
     @T.macro
-    def body(x, q, lut, y, rowptr, col, val, rows):
+    def body(x, q, lut, y, rowptr, col, val, _tiles, rows):
         for by in T.thread_binding(T.ceildiv(rows, tm), thread="blockIdx.y"):
             for bx in T.thread_binding(-(-n // tn), thread="blockIdx.x"):
                 for ty in T.thread_binding(thr_m, thread="threadIdx.y"):

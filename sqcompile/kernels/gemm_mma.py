@@ -16,9 +16,13 @@ This kernel is the usual Ampere-class design with the weight side replaced by th
     tile t also copies the codes of tile t + 1 into a ring of ``stages`` slots, because tile t + 1 is decoded
     while tile t's MMAs run. One barrier per K-tile. (Code words loaded into registers a few tiles ahead
     instead left the DRAM latency exposed: ~1 us per K-tile on an H100.)
-  * The +0.45% sparse part: the thread that decodes a row's codes also walks that row's CSR entries (sorted by
-    column, two prefetched in registers) and adds each value into the decoded fp16 weight of its column. No
-    second kernel, no second pass over x.
+  * The +0.45% sparse part is added into the decoded fp16 tile before the MMAs read it, from ``sp_tiles``
+    (``runtime/sparse_tiles.py``: the nonzeros listed per 32 x 32 tile of the weight). A warp decodes 32 rows x
+    8-64 columns of the tile; after ``__syncwarp`` its lane ``i`` adds the ``i``-th nonzero of those (then
+    ``i + 32`` ...). The offsets and first entries are loaded a K-tile ahead, by coherent loads (ptxas may sink
+    ``ld.global.nc`` past a barrier to its use). No second kernel, no second pass over x, no block barrier.
+    On the 7B shapes at 512 rows this costs +10-22% over the dense GEMM; each thread walking its own row's CSR
+    entries, a divergent loop before every K-tile's barrier, cost +32-71% (``benchmarks/kernels/NOTES.md``, v13).
   * Shared tiles are rows of ``tile_k`` fp16 (64 or 128 bytes) whose 16-byte chunks are XOR-swizzled by the row
     (``swizzled``), so the eight rows an ``ldmatrix`` (or a warp's 16-byte stores) touch hit eight different
     bank groups.
@@ -48,6 +52,7 @@ from . import pairs as P
 from .gemv_cuda import CP_ASYNC_COMMIT, cp_async_wait
 from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
+from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
 
 MIN_ARCH = 80
 # Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
@@ -55,7 +60,6 @@ MIN_ARCH = 80
 SHARED_LIMIT = 96 * 1024
 WGMMA_ARCH = "sm_90a"
 WGMMA_SHARED_LIMIT = 227 * 1024  # sm_90's opt-in maximum per block
-NO_COL = 0x7FFFFFFF  # the column of "no more nonzeros"
 
 # Inline PTX as immediately-invoked lambdas, as the GEMV's helpers (gemv_cuda.py): fragments are passed by pointer
 # into unrolled local arrays, which nvcc keeps in registers.
@@ -73,15 +77,20 @@ CP_ASYNC_ZFILL = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp
 CP_ASYNC_ZFILL_4 = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.ca.shared.global [%0], '
                     '[%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
                     'return 0; }')
-# The thread's own decoded weight plus a sparse value. Through a pointer: TVM's barrier planner would otherwise
-# ask for a barrier between the thread's own store and this load, inside the CSR loop.
-ADD_HALF = '[](void* p, float v) { __half* h = (__half*)p; *h = __float2half(__half2float(*h) + v); return 0; }'
+# A decoded weight plus the fp16 value in the low half of an ``sp_tiles`` entry. Through a pointer: the barriers
+# around it are ours, not TVM's planner's.
+ADD_HALF = ('[](void* p, unsigned e) { __half* h = (__half*)p; *h = __hadd(*h, __ushort_as_half((unsigned short)e)); '
+            'return 0; }')
 # A thread's code words from the shared ring (3: three 32-bit loads; 4: one 128-bit load). Through pointers
 # for the same reason as ADD_HALF: the cp.async writes are invisible to the planner, the barriers are ours.
 LOAD_WORDS = {3: '[](unsigned* r, const void* p) { const unsigned* s = (const unsigned*)p; r[0] = s[0]; r[1] = s[1]; '
                  'r[2] = s[2]; return 0; }',
               4: '[](unsigned* r, const void* p) { uint4 v = *(const uint4*)p; r[0] = v.x; r[1] = v.y; r[2] = v.z; '
                  'r[3] = v.w; return 0; }'}
+# A coherent 32-bit global load: ptxas may sink the ``ld.global.nc`` nvcc emits for a read-only input past
+# ``bar.sync`` to its use (benchmarks/kernels/NOTES.md, v12), which would expose the prefetch's latency.
+LOAD_U32 = '[](const void* p) { unsigned v; asm volatile("ld.global.u32 %0, [%1];" : "=r"(v) : "l"(p)); return v; }'
+SYNC_WARP = '[]() { __syncwarp(); return 0; }'
 STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(a, b); return 0; }'
 
 # Hopper (sm_90a) warpgroup MMA: operands read by the tensor cores from shared memory through 64-bit descriptors,
@@ -170,6 +179,17 @@ def decode_row(tid, tpr: int):
     return tid // (32 * tpr) * 32 + tid % 32
 
 
+def sparse_band(by, tid, tile_n: int, tpr: int):
+    """The 32-row band of the weight (a row of ``sp_tiles``' tiles) that thread ``tid`` of block ``by`` decodes
+    with its warp (``decode_row``)."""
+    return by * (tile_n // TILE) + tid // (32 * tpr)
+
+
+def sparse_first_col(tid, t, tile_k: int, tpr: int):
+    """The first of the columns of the weight that the thread's warp decodes in K-tile ``t``."""
+    return t * tile_k + decode_part(tid, tpr) * (tile_k // tpr)
+
+
 def decode_part(tid, tpr: int):
     """Which of its row's ``tpr`` parts (consecutive index words, one 16-byte chunk each) the thread decodes."""
     return tid // 32 % tpr
@@ -196,18 +216,20 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), _mma_body(n, k, bits, sparse, knobs)
 
     @T.macro
-    def either(x, q, lut, y, rowptr, col, val, rows):
+    def either(x, q, lut, y, rowptr, col, val, tiles, rows):
         if rows <= SHORT_ROWS:
-            short(x, q, lut, y, rowptr, col, val, rows)
+            short(x, q, lut, y, rowptr, col, val, tiles, rows)
         else:
-            tuned(x, q, lut, y, rowptr, col, val, rows)
+            tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
 
     return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, either)
 
 
 def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
-    """The kernel as a ``T.macro(x, q, lut, y, rowptr, col, val, rows)``."""
+    """The kernel as a ``T.macro(x, q, lut, y, rowptr, col, val, tiles, rows)`` (it reads the sparse part from
+    ``tiles`` alone)."""
     check_mma_knobs(knobs)
+
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     wn_count = knobs.warps_n
     nthreads = 32 * knobs.warps_m * knobs.warps_n
@@ -229,6 +251,8 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
     c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
     c_iters = -(-bn * tile_words // c_vec // nthreads)
+    bands, chunks = tile_counts(n, k)
+    nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
 
     def tiles_at(off):
         """Where the tiles start in the shared buffer, in halves: wgmma's run-time 1024-byte alignment, else 0."""
@@ -275,18 +299,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                    T.uint32(4 * c_vec), T.uint32(0))))
 
     @T.macro
-    def next_nonzero(col, val, sp, se, sc, sv):
-        """Shift the two prefetched nonzeros and load the one after them."""
-        sc[0] = sc[1]
-        sv[0] = sv[1]
-        sp[0] = sp[0] + 1
-        if sp[0] + 1 < se[0]:
-            sc[1] = col[sp[0] + 1]
-            sv[1] = val[sp[0] + 1]
-        else:
-            sc[1] = NO_COL
-
-    @T.macro
     def decode(ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, tid, t):
         """K-tile t's codes -> the thread's chunks of decoded tile t % 2 (a warp-uniform branch on the part)."""
         for pt in T.unroll(tpr):
@@ -311,14 +323,67 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     for v in T.vectorized(4):
                         ws32[base // 2 + (t % 2 * bn * ch + swizzled(drow(tid), pt * iwp + j, ch)) * 4 + v] = hw[v]
 
+    def chunk_of(tid, t, s):
+        """The column chunk of ``sp_tiles`` holding sub-tile s of the warp's part of K-tile t."""
+        return sparse_first_col(tid, t, bk, tpr) // TILE + s
+
     @T.macro
-    def add_sparse(ws, base, col, val, sp, se, sc, sv, tid, t):
-        """The row's nonzeros in this thread's columns of K-tile t, added into the decoded weights."""
-        while sc[0] < t * bk + (part(tid) + 1) * cpt:
-            if sc[0] >= t * bk + part(tid) * cpt:
-                T.evaluate(T.call_extern("int32", ADD_HALF, T.address_of(ws[base + (t % 2 * bn * ch + swizzled(
-                    drow(tid), (sc[0] - t * bk) // 8, ch)) * 8 + (sc[0] - t * bk) % 8]), T.Cast("float32", sv[0])))
-            next_nonzero(col, val, sp, se, sc, sv)
+    def load_offsets(tiles, sr, at, by, tid, t):
+        """sr[8 s + at], sr[8 s + at + 1] = where the nonzeros of the warp's sub-tile s of K-tile t start and end."""
+        for s in T.unroll(nsub):
+            if sparse_band(by, tid, bn, tpr) < bands and chunk_of(tid, t, s) < chunks:
+                for e in T.unroll(2):
+                    sr[8 * s + at + e] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                        tiles[sparse_band(by, tid, bn, tpr) * chunks + chunk_of(tid, t, s) + e]))
+            else:
+                sr[8 * s + at] = T.uint32(0)
+                sr[8 * s + at + 1] = T.uint32(0)
+
+    @T.macro
+    def load_first(tiles, sr, at, tid):
+        """sr[8 s + at + 2] = the lane's first nonzero among sr[8 s + at] .. sr[8 s + at + 1]."""
+        for s in T.unroll(nsub):
+            if sr[8 * s + at] + T.uint32(tid % 32) < sr[8 * s + at + 1]:
+                sr[8 * s + at + 2] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                    tiles[T.Cast("int32", sr[8 * s + at]) + tid % 32]))
+
+    @T.macro
+    def add_entry(ws, base, e, tid, t, s):
+        """Add the nonzero ``e`` (an ``sp_tiles`` entry of the warp's sub-tile s) into K-tile t's decoded tile, if
+        it is in the warp's columns (a part narrower than a tile takes its slice)."""
+        if cpt >= TILE or T.Cast("int32", entry_col(e)) // cpt == sparse_first_col(tid, t, bk, tpr) % TILE // cpt:
+            # the sub-tile's first column in the K-tile: K-tiles are whole tiles of sp_tiles (bk = 32, 64)
+            T.evaluate(T.call_extern("int32", ADD_HALF, T.address_of(ws[base + (t % 2 * bn * ch + swizzled(
+                tid // (32 * tpr) * 32 + T.Cast("int32", entry_row(e)),
+                (decode_part(tid, tpr) * cpt // TILE * TILE + s * TILE + T.Cast("int32", entry_col(e))) // 8, ch))
+                * 8 + T.Cast("int32", entry_col(e)) % 8]), e))
+
+    @T.macro
+    def add_sparse(tiles, ws, base, sr, tid, t):
+        """K-tile t's nonzeros in the warp's columns: per sub-tile the prefetched first one, then every 32nd."""
+        for s in T.unroll(nsub):
+            if sr[8 * s] + T.uint32(tid % 32) < sr[8 * s + 1]:
+                add_entry(ws, base, sr[8 * s + 2], tid, t, s)
+                for i in range(T.Cast("int32", (sr[8 * s + 1] - sr[8 * s] - T.uint32(tid % 32) - T.uint32(1))
+                                      // T.uint32(32))):
+                    sr[8 * nsub] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                        tiles[T.Cast("int32", sr[8 * s]) + tid % 32 + (i + 1) * 32]))
+                    add_entry(ws, base, sr[8 * nsub], tid, t, s)
+
+    @T.macro
+    def decode_tile(tiles, ws, ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, sr, by, tid, t):
+        """K-tile t's decoded tile, with its nonzeros added. Per sub-tile, sr holds t's offsets and first entry
+        (0-2) and t + 1's offsets (3-4); the loads for t + 1 and t + 2 are issued before the decode."""
+        if sparse:
+            load_first(tiles, sr, 3, tid)
+            load_offsets(tiles, sr, 6, by, tid, t + 2)
+        decode(ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, tid, t)
+        if sparse:
+            T.evaluate(T.call_extern("int32", SYNC_WARP))  # the warp's decoded weights, before its lanes add
+            add_sparse(tiles, ws, base, sr, tid, t)
+            for s in T.unroll(nsub):
+                for e in T.unroll(5):
+                    sr[8 * s + e] = sr[8 * s + e + 3]
 
     @T.macro
     def mma_tile(xs, ws, acc, af, bf, tid, t):
@@ -387,7 +452,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         T.tvm_storage_sync("shared")
 
     @T.macro
-    def body(x, q, lut, y, rowptr, col, val, rows):
+    def body(x, q, lut, y, rowptr, col, val, tiles, rows):
         for bx in T.thread_binding(T.ceildiv(rows, bm), thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
@@ -411,10 +476,9 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     lh = T.alloc_buffer((2,), "uint32", scope="local")
                     mk = T.alloc_buffer((1,), "uint32", scope="local")
                     hw = T.alloc_buffer((4,), "uint32", scope="local")
-                    sp = T.alloc_buffer((1,), "int32", scope="local")  # the first prefetched nonzero's index
-                    se = T.alloc_buffer((1,), "int32", scope="local")  # the row's end
-                    sc = T.alloc_buffer((2,), "int32", scope="local")  # two prefetched columns
-                    sv = T.alloc_buffer((2,), "float16", scope="local")  # and values
+                    # sparse, per sub-tile: K-tile t's start, end and first entry, t + 1's, t + 2's start and end;
+                    # then one more entry
+                    sr = T.alloc_buffer((8 * nsub + 1,), "uint32", scope="local")
                     off = T.alloc_buffer((1,), "int32", scope="local")  # wgmma: halves up to the aligned tiles
                     dsc = T.alloc_buffer((1,), "uint64", scope="local")  # wgmma: the x tiles' descriptor
                     if wg:
@@ -429,20 +493,12 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     for i in T.unroll(mt * nt * 4):
                         acc[i] = T.float32(0)
                     if sparse:
-                        sp[0] = rowptr[T.min(by * bn + drow(tid), n - 1)]
-                        se[0] = T.if_then_else(by * bn + drow(tid) < n, rowptr[T.min(by * bn + drow(tid), n - 1) + 1],
-                                               sp[0])
-                        for u in T.unroll(2):
-                            if sp[0] + u < se[0]:
-                                sc[u] = col[sp[0] + u]
-                                sv[u] = val[sp[0] + u]
-                            else:
-                                sc[u] = NO_COL
+                        load_offsets(tiles, sr, 0, by, tid, 0)
+                        load_offsets(tiles, sr, 3, by, tid, 1)
+                        load_first(tiles, sr, 0, tid)
                     T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile 0, codes 0 and 1
                     T.tvm_storage_sync("shared")
-                    decode(ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, tid, 0)
-                    if sparse:
-                        add_sparse(ws, tiles_at(off), col, val, sp, se, sc, sv, tid, 0)
+                    decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by, tid, 0)
                     if wg:
                         T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
                     T.tvm_storage_sync("shared")
@@ -453,9 +509,8 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         else:
                             mma_tile(xs, ws, acc, af, bf, tid, kt)
                         if kt + 1 < ntiles:
-                            decode(ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, tid, kt + 1)
-                            if sparse:
-                                add_sparse(ws, tiles_at(off), col, val, sp, se, sc, sv, tid, kt + 1)
+                            decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by,
+                                        tid, kt + 1)
                         tile_done()
                     store_y(y, acc, bx, by, tid, rows)
 

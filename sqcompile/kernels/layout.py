@@ -13,7 +13,7 @@ from tvm.script import tirx as T
 
 from ..quant.format import BLOCK, GROUP, check_bits, packed_words, padded_k
 
-__all__ = ["BLOCK", "GROUP", "code_at", "lut_matmul_signature", "packed_words", "padded_k", "rows_dim"]
+__all__ = ["BLOCK", "GROUP", "code_at", "lut_matmul_signature", "packed_words", "padded_k", "rows_dim", "takes_tiles"]
 
 Word = Callable[[object], tirx.Expr]
 
@@ -52,12 +52,31 @@ def rows_dim(m: int | None) -> int | tirx.Var:
     return tirx.Var("m", "int64") if m is None else m
 
 
+def takes_tiles(rows, sparse: bool) -> bool:
+    """Whether a sparse kernel of ``rows`` rows also takes ``sp_tiles`` (``runtime/sparse_tiles.py``): every
+    GEMM does (m != 1), the decode GEMV walks the CSR alone."""
+    return sparse and not (isinstance(rows, int) and rows == 1)
+
+
 def lut_matmul_signature(n: int, k: int, bits: int, rows, act_dtype: str, sparse: bool, body) -> tirx.PrimFunc:
-    """The PrimFunc with ``lut_matmul``'s parameter list (x, qweight, lut, [rowptr, col, val], y) around
-    ``body(x, q, lut, y, rowptr, col, val, rows)``, a ``T.macro``; without ``sparse`` the CSR arguments are None.
-    Every rule whose x has a row count shares this one signature."""
+    """The PrimFunc with ``lut_matmul``'s parameter list (x, qweight, lut, [rowptr, col, val, [tiles]], y)
+    around ``body(x, q, lut, y, rowptr, col, val, tiles, rows)``, a ``T.macro``; the sparse arguments a kernel
+    does not take (``takes_tiles``) are None. Every rule whose x has a row count shares this one signature."""
     words, table = packed_words(k, bits), 1 << bits
-    if sparse:
+    if takes_tiles(rows, sparse):
+        @T.prim_func
+        def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
+                 rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, tiles_h: T.handle,
+                 y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            nnz, length = T.int64(), T.int64()
+            x = T.match_buffer(x_h, (rows, k), act_dtype)
+            col = T.match_buffer(col_h, (nnz,), "int32")
+            val = T.match_buffer(val_h, (nnz,), "float16")
+            tiles = T.match_buffer(tiles_h, (length,), "uint32")
+            y = T.match_buffer(y_h, (rows, n), act_dtype)
+            body(x, q, lut, y, rowptr, col, val, tiles, rows)
+    elif sparse:
         @T.prim_func
         def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
                  rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, y_h: T.handle):
@@ -67,7 +86,7 @@ def lut_matmul_signature(n: int, k: int, bits: int, rows, act_dtype: str, sparse
             col = T.match_buffer(col_h, (nnz,), "int32")
             val = T.match_buffer(val_h, (nnz,), "float16")
             y = T.match_buffer(y_h, (rows, n), act_dtype)
-            body(x, q, lut, y, rowptr, col, val, rows)
+            body(x, q, lut, y, rowptr, col, val, None, rows)
     else:
         @T.prim_func
         def func(x_h: T.handle, q: T.Buffer((n, words), "uint32"), lut: T.Buffer((n, table), "float16"),
@@ -75,5 +94,5 @@ def lut_matmul_signature(n: int, k: int, bits: int, rows, act_dtype: str, sparse
             T.func_attr({"tirx.noalias": True})
             x = T.match_buffer(x_h, (rows, k), act_dtype)
             y = T.match_buffer(y_h, (rows, n), act_dtype)
-            body(x, q, lut, y, None, None, None, rows)
+            body(x, q, lut, y, None, None, None, None, rows)
     return func

@@ -103,11 +103,12 @@ def copy_bandwidth(torch) -> float:
 def measure_config(torch, tvm, lib, cfg: dict, seed: int, time_it: bool = True) -> ConfigResult:
     n, k, bits, sparse, m = cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], cfg["m"]
     rng = np.random.default_rng(seed)
-    w = random_weight(n, k, bits, SPARSE_DENSITY if sparse else 0.0, rng)
+    density = cfg.get("density") or SPARSE_DENSITY
+    w = random_weight(n, k, bits, density if sparse else 0.0, rng)
     x = rng.standard_normal((m, k)).astype(np.float16)
     wd = torch.from_numpy(w.dequantize()).cuda()
     ref = (torch.from_numpy(x).cuda().double() @ wd.double().T).cpu().numpy()
-    inputs = kernel_args(x, w, sparse)
+    inputs = kernel_args(x, w, sparse, gemm=cfg["kind"] == "gemm")
     weight_bytes = sum(a.nbytes for a in inputs[1:])
     copies = copies_past_l2(weight_bytes) if time_it else 1
     dev = tvm.cuda()

@@ -32,9 +32,12 @@ def rel_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def kernel_args(x: np.ndarray, w: QuantizedWeight, sparse: bool) -> list[np.ndarray]:
-    """The kernel's inputs in parameter order (the output comes last, allocated by the caller)."""
+def kernel_args(x: np.ndarray, w: QuantizedWeight, sparse: bool, gemm: bool) -> list[np.ndarray]:
+    """The kernel's inputs in parameter order (the output comes last, allocated by the caller); a sparse GEMM
+    also takes the nonzeros per tile (``layout.takes_tiles``)."""
     args = [x, w.qweight, w.lut]
     if sparse:
         args += [w.sparse.rowptr, w.sparse.col, w.sparse.val]
+    if sparse and gemm:
+        args.append(w.sparse_tiles())
     return args

@@ -144,7 +144,8 @@ def csr_add(n: int, k: int, act_dtype: str, knobs: CsrKnobs = CsrKnobs(), emulat
 
 def sparse_after_dense(dense: tirx.PrimFunc, n: int, k: int, act_dtype: str,
                        knobs: CsrKnobs = CsrKnobs()) -> tirx.PrimFunc:
-    """One PrimFunc with ``lut_matmul``'s sparse signature (x, q, lut, rowptr, col, val, y) that runs the
+    """One PrimFunc with ``lut_matmul``'s sparse GEMM signature (x, q, lut, rowptr, col, val, tiles, y; the
+    tiles go unused) that runs the
     scheduled ``dense`` kernel (params x, q, lut, y) and then this CSR add on its x and y: two launches on
     one stream, so the add sees the dense result. One function keeps the Relax graph, the export and the
     GPU checks exactly as for a single kernel."""
@@ -153,11 +154,13 @@ def sparse_after_dense(dense: tirx.PrimFunc, n: int, k: int, act_dtype: str,
     body = _csr_body(n, k, act_dtype, knobs, False)
 
     @T.prim_func(check_well_formed=False)  # x and y are the dense kernel's parameters
-    def tail(rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle):
-        nnz = T.int64()
+    def tail(rowptr: T.Buffer((n + 1,), "int32"), col_h: T.handle, val_h: T.handle, tiles_h: T.handle):
+        nnz, length = T.int64(), T.int64()
         col = T.match_buffer(col_h, (nnz,), "int32")
         val = T.match_buffer(val_h, (nnz,), "float16")
+        T.match_buffer(tiles_h, (length,), "uint32")
         body(x, rowptr, col, val, y, m)
 
-    rowptr, col, val = tail.params
-    return tirx.PrimFunc([x, q, lut, rowptr, col, val, y], tirx.SeqStmt([dense.body, tail.body]), attrs=dense.attrs)
+    rowptr, col, val, tiles = tail.params
+    return tirx.PrimFunc([x, q, lut, rowptr, col, val, tiles, y], tirx.SeqStmt([dense.body, tail.body]),
+                         attrs=dense.attrs)

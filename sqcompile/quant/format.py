@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.sparse_tiles import sparse_tiles
+
 SUPPORTED_BITS = (2, 3, 4)
 GROUP = 128  # codes per padding unit along K
 BLOCK = 32  # codes per block of `bits` words
@@ -187,6 +189,13 @@ class QuantizedWeight:
 
     # Tensor names inside a safetensors file: "<module>.<suffix>".
     SUFFIXES = ("qweight", "lut", "sp_rowptr", "sp_col", "sp_val")
+    # What a compiled model takes besides: the sparse part regrouped by tile for the prefill GEMM, derived from
+    # the CSR when an artifact is written (``runtime/sparse_tiles.py``), never stored with a quantized model.
+    KERNEL_SUFFIXES = SUFFIXES + ("sp_tiles",)
+
+    def sparse_tiles(self) -> np.ndarray:
+        s = self.sparse
+        return sparse_tiles(self.out_features, self.in_features, s.rowptr, s.col, s.val)
 
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
         return {
