@@ -229,7 +229,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     """The kernel as a ``T.macro(x, q, lut, y, rowptr, col, val, tiles, rows)`` (it reads the sparse part from
     ``tiles`` alone)."""
     check_mma_knobs(knobs)
-
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     wn_count = knobs.warps_n
     nthreads = 32 * knobs.warps_m * knobs.warps_n

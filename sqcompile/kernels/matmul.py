@@ -29,7 +29,8 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
     """y[m, n] = sum_k x[m, k] * (lut[n, code[n, k]] + sparse[n, k]), scheduled for ``target``.
 
     Params: x [m, k] act_dtype, qweight uint32 [n, packed_words(k, bits)], lut float16 [n, 2**bits], if
-    ``sparse`` rowptr int32 [n+1], col int32 [nnz], val float16 [nnz], then y [m, n] act_dtype. ``m=None``
+    ``sparse`` rowptr int32 [n+1], col int32 [nnz], val float16 [nnz] and, unless m = 1, the same nonzeros per
+    tile (uint32 ``sp_tiles``, ``runtime/sparse_tiles.py``), then y [m, n] act_dtype. ``m=None``
     makes the row count symbolic (prefill), ``m=1`` is the decode GEMV. Accumulation is float32.
     ``knobs`` overrides the CUDA schedule; by default the tuning records of the target's arch decide.
     ``fusion`` (CUDA decode GEMV only, ``gemv_cuda.GemvFusion``: its extra inputs and outputs) folds the SiLU
