@@ -136,8 +136,8 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
             out.append((Config("gemm", n, k, bits, True, 100), tuned))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), space[:1]))
-    # 5%: ~200 nonzeros per 64 x 64 tile, more than the threads that add a tile's nonzeros (64-128), so each
-    # thread takes several; the short-prompt kernel and every tuned tile shape
+    # 5%: ~51 nonzeros per 32 x 32 tile of sp_tiles, more than the 32 lanes of the warp that adds them, so a lane
+    # takes several; the short-prompt kernel and every tuned tile shape
     out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
     out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned))
     return out
