@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sqcompile.kernels.layout import takes_tiles
 from sqcompile.quant.format import QuantizedWeight, packed_words
 
 MATMUL = tvm.ir.Op.get("relax.matmul")
@@ -26,7 +27,6 @@ ASTYPE = tvm.ir.Op.get("relax.astype")
 PERMUTE_DIMS = tvm.ir.Op.get("relax.permute_dims")
 OPAQUE = 8  # relax op pattern kOpaque: FuseOps must not merge a scheduled kernel into others
 PACKED_SUFFIXES = QuantizedWeight.KERNEL_SUFFIXES  # qweight, lut, sp_rowptr, sp_col, sp_val, sp_tiles
-GEMV_PARAMS = 5  # the decode GEMV takes the packed params up to sp_val
 
 KernelFactory = Callable[..., tvm.tirx.PrimFunc]
 
@@ -100,7 +100,7 @@ class _Rewriter(PyExprMutator):
         m = int(rows) if isinstance(rows, tvm.tirx.IntImm) else None
         dtype = x.ty.dtype
         self.rewritten += 1
-        packed = self.packed[w][:GEMV_PARAMS] if m == 1 else self.packed[w]
+        packed = [v for v in self.packed[w] if takes_tiles(m, True) or not v.name.endswith("_sp_tiles")]
         return relax.call_tir(self._kernel_var(q, m, dtype), [x, *packed],
                               out_ty=relax.TensorType((rows, q.out_features), dtype))
 
