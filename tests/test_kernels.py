@@ -142,6 +142,31 @@ def test_wgmma_rule_choice(monkeypatch):
     assert _is_mma(plain) and not _is_wgmma(plain)
 
 
+def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
+    """The register-operand wgmma GEMM is built only with a ptxas that keeps its A registers until the wait (13.3
+    and later); with an older one, and for a sparse weight, the shared-operand wgmma kernel runs instead."""
+    from dataclasses import replace
+
+    from sqcompile.kernels import matmul
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS
+    from sqcompile.targets.registry import get_target
+    sm90a = get_target("cuda", "sm_90").tvm_target()
+    registers = replace(WGMMA_KNOBS, weights_in_registers=True)
+
+    def register_operand(func) -> bool:  # the RS form: four A registers, then the x descriptor
+        return "unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long b" in func.script()
+
+    monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: True)
+    dense = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
+    assert register_operand(dense) and _is_wgmma(dense)
+    assert not register_operand(lut_matmul(200, 1000, 3, m=None, sparse=True, act_dtype="float16", target=sm90a,
+                                           knobs=registers))
+    monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: False)
+    with caplog.at_level("WARNING"):
+        old = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
+    assert _is_wgmma(old) and not register_operand(old) and "shared-operand" in caplog.text
+
+
 def test_dlight_schedules_sm90a_as_sm90():
     """dlight's Matmul rule reads ``sm_90a`` as no tensor cores (its ``check_sm_version`` wants digits), which made
     a 7B prefill's attention matmuls SIMT; both the dlight prefill rule and the build's own dlight pass see sm_90."""
@@ -459,6 +484,53 @@ def test_register_table_decodes_every_code(bits):
     lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
     got = out.numpy().view(np.float16).reshape(n, k)  # each word: the half2 of codes (2p, 2p + 1)
     np.testing.assert_array_equal(got, np.take_along_axis(lut, codes, axis=1))
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_quad_word_decodes_a_lanes_wgmma_a_fragment(bits):
+    """The weights-in-registers GEMM's decode (``gemm_mma._rs_body``), on llvm with ``__byte_perm`` spelled out:
+    lane q of a quad gathers byte q of each index word of a block (``pairs.quad_word``), and the register table
+    turns it into the half2 of codes (8 j + 2 q, 8 j + 2 q + 1), j = 0..3: the columns an ``mma``/``wgmma`` A
+    fragment gives that lane (2q, 2q + 1, then 2q + 8, 2q + 9 of each 16-code step)."""
+    from tvm.script import tirx as T
+
+    from sqcompile.kernels import pairs as P
+    from sqcompile.quant.format import pack_codes, packed_words
+    n, k, words = 3, 96, P.reg_table_words(bits)
+
+    @T.prim_func
+    def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), lut: T.Buffer((n, 1 << bits), "float16"),
+               out: T.Buffer((n, k // 32, 4, 4), "uint32")):
+        rt = T.alloc_buffer((words,), "uint32")
+        sl = T.alloc_buffer((2,), "uint32")
+        lh = T.alloc_buffer((2,), "uint32")
+        tw = T.alloc_buffer((1,), "uint32")
+        for r in range(n):
+            for t in T.unroll(words):
+                rt[t] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[r, c])), t, bits)
+            for b in range(k // 32):
+                for lane in T.unroll(4):
+                    tw[0] = P.quad_word(lambda w: q[r, b * bits + w], bits, P.quad_selector(lane), extern=False)
+                    sl[0] = P.reg_selector(tw[0], bits)
+                    sl[1] = P.reg_selector_high(sl[0], extern=False)
+                    for g in T.unroll(2):
+                        for h in T.unroll(2):
+                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False, bits=bits,
+                                                mask=P.reg_mask(tw[0], g, extern=False) if bits == 4 else None)
+                        for j in T.unroll(2):
+                            out[r, b, lane, 2 * g + j] = P.reg_half2(lh[0], lh[1], j, extern=False)
+
+    rng = np.random.default_rng(bits + 10)
+    codes = rng.integers(0, 1 << bits, size=(n, k))
+    lut = rng.standard_normal((n, 1 << bits)).astype(np.float16)
+    lib = tvm.compile(tvm.IRModule({"main": decode}), target=LLVM)
+    out = tvm.runtime.tensor(np.zeros((n, k // 32, 4, 4), np.uint32), tvm.cpu())
+    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
+    got = out.numpy().view(np.float16).reshape(n, k // 32, 4, 4, 2)  # [row, block, lane, pair j, code of pair]
+    cols = np.arange(k // 32)[:, None, None, None] * 32 + np.arange(4)[None, :, None, None] * 2 \
+        + np.arange(4)[None, None, :, None] * 8 + np.arange(2)[None, None, None, :]
+    want = np.take_along_axis(lut, codes, axis=1)[:, cols]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_greedy_feed_takes_the_first_maximum_and_flags_non_finite_logits():

@@ -8,8 +8,10 @@ The stub lives in the cache directory and is never part of an artifact or bundle
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,35 @@ def nvcc_path() -> Path:
     if not found:
         raise FileNotFoundError("nvcc not found on PATH or under /usr/local/cuda*/bin: CUDA builds need the CUDA toolkit")
     return Path(found)
+
+
+# ptxas before CUDA 13.3 may hand the registers of a register-operand wgmma (A from registers) to the next
+# instructions before the wgmma has read them (CUDA 13.3 release notes; github.com/triton-lang/triton/issues/9433).
+# On an H200 the 13.0 build of the weights-in-registers GEMM gave intermittent inf outputs, the 13.5 build none.
+WGMMA_RS_PTXAS = (13, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def ptxas_version() -> tuple[int, int] | None:
+    """(major, minor) of the ptxas that the build's nvcc runs, asked through nvcc (which may be a wrapper script);
+    None without a working nvcc."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "empty.cu"
+        src.write_text("__global__ void empty() {}\n")
+        try:
+            out = subprocess.run([str(nvcc_path()), "-cubin", "-arch=sm_80", "-Xptxas", "--version", "-o",
+                                  str(Path(tmp) / "empty.cubin"), str(src)], capture_output=True, text=True,
+                                 check=True, timeout=120).stdout
+        except (FileNotFoundError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            return None
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def ptxas_keeps_wgmma_registers() -> bool:
+    """Whether the build's ptxas keeps a register-operand wgmma's A registers until its wait (13.3 and later)."""
+    version = ptxas_version()
+    return version is not None and version >= WGMMA_RS_PTXAS
 
 
 def stub_dir() -> Path:

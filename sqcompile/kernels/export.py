@@ -87,7 +87,8 @@ def gemm_space(arch: str) -> list[GemmKnobs]:
         return [mma[0], GemmKnobs(rule="wmma"), *mma[1:], *simt]
     wgmma = [WGMMA_KNOBS, replace(WGMMA_KNOBS, stages=3),
              GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
-             GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1, stages=3)]
+             GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1, stages=3),
+             replace(WGMMA_KNOBS, weights_in_registers=True), replace(WGMMA_KNOBS, weights_in_registers=True, stages=3)]
     return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 
@@ -116,10 +117,10 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
     """Odd shapes (K and N not multiples of 128) for the correctness check: both GEMV LUT placements with a
     few knobs (fitted to the shared-memory limit), the sparse GEMM everywhere (the short-prompt kernel, dlight's
     rule plus the CSR add, and the tuned kernels: mma, and on sm_90 every wgmma tile shape), the dense
-    tensor-core GEMM on three of them."""
+    tensor-core GEMM on three of them, on sm_90 the weights-in-registers GEMM at 100 and 300 rows."""
     from .gemv_cuda import fit_gemv_knobs
     space = gemm_space(arch)
-    tuned = [kn for kn in space if kn.rule == "wgmma"] + [GemmKnobs()]
+    tuned = [kn for kn in space if kn.rule == "wgmma" and not kn.weights_in_registers] + [GemmKnobs()]
     out = []
     gemv = [GemvKnobs(), GemvKnobs(64, 1, 1, 1), GemvKnobs(64, 2, 1, 4), GemvKnobs(256, 1, 2, 2),
             GemvKnobs(128, 1, 4, 2, pairs=False), GemvKnobs(64, 2, 1, 4, pairs=False),
@@ -136,6 +137,10 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
             out.append((Config("gemm", n, k, bits, True, 100), tuned))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), space[:1]))
+    registers = [kn for kn in space if kn.weights_in_registers]  # dense only
+    for (n, k), bits, m in itertools.product(shapes, (3, 4), (100, 300)):
+        if registers:
+            out.append((Config("gemm", n, k, bits, False, m), registers))
     # 5%: ~51 nonzeros per 32 x 32 tile of sp_tiles, more than the 32 lanes of the warp that adds them, so a lane
     # takes several; the short-prompt kernel and every tuned tile shape
     out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
@@ -144,9 +149,10 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
 
 
 def prefill_configs(arch: str) -> list[tuple[Config, list]]:
-    """The prefill GEMMs over the tensor-core part of ``gemm_space`` (the SIMT tiles take milliseconds)."""
+    """The prefill GEMMs over the tensor-core part of ``gemm_space`` (the SIMT tiles take milliseconds; the
+    weights-in-registers kernel is dense only)."""
     space = [kn for kn in gemm_space(arch) if kn.rule != "simt"]
-    return [(Config("gemm", n, k, bits, sparse, m), space)
+    return [(Config("gemm", n, k, bits, sparse, m), [kn for kn in space if not (sparse and kn.weights_in_registers)])
             for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True))]
 
 

@@ -40,6 +40,14 @@ decoded tile and landed copies are generic-proxy writes, wgmma reads through the
 K-tile's barrier. On an H200 the 512-row 7B GEMMs take 122-132 us against the mma rule's 182-198 (cuBLAS fp16:
 63): the mma rule's threads moved every fragment through ``ldmatrix`` and registers.
 
+With ``weights_in_registers`` (dense, sm_90a) the roles swap: the weights are the wgmma's A operand, y^T = W x^T.
+Each thread decodes its own A fragments into registers (rows g and g + 8 of its warp's 16; ``pairs.quad_word``
+gathers exactly its codes, byte q of each index word) while the previous K-tile's wgmmas run, and x is the B
+operand from shared memory. The decoded weights never touch shared memory, whose bandwidth bounded the
+shared-operand kernel (Nsight Compute: L1 84% busy once its barrier was taken away; ``benchmarks/kernels/NOTES.md``,
+v14). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so ``matmul.py`` falls
+back there.
+
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
 """
@@ -124,6 +132,24 @@ def wgmma_m64k16(n: int) -> str:
             ': "memory"); return 0; }')
 
 
+# The copy of the next K-tile's A fragments into the registers the wgmmas read, as volatile asm so that it stays
+# after the wgmma.wait_group (also volatile asm): as a plain copy nvcc hoisted it above the wait, overwriting the
+# A registers of the wgmmas in flight (the H200 gave intermittent inf outputs).
+MOV_U32 = '[](unsigned a) { unsigned r; asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(a)); return r; }'
+
+
+def wgmma_rs_m64k16(n: int) -> str:
+    """``wgmma.mma_async m64 x n x k16`` with A (64 rows of decoded weights, a warp's 16 rows as ``mma.sync``'s
+    A fragment: four registers) from registers and B (n rows of x, K-major, 128-byte swizzle) from shared memory."""
+    acc = n // 2
+    regs = ", ".join(f"%{i}" for i in range(acc))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(acc))
+    return ('[](float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long b) { '
+            f'asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{acc + 5}, 0; wgmma.mma_async.sync.aligned.m64n{n}k16'
+            f'.f32.f16.f16 {{{regs}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, %{acc + 4}, p, 1, 1, 0; }}" '
+            f': {outs} : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1) : "memory"); return 0; }}')
+
+
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
     """Whether this rule can build the GEMM (see the module doc)."""
     return arch >= MIN_ARCH and act_dtype == "float16" and bits in P.REG_BITS and k % 8 == 0
@@ -150,6 +176,10 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
                          f"columns over 64-code K-tiles: {knobs}")
     warps = knobs.warps_m * knobs.warps_n
     threads = 32 * warps
+    if knobs.weights_in_registers and (knobs.rule != "wgmma" or knobs.tile_n % 64 or threads != 2 * knobs.tile_n
+                                       or knobs.tile_m % 8 or knobs.tile_m > 128):
+        raise ValueError(f"weights in registers: wgmma, a warpgroup (128 threads) per 64 weight rows (tile_n), up to "
+                         f"128 rows of x (tile_m, the MMA's N): {knobs}")
     if knobs.tile_m % (16 * knobs.warps_m) or knobs.tile_n % (16 * knobs.warps_n):
         raise ValueError(f"mma tiles need 16-row warp pieces in M and 16-column ones in N: {knobs}")
     if knobs.tile_k not in (BLOCK, 2 * BLOCK):
@@ -210,10 +240,12 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     the row count of the call (for a static m, the one that fits)."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
+    # the register-operand kernel is dense only: a sparse GEMM adds its nonzeros into the shared decoded tile
+    tuned_body = _rs_body if knobs.weights_in_registers and not sparse else _mma_body
     if m is not None:
-        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS if m <= SHORT_ROWS else knobs)
+        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS) if m <= SHORT_ROWS else tuned_body(n, k, bits, sparse, knobs)
         return lut_matmul_signature(n, k, bits, m, "float16", sparse, body)
-    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), _mma_body(n, k, bits, sparse, knobs)
+    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), tuned_body(n, k, bits, sparse, knobs)
 
     @T.macro
     def either(x, q, lut, y, rowptr, col, val, tiles, rows):
@@ -223,6 +255,53 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
             tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
 
     return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, either)
+
+
+def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
+    """The cp.async macros of both wgmma/mma kernels: ``issue_tile(t)`` is one commit group holding x tile t
+    (``tile_m`` rows, zero-filled past m and k) and the code words of K-tile t + 1 of the block's ``tile_n``
+    weight rows (zeros past the row) in ring slot (t + 1) % stages; ``issue_codes`` copies one K-tile's codes
+    (those of tile 0 join the first group)."""
+    bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
+    kbt, ch, words = bk // BLOCK, bk // 8, bits
+    ntiles = -(-(padded_k(k) // BLOCK) // kbt)
+    row_words, tile_words = packed_words(k, bits), kbt * words
+    x_iters = bm * ch // nthreads
+    c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
+    c_iters = -(-bn * tile_words // c_vec // nthreads)
+
+    @T.macro
+    def issue_x(x, xs, base, bx, tid, t, rows):
+        for e in T.unroll(x_iters):
+            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[base + (t % stages * bm * ch + swizzled(
+                (e * nthreads + tid) // ch, (e * nthreads + tid) % ch, ch)) * 8]), T.address_of(x[
+                    T.min(bx * bm + (e * nthreads + tid) // ch, rows - 1),
+                    T.min(t * bk + (e * nthreads + tid) % ch * 8, k - 8)]),
+                T.if_then_else(bx * bm + (e * nthreads + tid) // ch < rows
+                               and t * bk + (e * nthreads + tid) % ch * 8 < k, T.uint32(16), T.uint32(0))))
+
+    @T.macro
+    def issue_codes(q, cs, base, by, tid, t):
+        for e in T.unroll(c_iters):
+            if (e * nthreads + tid) * c_vec < bn * tile_words:
+                T.evaluate(T.call_extern(
+                    "int32", CP_ASYNC_ZFILL if c_vec == 4 else CP_ASYNC_ZFILL_4,
+                    T.address_of(cs[base // 2 + t % stages * bn * tile_words + (e * nthreads + tid) * c_vec]),
+                    T.address_of(q[T.min(by * bn + (e * nthreads + tid) * c_vec // tile_words, n - 1),
+                                   T.min(t * tile_words + (e * nthreads + tid) * c_vec % tile_words,
+                                         row_words - c_vec)]),
+                    T.if_then_else(t * tile_words + (e * nthreads + tid) * c_vec % tile_words < row_words,
+                                   T.uint32(4 * c_vec), T.uint32(0))))
+
+    @T.macro
+    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows):
+        if t < ntiles:
+            issue_x(x, xs, base, bx, tid, t, rows)
+        if t + 1 < ntiles:
+            issue_codes(q, cs, base, by, tid, t + 1)
+        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
+
+    return issue_codes, issue_tile
 
 
 def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
@@ -242,16 +321,13 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     tblocks = max(1, iwp // 4)  # code blocks whose words a thread loads
     cpt = bk // tpr  # columns of a K-tile a thread decodes
     ntiles = -(-(padded_k(k) // BLOCK) // kbt)
-    row_words = packed_words(k, bits)
-    x_iters = bm * ch // nthreads
     rt_words = P.reg_table_words(bits)
     words = bits  # code words of a 32-code block (3 bits: the pair layout's 3)
     tile_words = kbt * words  # code words of a row per K-tile
     x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
-    c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
-    c_iters = -(-bn * tile_words // c_vec // nthreads)
     bands, chunks = tile_counts(n, k)
     nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
+    issue_codes, issue_tile = _copies(n, k, bits, knobs, nthreads)
 
     def tiles_at(off):
         """Where the tiles start in the shared buffer, in halves: wgmma's run-time 1024-byte alignment, else 0."""
@@ -272,30 +348,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
 
     def part(tid):
         return decode_part(tid, tpr)
-
-    @T.macro
-    def issue_x(x, xs, base, bx, tid, t, rows):
-        for e in T.unroll(x_iters):
-            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[base + (t % stages * bm * ch + swizzled(
-                (e * nthreads + tid) // ch, (e * nthreads + tid) % ch, ch)) * 8]), T.address_of(x[
-                    T.min(bx * bm + (e * nthreads + tid) // ch, rows - 1),
-                    T.min(t * bk + (e * nthreads + tid) % ch * 8, k - 8)]),
-                T.if_then_else(bx * bm + (e * nthreads + tid) // ch < rows
-                               and t * bk + (e * nthreads + tid) % ch * 8 < k, T.uint32(16), T.uint32(0))))
-
-    @T.macro
-    def issue_codes(q, cs, base, by, tid, t):
-        """cp.async of K-tile t's code words of the tile's rows into ring slot t % stages (zeros past the row)."""
-        for e in T.unroll(c_iters):
-            if (e * nthreads + tid) * c_vec < bn * tile_words:
-                T.evaluate(T.call_extern(
-                    "int32", CP_ASYNC_ZFILL if c_vec == 4 else CP_ASYNC_ZFILL_4,
-                    T.address_of(cs[base // 2 + t % stages * bn * tile_words + (e * nthreads + tid) * c_vec]),
-                    T.address_of(q[T.min(by * bn + (e * nthreads + tid) * c_vec // tile_words, n - 1),
-                                   T.min(t * tile_words + (e * nthreads + tid) * c_vec % tile_words,
-                                         row_words - c_vec)]),
-                    T.if_then_else(t * tile_words + (e * nthreads + tid) * c_vec % tile_words < row_words,
-                                   T.uint32(4 * c_vec), T.uint32(0))))
 
     @T.macro
     def decode(ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, tid, t):
@@ -432,15 +484,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                                         "float16", acc[(i * nt + j) * 4 + 2 * hh + v])
 
     @T.macro
-    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows):
-        """One commit group: x tile t and the codes of tile t + 1 (those of tile 0 join the first group)."""
-        if t < ntiles:
-            issue_x(x, xs, base, bx, tid, t, rows)
-        if t + 1 < ntiles:
-            issue_codes(q, cs, base, by, tid, t + 1)
-        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
-
-    @T.macro
     def tile_done():
         """Wait for K-tile kt's MMAs (wgmma) and the copies of tile kt + 1, then one barrier for all of them."""
         if wg:
@@ -511,6 +554,120 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                             decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by,
                                         tid, kt + 1)
                         tile_done()
+                    store_y(y, acc, bx, by, tid, rows)
+
+    return body
+
+
+def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
+    """The wgmma kernel with the weights as the A operand, decoded straight into registers: y^T = W x^T. A block
+    owns ``tile_n`` weight rows (a warpgroup per 64) and ``tile_m`` rows of x (the MMA's N); per K-tile each
+    thread decodes its A fragments (rows g and g + 8 of its warp's 16, byte q of each index word of a block:
+    ``pairs``' layouts put exactly that thread's codes there) while the previous K-tile's wgmmas run. The decoded
+    weights never touch shared memory (the shared-operand kernel wrote and read every decoded tile there)."""
+    check_mma_knobs(knobs)
+    bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
+    nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
+    kbt = bk // BLOCK
+    ch = bk // 8
+    ntiles = -(-(padded_k(k) // BLOCK) // kbt)
+    rt_words = P.reg_table_words(bits)
+    words = bits
+    tile_words = kbt * words
+    x_halves, c_words = stages * bm * bk, stages * bn * tile_words
+    slack = WGMMA_ALIGN // 4
+
+    def wrow(tid, h):
+        """Weight row (in the block) of the thread's A fragment rows g (h = 0) and g + 8 (h = 1)."""
+        return tid // 32 * 16 + tid % 32 // 4 + 8 * h
+
+    issue_codes, issue_tile = _copies(n, k, bits, knobs, nthreads)
+
+    @T.macro
+    def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, tid, t):
+        """K-tile t's A fragments into afr: per row h and block b, the thread word (byte j = byte q of
+        index word j, pairs (8 j + 2 q, + 1)), then the register-table decode of its eight codes."""
+        for h in T.unroll(2):
+            for b in T.unroll(kbt):
+                T.evaluate(T.call_extern("int32", LOAD_WORDS[words], T.address_of(cw[0]), T.address_of(
+                    cs[base // 2 + (t % stages * bn + wrow(tid, h)) * tile_words + b * words])))
+                tw[0] = P.quad_word(lambda w: cw[w], bits, sl[2])
+                sl[0] = P.reg_selector(tw[0], bits)
+                sl[1] = P.reg_selector_high(sl[0])
+                for g in T.unroll(2):  # pairs 2 g and 2 g + 1: k16 step 2 b + g, columns 2q and 2q + 8
+                    if bits == 4:
+                        mk[0] = P.reg_mask(tw[0], g)
+                    for hb in T.unroll(2):
+                        lh[hb] = P.reg_bytes(lambda r: rt[h * rt_words + r], sl[g], hb, bits=bits, mask=mk[0])
+                    for j in T.unroll(2):
+                        afr[(2 * b + g) * 4 + 2 * j + h] = P.reg_half2(lh[0], lh[1], j)
+
+    @T.macro
+    def mma(acc, afr, dsc, t):
+        """K-tile t's wgmmas, issued: the warpgroup's 64 weight rows (afr) times the x tile in slot t % stages."""
+        T.evaluate(T.call_extern("int32", WGMMA_FENCE))
+        for s in T.unroll(2 * kbt):
+            T.evaluate(T.call_extern("int32", wgmma_rs_m64k16(bm), T.address_of(acc[0]), afr[s * 4], afr[s * 4 + 1],
+                                     afr[s * 4 + 2], afr[s * 4 + 3],
+                                     dsc[0] + T.Cast("uint64", (t % stages * bm * bk * 2 + s * 32) // 16)))
+        T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
+
+    @T.macro
+    def store_y(y, acc, bx, by, tid, rows):
+        """The accumulators hold y^T: row = weight row (g, g + 8), column = row of x (8 i + 2 q, + 1)."""
+        for i in T.unroll(bm // 8):
+            for h in T.unroll(2):
+                for v in T.unroll(2):
+                    if bx * bm + i * 8 + tid % 4 * 2 + v < rows and by * bn + wrow(tid, h) < n:
+                        y[bx * bm + i * 8 + tid % 4 * 2 + v, by * bn + wrow(tid, h)] = T.Cast(
+                            "float16", acc[4 * i + 2 * h + v])
+
+    @T.macro
+    def body(x, q, lut, y, rowptr, col, val, tiles, rows):
+        for bx in T.thread_binding(T.ceildiv(rows, bm), thread="blockIdx.x"):
+            for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
+                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
+                    smem = T.alloc_buffer((x_halves // 2 + c_words + slack,), "uint32", scope="shared.dyn")
+                    xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
+                    cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=x_halves // 2,
+                                       scope="shared.dyn")
+                    acc = T.alloc_buffer((bm // 2,), "float32", scope="local")
+                    afr = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # the K-tile's A fragments
+                    an = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # the next K-tile's
+                    cw = T.alloc_buffer((4,), "uint32", scope="local")
+                    rt = T.alloc_buffer((2 * rt_words,), "uint32", scope="local")
+                    tw = T.alloc_buffer((1,), "uint32", scope="local")
+                    sl = T.alloc_buffer((3,), "uint32", scope="local")
+                    lh = T.alloc_buffer((2,), "uint32", scope="local")
+                    mk = T.alloc_buffer((1,), "uint32", scope="local")
+                    off = T.alloc_buffer((1,), "int32", scope="local")
+                    dsc = T.alloc_buffer((1,), "uint64", scope="local")
+                    off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
+                    dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+                    issue_codes(q, cs, off[0], by, tid, 0)
+                    for s in T.unroll(stages - 1):
+                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, s, rows)
+                    for h in T.unroll(2):
+                        for r in T.unroll(rt_words):
+                            rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
+                                "uint16", lut[T.min(by * bn + wrow(tid, h), n - 1), c])), r, bits)
+                    sl[2] = P.quad_selector(tid % 4)
+                    for i in T.unroll(bm // 2):
+                        acc[i] = T.float32(0)
+                    T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))
+                    T.tvm_storage_sync("shared")
+                    decode(cs, off[0], cw, rt, tw, sl, lh, mk, an, tid, 0)
+                    for kt in range(ntiles):
+                        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile kt, codes kt + 1
+                        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
+                        T.tvm_storage_sync("shared")
+                        for i in T.unroll(4 * 2 * kbt):
+                            afr[i] = T.call_extern("uint32", MOV_U32, an[i])
+                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, kt + stages - 1, rows)
+                        mma(acc, afr, dsc, kt)
+                        if kt + 1 < ntiles:
+                            decode(cs, off[0], cw, rt, tw, sl, lh, mk, an, tid, kt + 1)
+                        T.evaluate(T.call_extern("int32", WGMMA_WAIT))  # before the barrier frees x slot kt
                     store_y(y, acc, bx, by, tid, rows)
 
     return body

@@ -66,7 +66,10 @@ class GemmKnobs:
     * ``"wgmma"`` (``gemm_mma.py`` too, sm_90a only): the same kernel with Hopper's asynchronous warpgroup MMAs
       reading x and the decoded tile from shared memory, so the next tile's decode overlaps the tensor cores;
       one warpgroup per 64 rows (``warps_m = tile_m / 16``, ``warps_n = 1``), ``tile_k = 64``. Elsewhere the
-      ``"mma"`` rule's default runs.
+      ``"mma"`` rule's default runs. ``weights_in_registers`` (dense, 128 x 128 tiles) makes the weights the
+      MMA's A operand, decoded by each thread straight into its A fragments (y^T = W x^T), so that decoded weights
+      never pass through shared memory; it needs ptxas 13.3 or later (``cuda_host.WGMMA_RS_PTXAS``), and
+      elsewhere the shared-operand kernel runs.
     * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
       the CSR add of ``sparse_cuda.py``.
     * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""
@@ -80,6 +83,7 @@ class GemmKnobs:
     warps_n: int = 4
     stages: int = 3
     tile_k: int = 64
+    weights_in_registers: bool = False
 
     @property
     def threads(self) -> int:

@@ -1,6 +1,7 @@
 """``lut_matmul``: the scheduled TIR PrimFunc for one quantized linear, chosen by target and row count."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import tvm
@@ -8,6 +9,7 @@ from tvm import tirx
 
 from ..quant.format import check_bits
 from .cpu import cpu_lut_matmul
+from .cuda_host import WGMMA_RS_PTXAS, ptxas_keeps_wgmma_registers, ptxas_version
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_mma import applies as mma_applies
 from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, wgmma_applies
@@ -17,6 +19,8 @@ from .gemv_lanes import cuda_lut_gemv_lanes
 from .knobs import GemmKnobs, GemvKnobs
 from .launch import programmatic_launch, target_arch
 from .sparse_cuda import sparse_after_dense
+
+log = logging.getLogger(__name__)
 
 ACT_DTYPES = ("float16", "float32")
 LUT_ATTR = "sqcompile.lut_matmul"  # [n, k, bits, m (-1: symbolic), sparse] of the kernel, for later passes
@@ -74,6 +78,11 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
             func = None
             if knobs.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without wgmma
                 knobs = GemmKnobs()
+            if knobs.weights_in_registers and not ptxas_keeps_wgmma_registers():
+                log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA %d.%d): "
+                            "the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
+                            *WGMMA_RS_PTXAS, n, k)
+                knobs = replace(knobs, weights_in_registers=False)
             if knobs.rule in ("mma", "wgmma") and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
                 func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs)
             elif knobs.rule != "simt":  # the dense part on dlight's schedule, then the CSR add (sparse_cuda.py)

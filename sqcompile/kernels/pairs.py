@@ -177,3 +177,17 @@ def reg_bytes(table, sel: tirx.Expr, half, *, bits: int, mask=None, extern: bool
 def reg_half2(lo: tirx.Expr, hi: tirx.Expr, h: int, extern: bool = True) -> tirx.Expr:
     """half2 bits of the pair h (0 or 1) of ``reg_bytes``' four codes."""
     return byte_perm(lo, hi, _u(INTERLEAVE) + _u(h) * _u(INTERLEAVE_STEP), extern)
+
+
+def quad_selector(q) -> tirx.Expr:
+    """The PRMT selector that puts byte ``q`` of two words into bytes 0 and 1 (and again into 2 and 3)."""
+    return _u(q) * _u(0x1111) + _u(0x4040)
+
+
+def quad_word(word, bits: int, sel: tirx.Expr, extern: bool = True) -> tirx.Expr:
+    """Byte j = byte q of index word j of a 32-code block whose words ``word(0 .. bits-1)`` returns (``sel`` =
+    ``quad_selector(q)``): the pairs (8 j + 2 q, 8 j + 2 q + 1), j = 0..3, which are exactly lane q's columns of an
+    ``mma``/``wgmma`` A fragment (k = 2q, 2q + 1 and 2q + 8, 2q + 9 of each 16-code step). Its selectors
+    (``reg_selector``) then decode those eight codes in k order."""
+    third = index_word_3bit(word, 3, masked=False) if bits == 3 else word(3)
+    return byte_perm(byte_perm(word(0), word(1), sel, extern), byte_perm(word(2), third, sel, extern), 0x5410, extern)
