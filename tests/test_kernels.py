@@ -440,10 +440,14 @@ def test_pair_index_words_decode_every_code(bits):
 
 
 @pytest.mark.parametrize("bits", [3, 4])
-def test_register_table_decodes_every_code(bits):
+def test_register_table_decodes_every_code_and_every_lane(bits):
     """The register table (``pairs.reg_*``), with ``__byte_perm`` spelled out in TIR and run on llvm: the
     selectors of every index word (4 bits: and the masks of the codes' top bits), the table words built from
-    the fp16 LUT and the interleave must give back lut[code] for every code of the packed layout."""
+    the fp16 LUT and the interleave must give back lut[code] for every code of the packed layout (``out``).
+    The weights-in-registers GEMM's decode (``lanes``): lane q of a quad gathers byte q of each index word of a
+    block (``pairs.quad_word``), which the same table turns into the half2 of codes (8 j + 2 q, 8 j + 2 q + 1),
+    j = 0..3: the columns an ``mma``/``wgmma`` A fragment gives that lane (2q, 2q + 1, 2q + 8, 2q + 9 of each
+    16-code step)."""
     from tvm.script import tirx as T
 
     from sqcompile.kernels import pairs as P
@@ -455,52 +459,12 @@ def test_register_table_decodes_every_code(bits):
             return P.index_word_3bit(lambda w: q[r, b * 3 + w], i, masked=False)
         return q[r, b * 4 + i]
 
-    @T.prim_func
-    def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), lut: T.Buffer((n, 1 << bits), "float16"),
-               out: T.Buffer((n, k // 2), "uint32")):
-        rt = T.alloc_buffer((words,), "uint32")
-        sl = T.alloc_buffer((2,), "uint32")
-        lh = T.alloc_buffer((2,), "uint32")
-        mk = T.alloc_buffer((1,), "uint32")
-        for r in range(n):
-            for t in T.unroll(words):
-                rt[t] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[r, c])), t, bits)
-            for b in range(k // 32):
-                for i in T.unroll(4):
-                    sl[0] = P.reg_selector(index_word(q, r, b, i), bits)
-                    sl[1] = P.reg_selector_high(sl[0], extern=False)
-                    for g in T.unroll(2):
-                        mk[0] = P.reg_mask(index_word(q, r, b, i), g, extern=False) if bits == 4 else T.uint32(0)
-                        for h in T.unroll(2):
-                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False, bits=bits, mask=mk[0])
-                        for h in T.unroll(2):
-                            out[r, b * 16 + i * 4 + 2 * g + h] = P.reg_half2(lh[0], lh[1], h, extern=False)
-
-    rng = np.random.default_rng(bits)
-    codes = rng.integers(0, 1 << bits, size=(n, k))
-    lut = rng.standard_normal((n, 1 << bits)).astype(np.float16)
-    lib = tvm.compile(tvm.IRModule({"main": decode}), target=LLVM)
-    out = tvm.runtime.tensor(np.zeros((n, k // 2), np.uint32), tvm.cpu())
-    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
-    got = out.numpy().view(np.float16).reshape(n, k)  # each word: the half2 of codes (2p, 2p + 1)
-    np.testing.assert_array_equal(got, np.take_along_axis(lut, codes, axis=1))
-
-
-@pytest.mark.parametrize("bits", [3, 4])
-def test_quad_word_decodes_a_lanes_wgmma_a_fragment(bits):
-    """The weights-in-registers GEMM's decode (``gemm_mma._rs_body``), on llvm with ``__byte_perm`` spelled out:
-    lane q of a quad gathers byte q of each index word of a block (``pairs.quad_word``), and the register table
-    turns it into the half2 of codes (8 j + 2 q, 8 j + 2 q + 1), j = 0..3: the columns an ``mma``/``wgmma`` A
-    fragment gives that lane (2q, 2q + 1, then 2q + 8, 2q + 9 of each 16-code step)."""
-    from tvm.script import tirx as T
-
-    from sqcompile.kernels import pairs as P
-    from sqcompile.quant.format import pack_codes, packed_words
-    n, k, words = 3, 96, P.reg_table_words(bits)
+    def mask(word, g):
+        return P.reg_mask(word, g, extern=False) if bits == 4 else T.uint32(0)
 
     @T.prim_func
     def decode(q: T.Buffer((n, packed_words(k, bits)), "uint32"), lut: T.Buffer((n, 1 << bits), "float16"),
-               out: T.Buffer((n, k // 32, 4, 4), "uint32")):
+               out: T.Buffer((n, k // 2), "uint32"), lanes: T.Buffer((n, k // 32, 4, 4), "uint32")):
         rt = T.alloc_buffer((words,), "uint32")
         sl = T.alloc_buffer((2,), "uint32")
         lh = T.alloc_buffer((2,), "uint32")
@@ -509,28 +473,35 @@ def test_quad_word_decodes_a_lanes_wgmma_a_fragment(bits):
             for t in T.unroll(words):
                 rt[t] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[r, c])), t, bits)
             for b in range(k // 32):
-                for lane in T.unroll(4):
-                    tw[0] = P.quad_word(lambda w: q[r, b * bits + w], bits, P.quad_selector(lane), extern=False)
+                for i in T.unroll(8):  # index words 0-3, then lanes 0-3
+                    if i < 4:
+                        tw[0] = index_word(q, r, b, i)
+                    else:
+                        tw[0] = P.quad_word(lambda w: q[r, b * bits + w], bits, P.quad_selector(i % 4), extern=False)
                     sl[0] = P.reg_selector(tw[0], bits)
                     sl[1] = P.reg_selector_high(sl[0], extern=False)
                     for g in T.unroll(2):
                         for h in T.unroll(2):
-                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False, bits=bits,
-                                                mask=P.reg_mask(tw[0], g, extern=False) if bits == 4 else None)
-                        for j in T.unroll(2):
-                            out[r, b, lane, 2 * g + j] = P.reg_half2(lh[0], lh[1], j, extern=False)
+                            lh[h] = P.reg_bytes(lambda t: rt[t], sl[g], h, extern=False, bits=bits, mask=mask(tw[0], g))
+                        for h in T.unroll(2):
+                            if i < 4:
+                                out[r, b * 16 + i * 4 + 2 * g + h] = P.reg_half2(lh[0], lh[1], h, extern=False)
+                            else:
+                                lanes[r, b, i % 4, 2 * g + h] = P.reg_half2(lh[0], lh[1], h, extern=False)
 
-    rng = np.random.default_rng(bits + 10)
+    rng = np.random.default_rng(bits)
     codes = rng.integers(0, 1 << bits, size=(n, k))
     lut = rng.standard_normal((n, 1 << bits)).astype(np.float16)
     lib = tvm.compile(tvm.IRModule({"main": decode}), target=LLVM)
-    out = tvm.runtime.tensor(np.zeros((n, k // 32, 4, 4), np.uint32), tvm.cpu())
-    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out)
-    got = out.numpy().view(np.float16).reshape(n, k // 32, 4, 4, 2)  # [row, block, lane, pair j, code of pair]
-    cols = np.arange(k // 32)[:, None, None, None] * 32 + np.arange(4)[None, :, None, None] * 2 \
-        + np.arange(4)[None, None, :, None] * 8 + np.arange(2)[None, None, None, :]
-    want = np.take_along_axis(lut, codes, axis=1)[:, cols]
-    np.testing.assert_array_equal(got, want)
+    out = tvm.runtime.tensor(np.zeros((n, k // 2), np.uint32), tvm.cpu())
+    lanes = tvm.runtime.tensor(np.zeros((n, k // 32, 4, 4), np.uint32), tvm.cpu())
+    lib["main"](tvm.runtime.tensor(pack_codes(codes, bits), tvm.cpu()), tvm.runtime.tensor(lut, tvm.cpu()), out,
+                lanes)
+    weights = np.take_along_axis(lut, codes, axis=1)
+    np.testing.assert_array_equal(out.numpy().view(np.float16).reshape(n, k), weights)  # half2 of codes 2p, 2p + 1
+    cols = (np.arange(k // 32)[:, None, None, None] * 32 + np.arange(4)[None, :, None, None] * 2
+            + np.arange(4)[None, None, :, None] * 8 + np.arange(2)[None, None, None, :])
+    np.testing.assert_array_equal(lanes.numpy().view(np.float16).reshape(n, k // 32, 4, 4, 2), weights[:, cols])
 
 
 def test_greedy_feed_takes_the_first_maximum_and_flags_non_finite_logits():

@@ -120,34 +120,29 @@ SMEM_DESC = ('[](const void* p) { return (unsigned long long)((__cvta_generic_to
              '| (1ull << 16) | (64ull << 32) | (1ull << 62); }')
 
 
-def wgmma_m64k16(n: int) -> str:
-    """``wgmma.mma_async m64 x n x k16`` (fp16 in, float32 accumulators ``d[0 .. n/2)``) on two K-major
-    128-byte-swizzled tiles given by their descriptors: a = 64 rows of x, b = n rows of decoded weights."""
+def wgmma_m64k16(n: int, a_in_registers: bool = False) -> str:
+    """``wgmma.mma_async m64 x n x k16`` (fp16 in, float32 accumulators ``d[0 .. n/2)``), B = n rows of a K-major
+    128-byte-swizzled tile given by its descriptor. A = 64 rows of the other tile by descriptor too, or with
+    ``a_in_registers`` four registers per thread (a warp's 16 rows as ``mma.sync``'s A fragment)."""
     acc = n // 2
     regs = ", ".join(f"%{i}" for i in range(acc))
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(acc))
-    return ('[](float* d, unsigned long long a, unsigned long long b) { '
-            f'asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{acc + 2}, 0; wgmma.mma_async.sync.aligned.m64n{n}k16'
-            f'.f32.f16.f16 {{{regs}}}, %{acc}, %{acc + 1}, p, 1, 1, 0, 0; }}" : {outs} : "l"(a), "l"(b), "r"(1) '
-            ': "memory"); return 0; }')
+    if a_in_registers:
+        params, ins, a, b, imm = ("unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long b",
+                                  '"r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b)',
+                                  f"{{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}", acc + 4, "1, 1, 0")
+    else:
+        params, ins, a, b, imm = ("unsigned long long a, unsigned long long b", '"l"(a), "l"(b)', f"%{acc}", acc + 1,
+                                  "1, 1, 0, 0")
+    return (f'[](float* d, {params}) {{ asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{b + 1}, 0; '
+            f'wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{regs}}}, {a}, %{b}, p, {imm}; }}" : {outs} : '
+            f'{ins}, "r"(1) : "memory"); return 0; }}')
 
 
 # The copy of the next K-tile's A fragments into the registers the wgmmas read, as volatile asm so that it stays
 # after the wgmma.wait_group (also volatile asm): as a plain copy nvcc hoisted it above the wait, overwriting the
 # A registers of the wgmmas in flight (the H200 gave intermittent inf outputs).
 MOV_U32 = '[](unsigned a) { unsigned r; asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(a)); return r; }'
-
-
-def wgmma_rs_m64k16(n: int) -> str:
-    """``wgmma.mma_async m64 x n x k16`` with A (64 rows of decoded weights, a warp's 16 rows as ``mma.sync``'s
-    A fragment: four registers) from registers and B (n rows of x, K-major, 128-byte swizzle) from shared memory."""
-    acc = n // 2
-    regs = ", ".join(f"%{i}" for i in range(acc))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(acc))
-    return ('[](float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long b) { '
-            f'asm volatile("{{ .reg .pred p; setp.ne.b32 p, %{acc + 5}, 0; wgmma.mma_async.sync.aligned.m64n{n}k16'
-            f'.f32.f16.f16 {{{regs}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, %{acc + 4}, p, 1, 1, 0; }}" '
-            f': {outs} : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(1) : "memory"); return 0; }}')
 
 
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
@@ -607,8 +602,8 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         """K-tile t's wgmmas, issued: the warpgroup's 64 weight rows (afr) times the x tile in slot t % stages."""
         T.evaluate(T.call_extern("int32", WGMMA_FENCE))
         for s in T.unroll(2 * kbt):
-            T.evaluate(T.call_extern("int32", wgmma_rs_m64k16(bm), T.address_of(acc[0]), afr[s * 4], afr[s * 4 + 1],
-                                     afr[s * 4 + 2], afr[s * 4 + 3],
+            T.evaluate(T.call_extern("int32", wgmma_m64k16(bm, a_in_registers=True), T.address_of(acc[0]),
+                                     afr[s * 4], afr[s * 4 + 1], afr[s * 4 + 2], afr[s * 4 + 3],
                                      dsc[0] + T.Cast("uint64", (t % stages * bm * bk * 2 + s * 32) // 16)))
         T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
 
