@@ -560,11 +560,12 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     thread decodes its A fragments (rows g and g + 8 of its warp's 16, byte q of each index word of a block:
     ``pairs``' layouts put exactly that thread's codes there) while the previous K-tile's wgmmas run. The decoded
     weights never touch shared memory (the shared-operand kernel wrote and read every decoded tile there)."""
+    if sparse:
+        raise ValueError("the weights-in-registers GEMM is dense only")
     check_mma_knobs(knobs)
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
     kbt = bk // BLOCK
-    ch = bk // 8
     ntiles = -(-(padded_k(k) // BLOCK) // kbt)
     rt_words = P.reg_table_words(bits)
     words = bits
