@@ -140,8 +140,9 @@ def wgmma_m64k16(n: int, a_in_registers: bool = False) -> str:
 
 
 # The copy of the next K-tile's A fragments into the registers the wgmmas read, as volatile asm so that it stays
-# after the wgmma.wait_group (also volatile asm): as a plain copy nvcc hoisted it above the wait, overwriting the
-# A registers of the wgmmas in flight (the H200 gave intermittent inf outputs).
+# after the wgmma.wait_group (also volatile asm): as a plain copy nvcc hoisted it above the wait in the PTX of an
+# earlier form of the loop, writing the A registers of wgmmas in flight. (The intermittent inf outputs on the
+# H200 outlived this fix: they were ptxas 13.0's, ``cuda_host.WGMMA_RS_PTXAS``.)
 MOV_U32 = '[](unsigned a) { unsigned r; asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(a)); return r; }'
 
 
@@ -156,9 +157,11 @@ def wgmma_applies(k: int, bits: int, act_dtype: str, nvcc_arch: str) -> bool:
 
 
 def mma_shared_bytes(knobs: GemmKnobs) -> int:
-    """x stages and the double-buffered decoded weight tile (fp16), and the ring of code words, sized for 4 bits
-    (the larger ring), so that knobs valid at one width are valid at the other; wgmma adds its alignment slack."""
-    return ((knobs.stages * knobs.tile_m + 2 * knobs.tile_n) * knobs.tile_k * 2
+    """x stages and the double-buffered decoded weight tile (fp16; none with the weights in registers), and the
+    ring of code words, sized for 4 bits (the larger ring), so that knobs valid at one width are valid at the
+    other; wgmma adds its alignment slack."""
+    decoded = 0 if knobs.weights_in_registers else 2 * knobs.tile_n
+    return ((knobs.stages * knobs.tile_m + decoded) * knobs.tile_k * 2
             + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4
             + (WGMMA_ALIGN if knobs.rule == "wgmma" else 0))
 
