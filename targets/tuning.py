@@ -42,15 +42,17 @@ class Records:
     device: str = ""
     records: list[Record] = field(default_factory=list)
 
-    def exact(self, kind: str, n: int, k: int, bits: int, sparse: bool) -> GemvKnobs | GemmKnobs | None:
-        """The knobs recorded for exactly this shape (``lookup`` falls back to the nearest one)."""
-        rec = next((r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) == (kind, n, k, bits, sparse)),
-                   None)
+    def exact(self, kind: str, n: int, k: int, bits: int, sparse: bool,
+              m: int | None = None) -> GemvKnobs | GemmKnobs | None:
+        """The knobs recorded for exactly this shape, at ``m`` rows if given (``lookup`` falls back to the nearest
+        one)."""
+        rec = next((r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) == (kind, n, k, bits, sparse)
+                    and m in (None, r.m)), None)
         return knobs_from_dict(kind, rec.knobs) if rec else None
 
     def add(self, rec: Record) -> None:
-        key = (rec.kind, rec.n, rec.k, rec.bits, rec.sparse)
-        self.records = [r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) != key] + [rec]
+        key = (rec.kind, rec.n, rec.k, rec.bits, rec.sparse, rec.m)
+        self.records = [r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse, r.m) != key] + [rec]
 
 
 def records_path(arch: str, folder: Path | None = None) -> Path:
@@ -71,7 +73,7 @@ def save(recs: Records, folder: Path | None = None) -> Path:
     """Write atomically (temp file beside the target, then rename)."""
     path = records_path(recs.arch, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recs.records.sort(key=lambda r: (r.kind, r.bits, r.sparse, r.n, r.k))
+    recs.records.sort(key=lambda r: (r.kind, r.bits, r.sparse, r.n, r.k, r.m or 0))
     body = {"arch": recs.arch, "device": recs.device, "records": [asdict(r) for r in recs.records]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -86,8 +88,10 @@ def _cached(arch: str) -> Records:
     return load(arch)
 
 
-def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool) -> GemvKnobs | GemmKnobs | None:
-    """Knobs for a shape from the committed records of ``arch``, or None when there are none."""
+def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool,
+           m: int | None = None) -> GemvKnobs | GemmKnobs | None:
+    """Knobs for a shape (``m``: rows of x, GEMMs) from the committed records of ``arch``, the nearest one where
+    none is exact, or None when there are none."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     candidates = [r for r in _cached(arch).records if r.matches(kind, bits)]
@@ -95,6 +99,7 @@ def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool) -> Gem
         return None
 
     def distance(r: Record) -> tuple[float, bool]:
-        return abs(math.log(r.n / n)) + abs(math.log(r.k / k)), r.sparse != sparse
+        rows = abs(math.log(r.m / m)) if m and r.m else 0.0
+        return abs(math.log(r.n / n)) + abs(math.log(r.k / k)) + rows, r.sparse != sparse
 
     return knobs_from_dict(kind, min(candidates, key=distance).knobs)

@@ -152,6 +152,7 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     from sqcompile.targets.registry import get_target
     sm90a = get_target("cuda", "sm_90").tvm_target()
     registers = replace(WGMMA_KNOBS, weights_in_registers=True)
+    split = replace(registers, tile_m=256, split_k=2)
 
     def register_operand(func) -> bool:  # the RS form: four A registers, then the x descriptor
         return "unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned long long b" in func.script()
@@ -159,12 +160,64 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: True)
     dense = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
     assert register_operand(dense) and _is_wgmma(dense)
+    wide = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=split).script()
+    assert "m64n256k16" in wide and "clusterCtaIdx.x" in wide and "st.shared::cluster" in wide
     assert not register_operand(lut_matmul(200, 1000, 3, m=None, sparse=True, act_dtype="float16", target=sm90a,
                                            knobs=registers))
     monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: False)
     with caplog.at_level("WARNING"):
         old = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
+        old_split = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=split)
     assert _is_wgmma(old) and not register_operand(old) and "shared-operand" in caplog.text
+    assert not register_operand(old_split) and "clusterCtaIdx" not in old_split.script()
+
+
+def test_medium_prompts_run_the_knobs_tuned_at_fewer_rows():
+    """A symbolic-m GEMM holds the short-prompt kernel, the medium knobs' kernel and the long knobs' kernel, picked
+    by the call's rows; a static m builds only the one that fits; equal knobs build one kernel."""
+    from dataclasses import replace
+
+    from sqcompile.kernels.gemm_mma import MEDIUM_ROWS, WGMMA_KNOBS, cuda_lut_gemm_mma
+    medium = replace(WGMMA_KNOBS, weights_in_registers=True)
+    long = replace(medium, tile_m=256, split_k=2)
+    both = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, medium).script()
+    assert "m64n256k16" in both and "m64n128k16" in both and f"m <= T.int64({MEDIUM_ROWS})" in both
+    assert "m64n256k16" not in cuda_lut_gemm_mma(200, 1000, 3, 100, False, long, medium).script()
+    assert "m64n128k16" not in cuda_lut_gemm_mma(200, 1000, 3, 512, False, long, medium).script()
+    assert f"T.int64({MEDIUM_ROWS})" not in cuda_lut_gemm_mma(200, 1000, 3, None, False, long, long).script()
+
+
+@pytest.mark.parametrize("tile_m,split_k", [(256, 2), (256, 3), (256, 4), (128, 3), (24, 3)])
+def test_split_k_exchange_slots(tile_m, split_k):
+    """Each accumulator group has one finishing block; what every other block of the cluster stores for it lands in
+    a slot of its own inside the owner's x stages, and the owner reads back exactly those slots."""
+    from dataclasses import replace
+
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, split_exchange_bytes, split_owner, split_slot
+    knobs = replace(WGMMA_KNOBS, tile_m=tile_m, weights_in_registers=True, split_k=split_k)
+    groups, threads = tile_m // 8, knobs.threads
+    owners = [split_owner(i, knobs) for i in range(groups)]
+    assert owners == sorted(owners) and set(owners) == set(range(split_k))
+    for owner in range(split_k):
+        stored = {split_slot(rank - (rank > owner), i, tid, knobs) for rank in range(split_k) if rank != owner
+                  for i in range(groups) if owners[i] == owner for tid in range(threads)}
+        read = {split_slot(sender, i, tid, knobs) for sender in range(split_k - 1)
+                for i in range(groups) if owners[i] == owner for tid in range(threads)}
+        mine = sum(o == owner for o in owners)
+        assert stored == read and len(read) == (split_k - 1) * mine * threads
+        assert all(s % 4 == 0 and 0 <= s and (s + 4) * 4 <= split_exchange_bytes(knobs) for s in read)
+
+
+def test_split_k_knobs_are_checked():
+    from dataclasses import replace
+
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, check_mma_knobs
+    with pytest.raises(ValueError, match="split_k"):
+        replace(WGMMA_KNOBS, split_k=2).validate()  # the shared-operand kernel does not split K
+    with pytest.raises(ValueError, match="split_k"):
+        replace(WGMMA_KNOBS, weights_in_registers=True, split_k=5).validate()
+    with pytest.raises(ValueError, match="8-row groups"):
+        check_mma_knobs(replace(WGMMA_KNOBS, tile_m=16, weights_in_registers=True, split_k=3))
 
 
 def test_dlight_schedules_sm90a_as_sm90():

@@ -27,3 +27,22 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
     assert len(load("sm_90", tmp_path).records) == 2
     with pytest.raises(ValueError, match="architectures"):
         import_results([first, {**second, "arch": "sm_80"}], tmp_path)
+
+
+def test_gemm_records_are_kept_per_rows_of_x_and_looked_up_by_them(tmp_path, monkeypatch):
+    """A GEMM shape tuned at 128 and at 512 rows keeps both records; ``lookup`` takes the nearest rows."""
+    from sqcompile.kernels.knobs import GemmKnobs
+    from sqcompile.targets import tuning
+
+    def doc(m: int, knobs: GemmKnobs) -> dict:
+        return {"arch": "sm_90", "device": "test GPU", "configs": [{
+            "kind": "gemm", "n": 4096, "k": 11008, "bits": 3, "sparse": False, "m": m,
+            "candidates": [{"name": "c0", "knobs": knobs_to_dict(knobs), "us": 1.0, "default": True, "rel_err": 0}]}]}
+
+    small, large = GemmKnobs(tile_m=64), GemmKnobs(tile_m=256)
+    import_results([doc(128, small), doc(512, large)], tmp_path)
+    recs = load("sm_90", tmp_path)
+    assert len(recs.records) == 2 and recs.exact("gemm", 4096, 11008, 3, False, 128) == small
+    monkeypatch.setattr(tuning, "_cached", lambda arch: recs)
+    assert tuning.lookup("sm_90", "gemm", 4096, 11008, 3, False, m=100) == small
+    assert tuning.lookup("sm_90", "gemm", 4096, 4096, 3, False, m=2048) == large

@@ -16,12 +16,12 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .knobs import SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to_dict
+from .knobs import GEMM_TUNED_ROWS, SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to_dict
 
 log = logging.getLogger(__name__)
 
 LLAMA7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (12288, 4096), (22016, 4096))
-PREFILL = ((512, 11008, 4096), (512, 4096, 11008))  # m, n, k
+PREFILL = tuple((m, n, k) for m in GEMM_TUNED_ROWS for n, k in ((11008, 4096), (4096, 11008)))
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def gemm_space(arch: str) -> list[GemmKnobs]:
     wgmma = [WGMMA_KNOBS, replace(WGMMA_KNOBS, stages=3),
              GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
              GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1, stages=3),
-             replace(WGMMA_KNOBS, weights_in_registers=True), replace(WGMMA_KNOBS, weights_in_registers=True, stages=3)]
+             replace(WGMMA_KNOBS, weights_in_registers=True), replace(WGMMA_KNOBS, weights_in_registers=True, stages=3),
+             *(replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True, split_k=split) for split in (1, 2, 3, 4))]
     return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 
@@ -107,7 +108,7 @@ def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_
             space = list(dict.fromkeys([space[0], *([rec] if rec else []), *space[1:]]))[:space_limit]
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
     for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
-        rec = recs.exact("gemm", n, k, bits, sparse)
+        rec = recs.exact("gemm", n, k, bits, sparse, m)
         out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([gemm[0], *([rec] if rec else []),
                                                                               gemm[1]]))))
     return out

@@ -42,11 +42,15 @@ K-tile's barrier. On an H200 the 512-row 7B GEMMs take 122-132 us against the mm
 
 With ``weights_in_registers`` (dense, sm_90a) the roles swap: the weights are the wgmma's A operand, y^T = W x^T.
 Each thread decodes its own A fragments into registers (rows g and g + 8 of its warp's 16; ``pairs.quad_word``
-gathers exactly its codes, byte q of each index word) while the previous K-tile's wgmmas run, and x is the B
+gathers exactly its codes, byte q of each index word) while the previous K-tile's wgmmas run (two fragment sets
+alternate, so that a K-tile's MMAs stay queued while the threads wait at the next barrier), and x is the B
 operand from shared memory. The decoded weights never touch shared memory, whose bandwidth bounded the
 shared-operand kernel (Nsight Compute: L1 84% busy once its barrier was taken away; ``benchmarks/kernels/NOTES.md``,
 v14). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so ``matmul.py`` falls
-back there.
+back there. Up to 256 rows of x feed one ``m64n256k16`` per decoded fragment, half the decode per multiply-add of
+128; at M = 512 such tiles leave half the SMs idle at N = 4096, so ``split_k`` blocks of a thread-block cluster
+take one K range each and add their accumulators through distributed shared memory (each block finishes an equal
+share of the tile's columns), with no second kernel and no workspace in global memory.
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -82,6 +86,11 @@ LDMATRIX_X4 = ('[](unsigned* r, const void* p) { asm volatile("ldmatrix.sync.ali
 CP_ASYNC_ZFILL = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.cg.shared.global [%0], '
                   '[%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
                   'return 0; }')
+# The same, from ``base`` plus ``off`` halves: a block's x rows are one 64-bit base and 32-bit offsets, where a
+# clamped 64-bit (row, column) index per copy cost ~18 instructions (benchmarks/kernels/NOTES.md, v15).
+CP_ASYNC_ZFILL_AT = ('[](void* dst, const void* base, unsigned off, unsigned n) { asm volatile("cp.async.cg.shared.global '
+                     '[%0], [%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), '
+                     '"l"((const unsigned short*)base + off), "r"(n) : "memory"); return 0; }')
 CP_ASYNC_ZFILL_4 = ('[](void* dst, const void* src, unsigned n) { asm volatile("cp.async.ca.shared.global [%0], '
                     '[%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n) : "memory"); '
                     'return 0; }')
@@ -139,11 +148,21 @@ def wgmma_m64k16(n: int, a_in_registers: bool = False) -> str:
             f'{ins}, "r"(1) : "memory"); return 0; }}')
 
 
-# The copy of the next K-tile's A fragments into the registers the wgmmas read, as volatile asm so that it stays
-# after the wgmma.wait_group (also volatile asm): as a plain copy nvcc hoisted it above the wait in the PTX of an
-# earlier form of the loop, writing the A registers of wgmmas in flight. (The intermittent inf outputs on the
-# H200 outlived this fix: they were ptxas 13.0's, ``cuda_host.WGMMA_RS_PTXAS``.)
-MOV_U32 = '[](unsigned a) { unsigned r; asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(a)); return r; }'
+# All but the newest commit group of this thread's wgmmas done: the weights-in-registers kernel keeps one K-tile's
+# MMAs in flight while it decodes into the other fragment set.
+WGMMA_WAIT_1 = '[]() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); return 0; }'
+
+# Split-K inside a cluster: four partial sums into the same shared address of block ``rank`` of the cluster
+# (``mapa`` gives that block's window), the cluster's barrier (release / acquire order those stores before the
+# reads), and the received partials added into the accumulators.
+STORE_CLUSTER_F32X4 = ('[](const void* p, unsigned rank, const float* v) { unsigned t, s = (unsigned)'
+                       '__cvta_generic_to_shared(p); asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(t) : '
+                       '"r"(s), "r"(rank)); asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" :: '
+                       '"r"(t), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory"); return 0; }')
+CLUSTER_SYNC = ('[]() { asm volatile("barrier.cluster.arrive.release.aligned;\\n\\tbarrier.cluster.wait.acquire.aligned;" '
+                '::: "memory"); return 0; }')
+ADD_F32X4 = ('[](float* d, const void* p) { float4 v = *(const float4*)p; d[0] += v.x; d[1] += v.y; d[2] += v.z; '
+             'd[3] += v.w; return 0; }')
 
 
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
@@ -168,17 +187,23 @@ def mma_shared_bytes(knobs: GemmKnobs) -> int:
 
 def check_mma_knobs(knobs: GemmKnobs) -> None:
     knobs.validate()
-    if knobs.rule == "wgmma" and (knobs.tile_m % 64 or knobs.warps_m != knobs.tile_m // 16 or knobs.warps_n != 1
-                                  or knobs.tile_k != 2 * BLOCK or not 16 <= knobs.tile_n <= 256):
-        raise ValueError(f"wgmma tiles are warpgroups of 64 rows (warps_m = tile_m / 16, warps_n = 1) and up to 256 "
-                         f"columns over 64-code K-tiles: {knobs}")
+    if knobs.weights_in_registers and knobs.rule != "wgmma":
+        raise ValueError(f"weights in registers need the wgmma rule: {knobs}")
+    # the MMA's M side is split into warpgroups; with the weights in registers that is the weight tile
+    wg_rows, mma_n = (knobs.tile_n, knobs.tile_m) if knobs.weights_in_registers else (knobs.tile_m, knobs.tile_n)
+    if knobs.rule == "wgmma" and (wg_rows % 64 or knobs.warps_m != wg_rows // 16 or knobs.warps_n != 1
+                                  or knobs.tile_k != 2 * BLOCK or mma_n % 8 or not 16 <= mma_n <= 256):
+        raise ValueError(f"wgmma tiles are warpgroups of 64 rows (of x, or with the weights in registers of the "
+                         f"weight; warps_m = rows / 16, warps_n = 1) and up to 256 columns over 64-code K-tiles: "
+                         f"{knobs}")
     warps = knobs.warps_m * knobs.warps_n
     threads = 32 * warps
-    if knobs.weights_in_registers and (knobs.rule != "wgmma" or knobs.tile_n % 64 or threads != 2 * knobs.tile_n
-                                       or knobs.tile_m % 8 or knobs.tile_m > 128):
-        raise ValueError(f"weights in registers: wgmma, a warpgroup (128 threads) per 64 weight rows (tile_n), up to "
-                         f"128 rows of x (tile_m, the MMA's N): {knobs}")
-    if knobs.tile_m % (16 * knobs.warps_m) or knobs.tile_n % (16 * knobs.warps_n):
+    if knobs.split_k > 1 and (knobs.tile_m // 8 < knobs.split_k or split_exchange_bytes(knobs) > 2 * knobs.stages
+                              * knobs.tile_m * knobs.tile_k):
+        raise ValueError(f"split-K blocks each finish 8-row groups of x, and receive the others' partials into their "
+                         f"x stages: {knobs}")
+    if not knobs.weights_in_registers and (knobs.tile_m % (16 * knobs.warps_m)
+                                           or knobs.tile_n % (16 * knobs.warps_n)):
         raise ValueError(f"mma tiles need 16-row warp pieces in M and 16-column ones in N: {knobs}")
     if knobs.tile_k not in (BLOCK, 2 * BLOCK):
         raise ValueError(f"mma K-tiles are one or two 32-code blocks, got tile_k={knobs.tile_k}: {knobs}")
@@ -187,12 +212,44 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
                          f"{knobs.tile_n}): {knobs}")
     if knobs.tile_m * knobs.tile_k // 8 % threads:
         raise ValueError(f"the x tile ({knobs.tile_m} rows) must split evenly over {threads} threads: {knobs}")
-    if knobs.stages < 2:
-        raise ValueError(f"mma needs at least 2 x stages: {knobs}")
+    if knobs.stages < 2 + knobs.weights_in_registers:
+        raise ValueError(f"mma needs at least 2 x stages (3 with the weights in registers: their copies run "
+                         f"stages - 2 ahead): {knobs}")
     limit = WGMMA_SHARED_LIMIT if knobs.rule == "wgmma" else SHARED_LIMIT
     if mma_shared_bytes(knobs) > limit:
         raise ValueError(f"{knobs.rule} knobs {knobs} need up to {mma_shared_bytes(knobs)} bytes of shared memory, "
                          f"over the {limit} limit")
+
+
+def split_owner(i, knobs: GemmKnobs):
+    """The block of a split-K cluster that finishes accumulator group ``i`` (8 rows of x: columns of y^T), in
+    contiguous equal shares; ``i`` an int or a TIR expression."""
+    return i * knobs.split_k // (knobs.tile_m // 8)
+
+
+def split_share(knobs: GemmKnobs) -> int:
+    """The most groups one block of a split-K cluster finishes."""
+    owners = [split_owner(i, knobs) for i in range(knobs.tile_m // 8)]
+    return max(map(owners.count, range(knobs.split_k)))
+
+
+def split_slot(sender, i, tid, knobs: GemmKnobs):
+    """Where thread ``tid``'s group ``i`` from the ``sender``-th other block of the cluster (0 .. split_k - 2, in
+    rank order without the owner) lands in the owner's x stages, in floats from their start: 16 bytes a thread,
+    threads adjacent, so the stores and loads are conflict-free."""
+    first = (split_owner(i, knobs) * (knobs.tile_m // 8) + knobs.split_k - 1) // knobs.split_k  # owner's first group
+    return ((sender * split_share(knobs) + i - first) * knobs.threads + tid) * 4
+
+
+def split_exchange_bytes(knobs: GemmKnobs) -> int:
+    """Shared memory a split-K block receives the other blocks' partials into."""
+    return (knobs.split_k - 1) * split_share(knobs) * knobs.threads * 16
+
+
+def shared_operand(knobs: GemmKnobs) -> GemmKnobs:
+    """What runs where the weights-in-registers kernel cannot (a sparse weight, an old ptxas): the shared-operand
+    wgmma kernel's default."""
+    return WGMMA_KNOBS if knobs.weights_in_registers else knobs
 
 
 def swizzled(row, chunk, chunks: int):
@@ -227,56 +284,79 @@ def decode_part(tid, tpr: int):
 # with ceil(N / tile_n) blocks (32 at N = 4096), each walking K alone, latency-bound. These narrow tiles give
 # 2-4x the blocks, and their small x tiles afford a deeper pipeline.
 SHORT_ROWS = 64
+# Medium prompts, SHORT_ROWS < m <= MEDIUM_ROWS, run the knobs tuned at 128 rows (``knobs.GEMM_TUNED_ROWS``), longer
+# ones those tuned at 512: at 128 rows a 256-row split-K tile wastes half its MMAs and 11008 x 4096 took 72 us on an
+# H200 against 45 for the 128 x 128 tile, while at 256 rows the 512-row knobs won at every 7B shape (NOTES.md, v15).
+MEDIUM_ROWS = 192
 SHORT_KNOBS = GemmKnobs(32, 64, warps_m=1, warps_n=4, stages=6, tile_k=64)
 # The untuned wgmma tiles (sm_90a): two warpgroups on 128 x 128, four x stages. Measured on the 7B prefill shapes
 # against 64 x 128 (one warpgroup), 128 x 256 and split-N warpgroups (benchmarks/kernels/NOTES.md, v11).
 WGMMA_KNOBS = GemmKnobs(128, 128, rule="wgmma", warps_m=8, warps_n=1, stages=4, tile_k=64)
 
 
-def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs) -> tirx.PrimFunc:
-    """The GEMM with ``knobs``; for a symbolic m the kernel with ``SHORT_KNOBS`` beside it, picked on the host by
-    the row count of the call (for a static m, the one that fits)."""
+def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs,
+                      medium: GemmKnobs | None = None) -> tirx.PrimFunc:
+    """The GEMM with ``knobs``; for a symbolic m the kernels with ``SHORT_KNOBS`` and (where they differ) the
+    ``medium`` knobs beside it, picked on the host by the row count of the call (for a static m, the one that
+    fits)."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
     # the register-operand kernel is dense only: a sparse GEMM adds its nonzeros into the shared decoded tile
-    tuned_body = _rs_body if knobs.weights_in_registers and not sparse else _mma_body
+    def tuned_body(kn: GemmKnobs):
+        if kn.weights_in_registers and not sparse:
+            return _rs_body(n, k, bits, kn)
+        return _mma_body(n, k, bits, sparse, shared_operand(kn))
+
+    medium = medium if medium not in (None, knobs) else None
     if m is not None:
-        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS) if m <= SHORT_ROWS else tuned_body(n, k, bits, sparse, knobs)
+        kn = knobs if m > MEDIUM_ROWS or medium is None else medium
+        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS) if m <= SHORT_ROWS else tuned_body(kn)
         return lut_matmul_signature(n, k, bits, m, "float16", sparse, body)
-    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), tuned_body(n, k, bits, sparse, knobs)
+    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), tuned_body(knobs)
+    mid = tuned_body(medium) if medium is not None else None
 
     @T.macro
-    def either(x, q, lut, y, rowptr, col, val, tiles, rows):
+    def by_rows(x, q, lut, y, rowptr, col, val, tiles, rows):
         if rows <= SHORT_ROWS:
             short(x, q, lut, y, rowptr, col, val, tiles, rows)
+        elif medium is not None:  # decided here, in Python: no third kernel without medium knobs
+            if rows <= MEDIUM_ROWS:
+                mid(x, q, lut, y, rowptr, col, val, tiles, rows)
+            else:
+                tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
         else:
             tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
 
-    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, either)
+    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, by_rows)
 
 
 def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
     """The cp.async macros of both wgmma/mma kernels: ``issue_tile(t)`` is one commit group holding x tile t
     (``tile_m`` rows, zero-filled past m and k) and the code words of K-tile t + 1 of the block's ``tile_n``
-    weight rows (zeros past the row) in ring slot (t + 1) % stages; ``issue_codes`` copies one K-tile's codes
-    (those of tile 0 join the first group)."""
+    weight rows (zeros past the row) in ring slot (t + 1) % stages, each if it comes before K-tile ``end`` (the
+    block's last, exclusive); ``issue_codes`` copies one K-tile's codes (those of the first tile join the first
+    group)."""
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     kbt, ch, words = bk // BLOCK, bk // 8, bits
-    ntiles = -(-(padded_k(k) // BLOCK) // kbt)
     row_words, tile_words = packed_words(k, bits), kbt * words
     x_iters = bm * ch // nthreads
     c_vec = 4 if bits == 4 else 1  # words per code copy: 16 bytes where a block is 16-byte aligned
     c_iters = -(-bn * tile_words // c_vec // nthreads)
 
+    def x_row(tid, e):  # the tile row of x a thread's e-th copy fills (16 bytes of it)
+        return tid // ch + e * (nthreads // ch)
+
+    def x_col(tid, t):
+        return t * bk + tid % ch * 8
+
     @T.macro
     def issue_x(x, xs, base, bx, tid, t, rows):
         for e in T.unroll(x_iters):
-            T.evaluate(T.call_extern("int32", CP_ASYNC_ZFILL, T.address_of(xs[base + (t % stages * bm * ch + swizzled(
-                (e * nthreads + tid) // ch, (e * nthreads + tid) % ch, ch)) * 8]), T.address_of(x[
-                    T.min(bx * bm + (e * nthreads + tid) // ch, rows - 1),
-                    T.min(t * bk + (e * nthreads + tid) % ch * 8, k - 8)]),
-                T.if_then_else(bx * bm + (e * nthreads + tid) // ch < rows
-                               and t * bk + (e * nthreads + tid) % ch * 8 < k, T.uint32(16), T.uint32(0))))
+            T.evaluate(T.call_extern(
+                "int32", CP_ASYNC_ZFILL_AT, T.address_of(xs[base + (t % stages * bm * ch + swizzled(
+                    x_row(tid, e), tid % ch, ch)) * 8]), T.address_of(x[bx * bm, 0]),
+                T.if_then_else(bx * bm + x_row(tid, e) < rows and x_col(tid, t) < k, T.Cast("uint32", x_row(tid, e) * k + x_col(tid, t)), T.uint32(0)),
+                T.if_then_else(bx * bm + x_row(tid, e) < rows and x_col(tid, t) < k, T.uint32(16), T.uint32(0))))
 
     @T.macro
     def issue_codes(q, cs, base, by, tid, t):
@@ -292,10 +372,10 @@ def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
                                    T.uint32(4 * c_vec), T.uint32(0))))
 
     @T.macro
-    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows):
-        if t < ntiles:
+    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows, end):
+        if t < end:
             issue_x(x, xs, base, bx, tid, t, rows)
-        if t + 1 < ntiles:
+        if t + 1 < end:
             issue_codes(q, cs, base, by, tid, t + 1)
         T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
 
@@ -526,7 +606,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
                     issue_codes(q, cs, tiles_at(off), by, tid, 0)
                     for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, s, rows)
+                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, s, rows, ntiles)
                     for r in T.unroll(rt_words):
                         rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
                             "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
@@ -543,10 +623,10 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
                     T.tvm_storage_sync("shared")
                     for kt in range(ntiles):
-                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, kt + stages - 1, rows)
-                        if wg:
+                        if wg:  # issued before the copies, which then run beside the tensor cores
                             wgmma_tile(acc, dsc, tid, kt)
-                        else:
+                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, kt + stages - 1, rows, ntiles)
+                        if not wg:
                             mma_tile(xs, ws, acc, af, bf, tid, kt)
                         if kt + 1 < ntiles:
                             decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by,
@@ -557,28 +637,51 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     return body
 
 
-def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
+def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     """The wgmma kernel with the weights as the A operand, decoded straight into registers: y^T = W x^T. A block
     owns ``tile_n`` weight rows (a warpgroup per 64) and ``tile_m`` rows of x (the MMA's N); per K-tile each
     thread decodes its A fragments (rows g and g + 8 of its warp's 16, byte q of each index word of a block:
     ``pairs``' layouts put exactly that thread's codes there) while the previous K-tile's wgmmas run. The decoded
-    weights never touch shared memory (the shared-operand kernel wrote and read every decoded tile there)."""
-    if sparse:
-        raise ValueError("the weights-in-registers GEMM is dense only")
+    weights never touch shared memory (the shared-operand kernel wrote and read every decoded tile there).
+
+    With ``split_k`` > 1 the ``split_k`` consecutive blocks of a cluster (``blockIdx.x``: the x tile times
+    ``split_k`` plus the block's rank) take consecutive K ranges of one output tile. After the K loop each block
+    stores the accumulator groups that the others finish (``split_owner``) into their x stages, and after the
+    cluster's barrier adds those it received to its own and writes them."""
     check_mma_knobs(knobs)
-    bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
+    bm, bn, bk, stages, split = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages, knobs.split_k
     nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
     kbt = bk // BLOCK
     ntiles = -(-(padded_k(k) // BLOCK) // kbt)
+    per_block = -(-ntiles // split)  # K-tiles a block of a split-K cluster takes (the last may take fewer)
     rt_words = P.reg_table_words(bits)
     words = bits
     tile_words = kbt * words
     x_halves, c_words = stages * bm * bk, stages * bn * tile_words
     slack = WGMMA_ALIGN // 4
+    groups = bm // 8  # 8-column groups of the accumulators (rows of x)
 
     def wrow(tid, h):
         """Weight row (in the block) of the thread's A fragment rows g (h = 0) and g + 8 (h = 1)."""
         return tid // 32 * 16 + tid % 32 // 4 + 8 * h
+
+    def owner(i):
+        return split_owner(i, knobs)
+
+    # The block's place: its x tile, rank in the cluster and K-tiles [first, end). Python ints without split-K, so
+    # that the K loop keeps static bounds: runtime ones cost the 128 x 128 kernel 21 registers (149, one block per
+    # SM instead of two) and 20% of its speed at 512 x 11008 x 4096 on an H200.
+    def x_tile(bx):
+        return bx // split if split > 1 else bx
+
+    def rank_of(bx):
+        return T.Cast("int32", bx % split) if split > 1 else 0
+
+    def first_tile(bx):
+        return rank_of(bx) * per_block
+
+    def end_tile(bx):
+        return T.min(first_tile(bx) + per_block, ntiles) if split > 1 else ntiles
 
     issue_codes, issue_tile = _copies(n, k, bits, knobs, nthreads)
 
@@ -612,61 +715,109 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
 
     @T.macro
-    def store_y(y, acc, bx, by, tid, rows):
-        """The accumulators hold y^T: row = weight row (g, g + 8), column = row of x (8 i + 2 q, + 1)."""
-        for i in T.unroll(bm // 8):
-            for h in T.unroll(2):
-                for v in T.unroll(2):
-                    if bx * bm + i * 8 + tid % 4 * 2 + v < rows and by * bn + wrow(tid, h) < n:
-                        y[bx * bm + i * 8 + tid % 4 * 2 + v, by * bn + wrow(tid, h)] = T.Cast(
-                            "float16", acc[4 * i + 2 * h + v])
+    def exchange(red, acc, base, rank, tid):
+        """Split-K: the groups other blocks finish, into their x stages (every block is past its K loop: the
+        first barrier); the groups this block finishes, plus what it received (the second)."""
+        T.evaluate(T.call_extern("int32", cp_async_wait(0)))
+        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
+        for i in T.unroll(groups):
+            if owner(i) != rank:
+                T.evaluate(T.call_extern("int32", STORE_CLUSTER_F32X4, T.address_of(red[base + split_slot(
+                    rank - T.if_then_else(rank > owner(i), 1, 0), i, tid, knobs)]), T.Cast("uint32", owner(i)),
+                    T.address_of(acc[4 * i])))
+        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
+        for i in T.unroll(groups):
+            if owner(i) == rank:
+                for sender in T.unroll(split - 1):
+                    T.evaluate(T.call_extern("int32", ADD_F32X4, T.address_of(acc[4 * i]),
+                                             T.address_of(red[base + split_slot(sender, i, tid, knobs)])))
+
+    @T.macro
+    def store_y(y, acc, bx, by, tid, rows, i):
+        """Group i of the accumulators, which hold y^T: row = weight row (g, g + 8), column = row of x
+        (8 i + 2 q, + 1)."""
+        for h in T.unroll(2):
+            for v in T.unroll(2):
+                if bx * bm + i * 8 + tid % 4 * 2 + v < rows and by * bn + wrow(tid, h) < n:
+                    y[bx * bm + i * 8 + tid % 4 * 2 + v, by * bn + wrow(tid, h)] = T.Cast(
+                        "float16", acc[4 * i + 2 * h + v])
+
+    @T.macro
+    def k_tile(x, q, xs, cs, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid, t):
+        """K-tile t: its wgmmas on fragment set fa, the copies of K-tile t + stages - 2 into the slot that t - 2's
+        wgmmas read (every warpgroup waited for them before the barrier), then once t - 1's wgmmas are done (the
+        last to read fb), t + 1 decoded into fb. So the tensor cores still hold t's MMAs while the threads wait at
+        the next barrier."""
+        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # x tile t, codes t + 1
+        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
+        T.tvm_storage_sync("shared")
+        mma(acc, fa, dsc, t)
+        issue_tile(x, q, xs, cs, off[0], x_tile(bx), by, tid, t + stages - 2, rows, end_tile(bx))
+        T.evaluate(T.call_extern("int32", WGMMA_WAIT_1))
+        if t + 1 < end_tile(bx):
+            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, tid, t + 1)
+
+    @T.macro
+    def block(x, q, lut, y, rows, bx, by, tid):
+        """x tile ``x_tile(bx)``, weight tile by, K-tiles [``first_tile(bx)``, ``end_tile(bx)``)."""
+        smem = T.alloc_buffer((x_halves // 2 + c_words + slack,), "uint32", scope="shared.dyn")
+        xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
+        red = T.decl_buffer((x_halves // 2,), "float32", data=smem.data, scope="shared.dyn")
+        cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=x_halves // 2, scope="shared.dyn")
+        acc = T.alloc_buffer((bm // 2,), "float32", scope="local")
+        fa = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # A fragments of the even K-tiles (of the block)
+        fb = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # of the odd ones
+        cw = T.alloc_buffer((4,), "uint32", scope="local")
+        rt = T.alloc_buffer((2 * rt_words,), "uint32", scope="local")
+        tw = T.alloc_buffer((1,), "uint32", scope="local")
+        sl = T.alloc_buffer((3,), "uint32", scope="local")
+        lh = T.alloc_buffer((2,), "uint32", scope="local")
+        mk = T.alloc_buffer((1,), "uint32", scope="local")
+        off = T.alloc_buffer((1,), "int32", scope="local")
+        dsc = T.alloc_buffer((1,), "uint64", scope="local")
+        off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
+        dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+        if first_tile(bx) < end_tile(bx):
+            issue_codes(q, cs, off[0], by, tid, first_tile(bx))
+        for s in T.unroll(stages - 2):
+            issue_tile(x, q, xs, cs, off[0], x_tile(bx), by, tid, first_tile(bx) + s, rows, end_tile(bx))
+        for h in T.unroll(2):
+            for r in T.unroll(rt_words):
+                rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
+                    "uint16", lut[T.min(by * bn + wrow(tid, h), n - 1), c])), r, bits)
+        sl[2] = P.quad_selector(tid % 4)
+        for i in T.unroll(bm // 2):
+            acc[i] = T.float32(0)
+        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))
+        T.tvm_storage_sync("shared")
+        if first_tile(bx) < end_tile(bx):
+            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fa, tid, first_tile(bx))
+        for j2 in range((end_tile(bx) - first_tile(bx) + 1) // 2):  # unrolled by two: the sets alternate
+            for u in T.unroll(2):
+                if j2 * 2 + u < end_tile(bx) - first_tile(bx):
+                    if u == 0:
+                        k_tile(x, q, xs, cs, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid,
+                               first_tile(bx) + j2 * 2)
+                    else:
+                        k_tile(x, q, xs, cs, acc, fb, fa, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid,
+                               first_tile(bx) + j2 * 2 + 1)
+        T.evaluate(T.call_extern("int32", WGMMA_WAIT))
+        if split > 1:
+            exchange(red, acc, off[0] // 2, rank_of(bx), tid)
+        for i in T.unroll(groups):
+            if owner(i) == rank_of(bx):
+                store_y(y, acc, x_tile(bx), by, tid, rows, i)
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
-        for bx in T.thread_binding(T.ceildiv(rows, bm), thread="blockIdx.x"):
+        # a cluster's blocks are consecutive blockIdx.x
+        for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    smem = T.alloc_buffer((x_halves // 2 + c_words + slack,), "uint32", scope="shared.dyn")
-                    xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
-                    cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=x_halves // 2,
-                                       scope="shared.dyn")
-                    acc = T.alloc_buffer((bm // 2,), "float32", scope="local")
-                    afr = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # the K-tile's A fragments
-                    an = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # the next K-tile's
-                    cw = T.alloc_buffer((4,), "uint32", scope="local")
-                    rt = T.alloc_buffer((2 * rt_words,), "uint32", scope="local")
-                    tw = T.alloc_buffer((1,), "uint32", scope="local")
-                    sl = T.alloc_buffer((3,), "uint32", scope="local")
-                    lh = T.alloc_buffer((2,), "uint32", scope="local")
-                    mk = T.alloc_buffer((1,), "uint32", scope="local")
-                    off = T.alloc_buffer((1,), "int32", scope="local")
-                    dsc = T.alloc_buffer((1,), "uint64", scope="local")
-                    off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
-                    dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
-                    issue_codes(q, cs, off[0], by, tid, 0)
-                    for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, s, rows)
-                    for h in T.unroll(2):
-                        for r in T.unroll(rt_words):
-                            rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
-                                "uint16", lut[T.min(by * bn + wrow(tid, h), n - 1), c])), r, bits)
-                    sl[2] = P.quad_selector(tid % 4)
-                    for i in T.unroll(bm // 2):
-                        acc[i] = T.float32(0)
-                    T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))
-                    T.tvm_storage_sync("shared")
-                    decode(cs, off[0], cw, rt, tw, sl, lh, mk, an, tid, 0)
-                    for kt in range(ntiles):
-                        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile kt, codes kt + 1
-                        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
-                        T.tvm_storage_sync("shared")
-                        for i in T.unroll(4 * 2 * kbt):
-                            afr[i] = T.call_extern("uint32", MOV_U32, an[i])
-                        issue_tile(x, q, xs, cs, off[0], bx, by, tid, kt + stages - 1, rows)
-                        mma(acc, afr, dsc, kt)
-                        if kt + 1 < ntiles:
-                            decode(cs, off[0], cw, rt, tw, sl, lh, mk, an, tid, kt + 1)
-                        T.evaluate(T.call_extern("int32", WGMMA_WAIT))  # before the barrier frees x slot kt
-                    store_y(y, acc, bx, by, tid, rows)
+                    if split > 1:
+                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
+                            block(x, q, lut, y, rows, bx, by, tid)
+                    else:
+                        block(x, q, lut, y, rows, bx, by, tid)
 
     return body

@@ -12,11 +12,11 @@ from .cpu import cpu_lut_matmul
 from .cuda_host import WGMMA_RS_PTXAS, ptxas_keeps_wgmma_registers, ptxas_version
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_mma import applies as mma_applies
-from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, wgmma_applies
+from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, shared_operand, wgmma_applies
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
-from .knobs import GemmKnobs, GemvKnobs
+from .knobs import GEMM_TUNED_ROWS, GemmKnobs, GemvKnobs
 from .launch import programmatic_launch, target_arch
 from .sparse_cuda import sparse_after_dense
 
@@ -73,18 +73,28 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                 func = cuda_lut_gemv(n, k, bits, sparse, act_dtype, knobs, pdl=pdl)
         else:
             wgmma = wgmma_applies(k, bits, act_dtype, str(target.attrs.get("arch")))
-            knobs = knobs or lookup(target_arch(target), "gemm", n, k, bits, sparse) or (
-                WGMMA_KNOBS if wgmma else GemmKnobs())
+
+            def usable(kn: GemmKnobs) -> GemmKnobs:
+                if kn.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without wgmma
+                    return GemmKnobs()
+                if kn.weights_in_registers and not ptxas_keeps_wgmma_registers():
+                    log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA "
+                                "%d.%d): the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
+                                *WGMMA_RS_PTXAS, n, k)
+                    return shared_operand(kn)
+                return kn
+
+            medium = None
+            if knobs is None:  # the records' knobs for long prompts, and those tuned at fewer rows for medium ones
+                medium_rows, long_rows = GEMM_TUNED_ROWS
+                knobs = lookup(target_arch(target), "gemm", n, k, bits, sparse, long_rows) or (
+                    WGMMA_KNOBS if wgmma else GemmKnobs())
+                medium = lookup(target_arch(target), "gemm", n, k, bits, sparse, medium_rows)
+            knobs = usable(knobs)
+            medium = usable(medium) if medium and medium.rule in ("mma", "wgmma") else None
             func = None
-            if knobs.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without wgmma
-                knobs = GemmKnobs()
-            if knobs.weights_in_registers and not ptxas_keeps_wgmma_registers():
-                log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA %d.%d): "
-                            "the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
-                            *WGMMA_RS_PTXAS, n, k)
-                knobs = replace(knobs, weights_in_registers=False)
             if knobs.rule in ("mma", "wgmma") and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
-                func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs)
+                func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs, medium)
             elif knobs.rule != "simt":  # the dense part on dlight's schedule, then the CSR add (sparse_cuda.py)
                 func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
                 if func is not None and sparse:
