@@ -74,24 +74,25 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
         else:
             wgmma = wgmma_applies(k, bits, act_dtype, str(target.attrs.get("arch")))
 
-            def usable(kn: GemmKnobs) -> GemmKnobs:
-                if kn.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without wgmma
-                    return GemmKnobs()
-                if kn.weights_in_registers and not ptxas_keeps_wgmma_registers():
-                    log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA "
-                                "%d.%d): the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
-                                *WGMMA_RS_PTXAS, n, k)
-                    return shared_operand(kn)
-                return kn
-
             medium = None
             if knobs is None:  # the records' knobs for long prompts, and those tuned at fewer rows for medium ones
                 medium_rows, long_rows = GEMM_TUNED_ROWS
                 knobs = lookup(target_arch(target), "gemm", n, k, bits, sparse, long_rows) or (
                     WGMMA_KNOBS if wgmma else GemmKnobs())
                 medium = lookup(target_arch(target), "gemm", n, k, bits, sparse, medium_rows)
-            knobs = usable(knobs)
-            medium = usable(medium) if medium and medium.rule in ("mma", "wgmma") else None
+                medium = medium if medium and medium.rule in ("mma", "wgmma") else None
+            registers_ok = ptxas_keeps_wgmma_registers()
+            if not registers_ok and any(kn and kn.weights_in_registers for kn in (knobs, medium)):
+                log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA %d.%d): "
+                            "the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
+                            *WGMMA_RS_PTXAS, n, k)
+
+            def usable(kn: GemmKnobs | None) -> GemmKnobs | None:
+                if kn is not None and kn.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without it
+                    return GemmKnobs()
+                return shared_operand(kn) if kn is not None and not registers_ok else kn
+
+            knobs, medium = usable(knobs), usable(medium)
             func = None
             if knobs.rule in ("mma", "wgmma") and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
                 func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs, medium)
