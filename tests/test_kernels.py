@@ -162,6 +162,8 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     assert register_operand(dense) and _is_wgmma(dense)
     wide = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=split).script()
     assert "m64n256k16" in wide and "clusterCtaIdx.x" in wide and "st.shared::cluster" in wide
+    # x tiles by the TMA, from a tensor map the host encodes per call
+    assert "tensormap_encode_tiled" in wide and "cp.async.bulk.tensor.2d" in wide
     assert not register_operand(lut_matmul(200, 1000, 3, m=None, sparse=True, act_dtype="float16", target=sm90a,
                                            knobs=registers))
     monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: False)
@@ -443,9 +445,13 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[1])\n"
         "t = tvm.target.Target({'kind': 'cuda', 'arch': 'sm_90a'}, host={'kind': 'llvm'})\n"
+        "from dataclasses import replace\n"
+        "from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma\n"
+        "split = replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True, split_k=2)\n"
         "mod = tvm.IRModule({'wgmma': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
         "                    'wgmma_sp': lut_matmul(333, 4160, 3, m=None, sparse=True, act_dtype='float16',\n"
-        "                                           target=t)})\n"
+        "                                           target=t),\n"
+        "                    'wgmma_rs': cuda_lut_gemm_mma(333, 4160, 3, None, False, split)})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[2])\n"
     )

@@ -46,7 +46,10 @@ gathers exactly its codes, byte q of each index word) while the previous K-tile'
 alternate, so that a K-tile's MMAs stay queued while the threads wait at the next barrier), and x is the B
 operand from shared memory. The decoded weights never touch shared memory, whose bandwidth bounded the
 shared-operand kernel (Nsight Compute: L1 84% busy once its barrier was taken away; ``benchmarks/kernels/NOTES.md``,
-v14). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so ``matmul.py`` falls
+v14). Its x tiles come by the Tensor Memory Accelerator: one thread copies a whole tile (the hardware applies the
+same 128-byte swizzle and the zero fill past m and K) described by a tensor map the host encodes per call, and the
+wgmmas wait on the stage's mbarrier. The threads, latency-bound with one block of eight warps per SM, then issue no
+copy instructions for x: 8-11% faster than eight 16-byte ``cp.async`` a thread per K-tile (NOTES.md, v16). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so ``matmul.py`` falls
 back there. Up to 256 rows of x feed one ``m64n256k16`` per decoded fragment, half the decode per multiply-add of
 128; at M = 512 such tiles leave half the SMs idle at N = 4096, so ``split_k`` blocks of a thread-block cluster
 take one K range each and add their accumulators through distributed shared memory (each block finishes an equal
@@ -164,6 +167,25 @@ CLUSTER_SYNC = ('[]() { asm volatile("barrier.cluster.arrive.release.aligned;\\n
 ADD_F32X4 = ('[](float* d, const void* p) { float4 v = *(const float4*)p; d[0] += v.x; d[1] += v.y; d[2] += v.z; '
              'd[3] += v.w; return 0; }')
 
+# The register-operand kernel's x tiles by the Tensor Memory Accelerator: one thread copies a whole tile (tile_k
+# columns x tile_m rows, zero-filled past m and K, in the 128-byte swizzle of ``swizzled``) described by a tensor map
+# that the host encodes per call; the tile's arrival is counted in bytes on an mbarrier of its stage, whose phase
+# the consumers wait on. Per thread and K-tile that replaces eight 16-byte cp.async and their addresses.
+MBARRIER_INIT = ('[](void* bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: '
+                 '"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory"); return 0; }')
+# The barriers' initialisation, made visible to the async proxy (the copies complete on them).
+FENCE_MBARRIER_INIT = '[]() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); return 0; }'
+TMA_LOAD_2D = ('[](void* dst, unsigned long long map, void* bar, int col, int row, unsigned bytes) { unsigned b = '
+               '(unsigned)__cvta_generic_to_shared(bar); asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, '
+               '[%0], %1;" :: "r"(b), "r"(bytes) : "memory"); asm volatile("cp.async.bulk.tensor.2d.shared::cluster'
+               '.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" :: "r"((unsigned)'
+               '__cvta_generic_to_shared(dst)), "l"(map), "r"(col), "r"(row), "r"(b) : "memory"); return 0; }')
+# Until the barrier's phase of the given parity has completed (the braces scope the labels of each inlined copy).
+MBARRIER_WAIT = ('[](void* bar, unsigned parity) { asm volatile("{ .reg .pred p; WAIT: mbarrier.try_wait.parity'
+                 '.shared::cta.b64 p, [%0], %1; @!p bra WAIT; }" :: "r"((unsigned)__cvta_generic_to_shared(bar)), '
+                 '"r"(parity) : "memory"); return 0; }')
+SWIZZLE_128B, L2_PROMOTION_128B = 3, 2  # CUtensorMapSwizzle / CUtensorMapL2promotion values
+
 
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
     """Whether this rule can build the GEMM (see the module doc)."""
@@ -180,8 +202,9 @@ def mma_shared_bytes(knobs: GemmKnobs) -> int:
     ring of code words, sized for 4 bits (the larger ring), so that knobs valid at one width are valid at the
     other; wgmma adds its alignment slack."""
     decoded = 0 if knobs.weights_in_registers else 2 * knobs.tile_n
+    barriers = 8 * knobs.stages if knobs.weights_in_registers else 0  # the TMA copies' mbarriers
     return ((knobs.stages * knobs.tile_m + decoded) * knobs.tile_k * 2
-            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4
+            + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4 + barriers
             + (WGMMA_ALIGN if knobs.rule == "wgmma" else 0))
 
 
@@ -683,7 +706,19 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     def end_tile(bx):
         return T.min(first_tile(bx) + per_block, ntiles) if split > 1 else ntiles
 
-    issue_codes, issue_tile = _copies(n, k, bits, knobs, nthreads)
+    issue_codes, _ = _copies(n, k, bits, knobs, nthreads)
+
+    @T.macro
+    def issue_tile(x_map, xs, bars, q, cs, base, bx, by, tid, t, end):
+        """One commit group: the codes of K-tile t + 1 (cp.async by every thread) and, by thread 0, x tile t
+        through the TMA into stage t % stages, counted on that stage's barrier; each if it comes before ``end``."""
+        if t < end and tid == 0:
+            T.evaluate(T.call_extern("int32", TMA_LOAD_2D, T.address_of(xs[base + t % stages * bm * bk]),
+                                     T.address_of(x_map), T.address_of(bars[t % stages]), t * bk,
+                                     T.Cast("int32", x_tile(bx) * bm), T.uint32(bm * bk * 2)))
+        if t + 1 < end:
+            issue_codes(q, cs, base, by, tid, t + 1)
+        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
 
     @T.macro
     def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, tid, t):
@@ -743,27 +778,32 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
                         "float16", acc[4 * i + 2 * h + v])
 
     @T.macro
-    def k_tile(x, q, xs, cs, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid, t):
-        """K-tile t: its wgmmas on fragment set fa, the copies of K-tile t + stages - 2 into the slot that t - 2's
-        wgmmas read (every warpgroup waited for them before the barrier), then once t - 1's wgmmas are done (the
-        last to read fb), t + 1 decoded into fb. So the tensor cores still hold t's MMAs while the threads wait at
-        the next barrier."""
-        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # x tile t, codes t + 1
-        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
+    def k_tile(x_map, q, xs, cs, bars, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid, t):
+        """K-tile t: its wgmmas on fragment set fa once its x tile has landed, the copies of K-tile
+        t + stages - 2 into the slot that t - 2's wgmmas read (every warpgroup waited for them before the
+        barrier), then once t - 1's wgmmas are done (the last to read fb), t + 1 decoded into fb. So the tensor
+        cores still hold t's MMAs while the threads wait at the next barrier."""
+        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # codes t + 1
         T.tvm_storage_sync("shared")
+        # the stage's barrier completes a phase per x tile it receives: this is its ((t - first) // stages)-th
+        T.evaluate(T.call_extern("int32", MBARRIER_WAIT, T.address_of(bars[t % stages]),
+                                 T.Cast("uint32", (t - first_tile(bx)) // stages % 2)))
         mma(acc, fa, dsc, t)
-        issue_tile(x, q, xs, cs, off[0], x_tile(bx), by, tid, t + stages - 2, rows, end_tile(bx))
+        issue_tile(x_map, xs, bars, q, cs, off[0], bx, by, tid, t + stages - 2, end_tile(bx))
         T.evaluate(T.call_extern("int32", WGMMA_WAIT_1))
         if t + 1 < end_tile(bx):
             decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, tid, t + 1)
 
     @T.macro
-    def block(x, q, lut, y, rows, bx, by, tid):
+    def block(x_map, q, lut, y, rows, bx, by, tid):
         """x tile ``x_tile(bx)``, weight tile by, K-tiles [``first_tile(bx)``, ``end_tile(bx)``)."""
-        smem = T.alloc_buffer((x_halves // 2 + c_words + slack,), "uint32", scope="shared.dyn")
+        smem = T.alloc_buffer((x_halves // 2 + c_words + slack + 2 * stages,), "uint32", scope="shared.dyn")
         xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
         red = T.decl_buffer((x_halves // 2,), "float32", data=smem.data, scope="shared.dyn")
         cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=x_halves // 2, scope="shared.dyn")
+        # past the alignment slack, which the run-time shift of the tiles may take
+        bars = T.decl_buffer((stages,), "uint64", data=smem.data, elem_offset=(x_halves // 2 + c_words + slack) // 2,
+                             scope="shared.dyn")
         acc = T.alloc_buffer((bm // 2,), "float32", scope="local")
         fa = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # A fragments of the even K-tiles (of the block)
         fb = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # of the odd ones
@@ -777,10 +817,14 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
         dsc = T.alloc_buffer((1,), "uint64", scope="local")
         off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
         dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+        if tid == 0:
+            for s in T.unroll(stages):
+                T.evaluate(T.call_extern("int32", MBARRIER_INIT, T.address_of(bars[s])))
+            T.evaluate(T.call_extern("int32", FENCE_MBARRIER_INIT))
         if first_tile(bx) < end_tile(bx):
             issue_codes(q, cs, off[0], by, tid, first_tile(bx))
         for s in T.unroll(stages - 2):
-            issue_tile(x, q, xs, cs, off[0], x_tile(bx), by, tid, first_tile(bx) + s, rows, end_tile(bx))
+            issue_tile(x_map, xs, bars, q, cs, off[0], bx, by, tid, first_tile(bx) + s, end_tile(bx))
         for h in T.unroll(2):
             for r in T.unroll(rt_words):
                 rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
@@ -796,10 +840,10 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
             for u in T.unroll(2):
                 if j2 * 2 + u < end_tile(bx) - first_tile(bx):
                     if u == 0:
-                        k_tile(x, q, xs, cs, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid,
+                        k_tile(x_map, q, xs, cs, bars, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid,
                                first_tile(bx) + j2 * 2)
                     else:
-                        k_tile(x, q, xs, cs, acc, fb, fa, cw, rt, tw, sl, lh, mk, off, dsc, rows, bx, by, tid,
+                        k_tile(x_map, q, xs, cs, bars, acc, fb, fa, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid,
                                first_tile(bx) + j2 * 2 + 1)
         T.evaluate(T.call_extern("int32", WGMMA_WAIT))
         if split > 1:
@@ -810,14 +854,20 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
+        # x as 2-D tensor map for the TMA, encoded on the host per call: (K, m) halves, rows of 2 K bytes, boxes of
+        # one x tile (zero-filled past m and K)
+        x_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.evaluate(T.tensormap_encode_tiled(x_map, x.data, k, T.max(rows, 1), k * 2, bk, bm, 1, 1,
+                                            descriptor_dtype="float16", rank=2, swizzle=SWIZZLE_128B,
+                                            l2_promotion=L2_PROMOTION_128B))
         # a cluster's blocks are consecutive blockIdx.x
         for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
                     if split > 1:
                         for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
-                            block(x, q, lut, y, rows, bx, by, tid)
+                            block(x_map, q, lut, y, rows, bx, by, tid)
                     else:
-                        block(x, q, lut, y, rows, bx, by, tid)
+                        block(x_map, q, lut, y, rows, bx, by, tid)
 
     return body
