@@ -171,6 +171,7 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
         old = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
         old_split = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=split)
     assert _is_wgmma(old) and not register_operand(old) and "shared-operand" in caplog.text
+    assert "cp.async.bulk.tensor" not in old.script()  # the shared-operand kernel keeps its cp.async copies of x
     assert not register_operand(old_split) and "clusterCtaIdx" not in old_split.script()
 
 

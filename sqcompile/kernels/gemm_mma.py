@@ -46,14 +46,16 @@ gathers exactly its codes, byte q of each index word) while the previous K-tile'
 alternate, so that a K-tile's MMAs stay queued while the threads wait at the next barrier), and x is the B
 operand from shared memory. The decoded weights never touch shared memory, whose bandwidth bounded the
 shared-operand kernel (Nsight Compute: L1 84% busy once its barrier was taken away; ``benchmarks/kernels/NOTES.md``,
-v14). Its x tiles come by the Tensor Memory Accelerator: one thread copies a whole tile (the hardware applies the
-same 128-byte swizzle and the zero fill past m and K) described by a tensor map the host encodes per call, and the
-wgmmas wait on the stage's mbarrier. The threads, latency-bound with one block of eight warps per SM, then issue no
-copy instructions for x: 8-11% faster than eight 16-byte ``cp.async`` a thread per K-tile (NOTES.md, v16). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so ``matmul.py`` falls
-back there. Up to 256 rows of x feed one ``m64n256k16`` per decoded fragment, half the decode per multiply-add of
-128; at M = 512 such tiles leave half the SMs idle at N = 4096, so ``split_k`` blocks of a thread-block cluster
-take one K range each and add their accumulators through distributed shared memory (each block finishes an equal
-share of the tile's columns), with no second kernel and no workspace in global memory.
+v14). Its x tiles come by the Tensor Memory Accelerator: thread 0 copies a whole tile (the hardware applies the
+same 128-byte swizzle and the zero fill past m and K) described by a tensor map that the host encodes per call
+(``encode_x_map``), and the wgmmas wait on the stage's mbarrier. The threads, latency-bound with one block of eight
+warps per SM, then issue no copy instructions for x: 6-18% faster than with eight 16-byte ``cp.async`` a thread per
+K-tile. The shared-operand kernel, bound by shared-memory bandwidth, lost up to 5% with the TMA and keeps its copies
+(NOTES.md, v16). Built with a ptxas older than 13.3 it would be wrong (``cuda_host.WGMMA_RS_PTXAS``), so
+``matmul.py`` falls back there. Up to 256 rows of x feed one ``m64n256k16`` per decoded fragment, half the decode
+per multiply-add of 128; at M = 512 such tiles leave half the SMs idle at N = 4096, so ``split_k`` blocks of a
+thread-block cluster take one K range each and add their accumulators through distributed shared memory (each block
+finishes an equal share of the tile's columns), with no second kernel and no workspace in global memory.
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -353,12 +355,22 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, by_rows)
 
 
-def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
-    """The cp.async macros of both wgmma/mma kernels: ``issue_tile(t)`` is one commit group holding x tile t
+def encode_x_map(x_map, x, rows, k: int, knobs: GemmKnobs):
+    """The host call that describes x to the TMA: (K, m) halves, rows of 2 K bytes, boxes of one x tile
+    (``tile_k`` x ``tile_m``) in the 128-byte swizzle of ``swizzled``, zero-filled past m and K."""
+    return T.tensormap_encode_tiled(x_map, x.data, k, T.max(rows, 1), k * 2, knobs.tile_k, knobs.tile_m, 1, 1,
+                                    descriptor_dtype="float16", rank=2, swizzle=SWIZZLE_128B,
+                                    l2_promotion=L2_PROMOTION_128B)
+
+
+def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int, tma: bool = False):
+    """The copy macros of both wgmma/mma kernels: ``issue_tile(t)`` is one commit group holding x tile t
     (``tile_m`` rows, zero-filled past m and k) and the code words of K-tile t + 1 of the block's ``tile_n``
     weight rows (zeros past the row) in ring slot (t + 1) % stages, each if it comes before K-tile ``end`` (the
     block's last, exclusive); ``issue_codes`` copies one K-tile's codes (those of the first tile join the first
-    group)."""
+    group). With ``tma`` (the register-operand kernel), ``x`` is the tensor map of ``encode_x_map``: thread 0
+    copies x tile t by the TMA, counted on the stage's mbarrier in ``bars`` (``init_x`` sets them up), and
+    ``wait_x`` waits for it."""
     bm, bn, bk, stages = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages
     kbt, ch, words = bk // BLOCK, bk // 8, bits
     row_words, tile_words = packed_words(k, bits), kbt * words
@@ -371,6 +383,27 @@ def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
 
     def x_col(tid, t):
         return t * bk + tid % ch * 8
+
+    @T.macro
+    def init_x(bars, tid):
+        if tid == 0:
+            for s in T.unroll(stages):
+                T.evaluate(T.call_extern("int32", MBARRIER_INIT, T.address_of(bars[s])))
+            T.evaluate(T.call_extern("int32", FENCE_MBARRIER_INIT))
+
+    @T.macro
+    def wait_x(bars, t, first):
+        """Until x tile t has landed: the stage's barrier completes a phase per tile, so this is its
+        ((t - first) // stages)-th, for a block whose first K-tile is ``first``."""
+        T.evaluate(T.call_extern("int32", MBARRIER_WAIT, T.address_of(bars[t % stages]),
+                                 T.Cast("uint32", (t - first) // stages % 2)))
+
+    @T.macro
+    def issue_x_tma(x_map, xs, bars, base, bx, tid, t):
+        if tid == 0:
+            T.evaluate(T.call_extern("int32", TMA_LOAD_2D, T.address_of(xs[base + t % stages * bm * bk]),
+                                     T.address_of(x_map), T.address_of(bars[t % stages]), t * bk,
+                                     T.Cast("int32", bx * bm), T.uint32(bm * bk * 2)))
 
     @T.macro
     def issue_x(x, xs, base, bx, tid, t, rows):
@@ -395,14 +428,17 @@ def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int):
                                    T.uint32(4 * c_vec), T.uint32(0))))
 
     @T.macro
-    def issue_tile(x, q, xs, cs, base, bx, by, tid, t, rows, end):
+    def issue_tile(x, q, xs, cs, bars, base, bx, by, tid, t, rows, end):
         if t < end:
-            issue_x(x, xs, base, bx, tid, t, rows)
+            if tma:
+                issue_x_tma(x, xs, bars, base, bx, tid, t)
+            else:
+                issue_x(x, xs, base, bx, tid, t, rows)
         if t + 1 < end:
             issue_codes(q, cs, base, by, tid, t + 1)
         T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
 
-    return issue_codes, issue_tile
+    return issue_codes, issue_tile, init_x, wait_x
 
 
 def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
@@ -428,7 +464,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
     bands, chunks = tile_counts(n, k)
     nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
-    issue_codes, issue_tile = _copies(n, k, bits, knobs, nthreads)
+    issue_codes, issue_tile, _, _ = _copies(n, k, bits, knobs, nthreads)
 
     def tiles_at(off):
         """Where the tiles start in the shared buffer, in halves: wgmma's run-time 1024-byte alignment, else 0."""
@@ -629,7 +665,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
                     issue_codes(q, cs, tiles_at(off), by, tid, 0)
                     for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, s, rows, ntiles)
+                        issue_tile(x, q, xs, cs, None, tiles_at(off), bx, by, tid, s, rows, ntiles)
                     for r in T.unroll(rt_words):
                         rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
                             "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
@@ -648,7 +684,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     for kt in range(ntiles):
                         if wg:  # issued before the copies, which then run beside the tensor cores
                             wgmma_tile(acc, dsc, tid, kt)
-                        issue_tile(x, q, xs, cs, tiles_at(off), bx, by, tid, kt + stages - 1, rows, ntiles)
+                        issue_tile(x, q, xs, cs, None, tiles_at(off), bx, by, tid, kt + stages - 1, rows, ntiles)
                         if not wg:
                             mma_tile(xs, ws, acc, af, bf, tid, kt)
                         if kt + 1 < ntiles:
@@ -706,19 +742,7 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     def end_tile(bx):
         return T.min(first_tile(bx) + per_block, ntiles) if split > 1 else ntiles
 
-    issue_codes, _ = _copies(n, k, bits, knobs, nthreads)
-
-    @T.macro
-    def issue_tile(x_map, xs, bars, q, cs, base, bx, by, tid, t, end):
-        """One commit group: the codes of K-tile t + 1 (cp.async by every thread) and, by thread 0, x tile t
-        through the TMA into stage t % stages, counted on that stage's barrier; each if it comes before ``end``."""
-        if t < end and tid == 0:
-            T.evaluate(T.call_extern("int32", TMA_LOAD_2D, T.address_of(xs[base + t % stages * bm * bk]),
-                                     T.address_of(x_map), T.address_of(bars[t % stages]), t * bk,
-                                     T.Cast("int32", x_tile(bx) * bm), T.uint32(bm * bk * 2)))
-        if t + 1 < end:
-            issue_codes(q, cs, base, by, tid, t + 1)
-        T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
+    issue_codes, issue_tile, init_x, wait_x = _copies(n, k, bits, knobs, nthreads, tma=True)
 
     @T.macro
     def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, tid, t):
@@ -785,11 +809,9 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
         cores still hold t's MMAs while the threads wait at the next barrier."""
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # codes t + 1
         T.tvm_storage_sync("shared")
-        # the stage's barrier completes a phase per x tile it receives: this is its ((t - first) // stages)-th
-        T.evaluate(T.call_extern("int32", MBARRIER_WAIT, T.address_of(bars[t % stages]),
-                                 T.Cast("uint32", (t - first_tile(bx)) // stages % 2)))
+        wait_x(bars, t, first_tile(bx))
         mma(acc, fa, dsc, t)
-        issue_tile(x_map, xs, bars, q, cs, off[0], bx, by, tid, t + stages - 2, end_tile(bx))
+        issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, t + stages - 2, 0, end_tile(bx))
         T.evaluate(T.call_extern("int32", WGMMA_WAIT_1))
         if t + 1 < end_tile(bx):
             decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, tid, t + 1)
@@ -817,14 +839,11 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
         dsc = T.alloc_buffer((1,), "uint64", scope="local")
         off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
         dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
-        if tid == 0:
-            for s in T.unroll(stages):
-                T.evaluate(T.call_extern("int32", MBARRIER_INIT, T.address_of(bars[s])))
-            T.evaluate(T.call_extern("int32", FENCE_MBARRIER_INIT))
+        init_x(bars, tid)
         if first_tile(bx) < end_tile(bx):
             issue_codes(q, cs, off[0], by, tid, first_tile(bx))
         for s in T.unroll(stages - 2):
-            issue_tile(x_map, xs, bars, q, cs, off[0], bx, by, tid, first_tile(bx) + s, end_tile(bx))
+            issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, first_tile(bx) + s, 0, end_tile(bx))
         for h in T.unroll(2):
             for r in T.unroll(rt_words):
                 rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
@@ -854,12 +873,8 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
-        # x as 2-D tensor map for the TMA, encoded on the host per call: (K, m) halves, rows of 2 K bytes, boxes of
-        # one x tile (zero-filled past m and K)
         x_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
-        T.evaluate(T.tensormap_encode_tiled(x_map, x.data, k, T.max(rows, 1), k * 2, bk, bm, 1, 1,
-                                            descriptor_dtype="float16", rank=2, swizzle=SWIZZLE_128B,
-                                            l2_promotion=L2_PROMOTION_128B))
+        T.evaluate(encode_x_map(x_map, x, rows, k, knobs))
         # a cluster's blocks are consecutive blockIdx.x
         for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
