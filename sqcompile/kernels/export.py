@@ -89,7 +89,10 @@ def gemm_space(arch: str) -> list[GemmKnobs]:
              GemmKnobs(64, 128, rule="wgmma", warps_m=4, warps_n=1, stages=6),
              GemmKnobs(128, 256, rule="wgmma", warps_m=8, warps_n=1, stages=3),
              replace(WGMMA_KNOBS, weights_in_registers=True), replace(WGMMA_KNOBS, weights_in_registers=True, stages=3),
-             *(replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True, split_k=split) for split in (1, 2, 3, 4))]
+             *(replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True, split_k=split) for split in (1, 2, 3, 4)),
+             # one warpgroup of 64 weight rows: at 128 rows of x, 2-4 times the blocks of the 128-row tiles
+             *(GemmKnobs(128, 64, rule="wgmma", warps_m=4, warps_n=1, stages=4, weights_in_registers=True,
+                         split_k=split) for split in (2, 3, 4))]
     return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 
