@@ -67,7 +67,7 @@ from tvm.script import tirx as T
 
 from . import pairs as P
 from .gemv_cuda import CP_ASYNC_COMMIT, cp_async_wait
-from .knobs import GemmKnobs
+from .knobs import GEMM_TUNED_ROWS, GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
 
@@ -310,9 +310,11 @@ def decode_part(tid, tpr: int):
 # 2-4x the blocks, and their small x tiles afford a deeper pipeline.
 SHORT_ROWS = 64
 # Medium prompts, SHORT_ROWS < m <= MEDIUM_ROWS, run the knobs tuned at 128 rows (``knobs.GEMM_TUNED_ROWS``), longer
-# ones those tuned at 512: at 128 rows a 256-row split-K tile wastes half its MMAs and 11008 x 4096 took 72 us on an
-# H200 against 45 for the 128 x 128 tile, while at 256 rows the 512-row knobs won at every 7B shape (NOTES.md, v15).
-MEDIUM_ROWS = 192
+# ones those tuned at 512: at 128 rows a 256-row split-K tile wastes half its MMAs (11008 x 4096: 72 us on an H200
+# against 45 for the 128 x 128 tile, NOTES.md v15), while past 128 rows the 128-row tiles the records now hold split
+# x into a second, partly empty tile: at 160 and 192 rows the 512-row knobs took 59 us at 11008 x 4096 against 81-90
+# for the 128-row ones, and a 192-token 7B prefill lost 15% with the 128-row knobs (NOTES.md, v16).
+MEDIUM_ROWS = GEMM_TUNED_ROWS[0]
 SHORT_KNOBS = GemmKnobs(32, 64, warps_m=1, warps_n=4, stages=6, tile_k=64)
 # The untuned wgmma tiles (sm_90a): two warpgroups on 128 x 128, four x stages. Measured on the 7B prefill shapes
 # against 64 x 128 (one warpgroup), 128 x 256 and split-N warpgroups (benchmarks/kernels/NOTES.md, v11).
