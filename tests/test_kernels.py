@@ -190,15 +190,21 @@ def test_medium_prompts_run_the_knobs_tuned_at_fewer_rows():
     assert f"T.int64({MEDIUM_ROWS})" not in cuda_lut_gemm_mma(200, 1000, 3, None, False, long, long).script()
 
 
-@pytest.mark.parametrize("tile_m,split_k", [(256, 2), (256, 3), (256, 4), (128, 3), (24, 3)])
-def test_split_k_exchange_slots(tile_m, split_k):
+@pytest.mark.parametrize("tile,split_k,registers", [(256, 2, True), (256, 3, True), (256, 4, True), (128, 3, True),
+                                                     (24, 3, True), (128, 2, False), (128, 4, False)])
+def test_split_k_exchange_slots(tile, split_k, registers):
     """Each accumulator group has one finishing block; what every other block of the cluster stores for it lands in
-    a slot of its own inside the owner's x stages, and the owner reads back exactly those slots."""
+    a slot of its own inside the owner's x stages, and the owner reads back exactly those slots. The groups are 8
+    rows of x with the weights in registers (``tile`` = tile_m), 8 weight columns in the shared-operand kernel
+    (``tile`` = tile_n)."""
     from dataclasses import replace
 
-    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, split_exchange_bytes, split_owner, split_slot
-    knobs = replace(WGMMA_KNOBS, tile_m=tile_m, weights_in_registers=True, split_k=split_k)
-    groups, threads = tile_m // 8, knobs.threads
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, check_mma_knobs, split_exchange_bytes, split_owner, split_slot
+    knobs = replace(WGMMA_KNOBS, split_k=split_k, weights_in_registers=registers,
+                    **({"tile_m": tile} if registers else {"tile_n": tile}))
+    if not registers:
+        check_mma_knobs(knobs)
+    groups, threads = tile // 8, knobs.threads
     owners = [split_owner(i, knobs) for i in range(groups)]
     assert owners == sorted(owners) and set(owners) == set(range(split_k))
     for owner in range(split_k):
@@ -215,11 +221,12 @@ def test_split_k_knobs_are_checked():
     from dataclasses import replace
 
     from sqcompile.kernels.gemm_mma import WGMMA_KNOBS, check_mma_knobs
+    from sqcompile.kernels.knobs import GemmKnobs
     with pytest.raises(ValueError, match="split_k"):
-        replace(WGMMA_KNOBS, split_k=2).validate()  # the shared-operand kernel does not split K
+        GemmKnobs(split_k=2).validate()  # the mma rule does not split K
     with pytest.raises(ValueError, match="split_k"):
         replace(WGMMA_KNOBS, weights_in_registers=True, split_k=5).validate()
-    with pytest.raises(ValueError, match="8-row groups"):
+    with pytest.raises(ValueError, match="8-column groups"):
         check_mma_knobs(replace(WGMMA_KNOBS, tile_m=16, weights_in_registers=True, split_k=3))
 
 

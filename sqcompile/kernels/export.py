@@ -92,7 +92,9 @@ def gemm_space(arch: str) -> list[GemmKnobs]:
              *(replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True, split_k=split) for split in (1, 2, 3, 4)),
              # one warpgroup of 64 weight rows: at 128 rows of x, 2-4 times the blocks of the 128-row tiles
              *(GemmKnobs(128, 64, rule="wgmma", warps_m=4, warps_n=1, stages=4, weights_in_registers=True,
-                         split_k=split) for split in (2, 3, 4))]
+                         split_k=split) for split in (2, 3, 4)),
+             # the shared-operand default split over a cluster: the sparse GEMM, one x tile at 128 rows
+             *(replace(WGMMA_KNOBS, split_k=split) for split in (2, 3, 4))]
     return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 

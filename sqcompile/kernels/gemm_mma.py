@@ -55,7 +55,9 @@ K-tile. The shared-operand kernel, bound by shared-memory bandwidth, lost up to 
 ``matmul.py`` falls back there. Up to 256 rows of x feed one ``m64n256k16`` per decoded fragment, half the decode
 per multiply-add of 128; at M = 512 such tiles leave half the SMs idle at N = 4096, so ``split_k`` blocks of a
 thread-block cluster take one K range each and add their accumulators through distributed shared memory (each block
-finishes an equal share of the tile's columns), with no second kernel and no workspace in global memory.
+finishes an equal share of the tile's columns), with no second kernel and no workspace in global memory. The
+shared-operand kernel splits K the same way (its groups are 8 weight columns): a sparse GEMM of 128 rows has one x
+tile, 32 blocks at N = 4096, and split 3 took it from 136 to 51 us on an H200 (NOTES.md, v16).
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -223,10 +225,10 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
                          f"{knobs}")
     warps = knobs.warps_m * knobs.warps_n
     threads = 32 * warps
-    if knobs.split_k > 1 and (knobs.tile_m // 8 < knobs.split_k or split_exchange_bytes(knobs) > 2 * knobs.stages
-                              * knobs.tile_m * knobs.tile_k):
-        raise ValueError(f"split-K blocks each finish 8-row groups of x, and receive the others' partials into their "
-                         f"x stages: {knobs}")
+    if knobs.split_k > 1 and (knobs.rule != "wgmma" or split_groups(knobs) < knobs.split_k
+                              or split_exchange_bytes(knobs) > 2 * knobs.stages * knobs.tile_m * knobs.tile_k):
+        raise ValueError(f"split-K blocks (wgmma) each finish 8-column groups of the accumulators, and receive the "
+                         f"others' partials into their x stages: {knobs}")
     if not knobs.weights_in_registers and (knobs.tile_m % (16 * knobs.warps_m)
                                            or knobs.tile_n % (16 * knobs.warps_n)):
         raise ValueError(f"mma tiles need 16-row warp pieces in M and 16-column ones in N: {knobs}")
@@ -246,15 +248,21 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
                          f"over the {limit} limit")
 
 
+def split_groups(knobs: GemmKnobs) -> int:
+    """Accumulator groups of a thread, four floats each: 8 columns of the MMA's N (rows of x with the weights in
+    registers, columns of the weight tile in the shared-operand kernel)."""
+    return (knobs.tile_m if knobs.weights_in_registers else knobs.tile_n) // 8
+
+
 def split_owner(i, knobs: GemmKnobs):
-    """The block of a split-K cluster that finishes accumulator group ``i`` (8 rows of x: columns of y^T), in
-    contiguous equal shares; ``i`` an int or a TIR expression."""
-    return i * knobs.split_k // (knobs.tile_m // 8)
+    """The block of a split-K cluster that finishes accumulator group ``i``, in contiguous equal shares; ``i`` an
+    int or a TIR expression."""
+    return i * knobs.split_k // split_groups(knobs)
 
 
 def split_share(knobs: GemmKnobs) -> int:
     """The most groups one block of a split-K cluster finishes."""
-    owners = [split_owner(i, knobs) for i in range(knobs.tile_m // 8)]
+    owners = [split_owner(i, knobs) for i in range(split_groups(knobs))]
     return max(map(owners.count, range(knobs.split_k)))
 
 
@@ -262,13 +270,65 @@ def split_slot(sender, i, tid, knobs: GemmKnobs):
     """Where thread ``tid``'s group ``i`` from the ``sender``-th other block of the cluster (0 .. split_k - 2, in
     rank order without the owner) lands in the owner's x stages, in floats from their start: 16 bytes a thread,
     threads adjacent, so the stores and loads are conflict-free."""
-    first = (split_owner(i, knobs) * (knobs.tile_m // 8) + knobs.split_k - 1) // knobs.split_k  # owner's first group
+    first = (split_owner(i, knobs) * split_groups(knobs) + knobs.split_k - 1) // knobs.split_k  # owner's first group
     return ((sender * split_share(knobs) + i - first) * knobs.threads + tid) * 4
 
 
 def split_exchange_bytes(knobs: GemmKnobs) -> int:
     """Shared memory a split-K block receives the other blocks' partials into."""
     return (knobs.split_k - 1) * split_share(knobs) * knobs.threads * 16
+
+
+def _k_range(knobs: GemmKnobs, ntiles: int):
+    """A block's place in split-K: ``(x_tile, rank, first, end)``, functions of blockIdx.x (the x tile times
+    ``split_k`` plus the block's rank in its cluster) giving its x tile, rank and K-tiles [first, end). Python ints
+    without split-K, so that the K loop keeps static bounds: run-time ones cost the register-operand 128 x 128
+    kernel 21 registers (149, one block per SM instead of two) and 20% of its speed at 512 x 11008 x 4096 on an
+    H200."""
+    split = knobs.split_k
+    per_block = -(-ntiles // split)  # K-tiles a block takes (the last may take fewer)
+
+    def x_tile(bx):
+        return bx // split if split > 1 else bx
+
+    def rank(bx):
+        return T.Cast("int32", bx % split) if split > 1 else 0
+
+    def first(bx):
+        return rank(bx) * per_block
+
+    def end(bx):
+        return T.min(first(bx) + per_block, ntiles) if split > 1 else ntiles
+
+    return x_tile, rank, first, end
+
+
+def _split_exchange(knobs: GemmKnobs):
+    """Split-K's ``exchange(red, acc, base, rank, tid)``: the accumulator groups other blocks finish, into their x
+    stages ``red`` (every block is past its K loop: the first cluster barrier); the groups this block finishes,
+    plus what it received (the second). Group i is ``acc[4 i .. 4 i + 4)`` in both wgmma kernels."""
+    groups, split = split_groups(knobs), knobs.split_k
+
+    def owner(i):
+        return split_owner(i, knobs)
+
+    @T.macro
+    def exchange(red, acc, base, rank, tid):
+        T.evaluate(T.call_extern("int32", cp_async_wait(0)))
+        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
+        for i in T.unroll(groups):
+            if owner(i) != rank:
+                T.evaluate(T.call_extern("int32", STORE_CLUSTER_F32X4, T.address_of(red[base + split_slot(
+                    rank - T.if_then_else(rank > owner(i), 1, 0), i, tid, knobs)]), T.Cast("uint32", owner(i)),
+                    T.address_of(acc[4 * i])))
+        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
+        for i in T.unroll(groups):
+            if owner(i) == rank:
+                for sender in T.unroll(split - 1):
+                    T.evaluate(T.call_extern("int32", ADD_F32X4, T.address_of(acc[4 * i]),
+                                             T.address_of(red[base + split_slot(sender, i, tid, knobs)])))
+
+    return exchange
 
 
 def shared_operand(knobs: GemmKnobs) -> GemmKnobs:
@@ -467,6 +527,9 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     bands, chunks = tile_counts(n, k)
     nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
     issue_codes, issue_tile, _, _ = _copies(n, k, bits, knobs, nthreads)
+    split = knobs.split_k
+    x_tile, rank, first, end = _k_range(knobs, ntiles)
+    exchange = _split_exchange(knobs)
 
     def tiles_at(off):
         """Where the tiles start in the shared buffer, in halves: wgmma's run-time 1024-byte alignment, else 0."""
@@ -604,23 +667,33 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
 
     @T.macro
-    def store_y(y, acc, bx, by, tid, rows):
+    def store_piece(y, acc, bx, by, tid, rows, i, j, hh):
+        """Rows g (hh = 0) or g + 8 (hh = 1) of the thread's accumulator piece (i, j) into y."""
+        if bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4 < rows:
+            if n % 2 == 0:
+                if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 < n:
+                    T.evaluate(T.call_extern("int32", STORE_HALF2, T.address_of(y[
+                        bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
+                        by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2]),
+                        acc[(i * nt + j) * 4 + 2 * hh], acc[(i * nt + j) * 4 + 2 * hh + 1]))
+            else:
+                for v in T.unroll(2):
+                    if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v < n:
+                        y[bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
+                          by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v] = T.Cast(
+                            "float16", acc[(i * nt + j) * 4 + 2 * hh + v])
+
+    @T.macro
+    def store_y(y, acc, bx, by, tid, rows, rank):
+        """The accumulators into y; with split-K only the groups (8 columns, j) this block finishes."""
         for i in T.unroll(mt):
             for j in T.unroll(nt):
                 for hh in T.unroll(2):  # the fragment's rows g and g + 8
-                    if bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4 < rows:
-                        if n % 2 == 0:
-                            if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 < n:
-                                T.evaluate(T.call_extern("int32", STORE_HALF2, T.address_of(y[
-                                    bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
-                                    by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2]),
-                                    acc[(i * nt + j) * 4 + 2 * hh], acc[(i * nt + j) * 4 + 2 * hh + 1]))
-                        else:
-                            for v in T.unroll(2):
-                                if by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v < n:
-                                    y[bx * bm + warp_row0(tid) + i * 16 + hh * 8 + tid % 32 // 4,
-                                      by * bn + warp_col0(tid) + j * 8 + tid % 4 * 2 + v] = T.Cast(
-                                        "float16", acc[(i * nt + j) * 4 + 2 * hh + v])
+                    if split == 1:
+                        store_piece(y, acc, bx, by, tid, rows, i, j, hh)
+                    else:
+                        if split_owner(j, knobs) == rank:
+                            store_piece(y, acc, bx, by, tid, rows, i, j, hh)
 
     @T.macro
     def tile_done():
@@ -633,67 +706,80 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         T.tvm_storage_sync("shared")
 
     @T.macro
+    def block(x, q, lut, y, tiles, rows, bx, by, tid):
+        """x tile ``x_tile(bx)``, weight tile by, K-tiles [``first(bx)``, ``end(bx)``) (split-K: see ``_rs_body``)."""
+        # One allocation, three views: TVM's storage rewrite does not see uses through address_of.
+        smem = T.alloc_buffer(((x_halves + w_halves) // 2 + c_words + slack,), "uint32", scope="shared.dyn")
+        xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
+        red = T.decl_buffer((x_halves // 2,), "float32", data=smem.data, scope="shared.dyn")
+        ws = T.decl_buffer((w_halves,), "float16", data=smem.data, elem_offset=x_halves, scope="shared.dyn")
+        ws32 = T.decl_buffer((w_halves // 2,), "uint32", data=smem.data, elem_offset=x_halves // 2,
+                             scope="shared.dyn")
+        cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=(x_halves + w_halves) // 2,
+                           scope="shared.dyn")
+        acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
+        af = T.alloc_buffer((mt * 4,), "uint32", scope="local")
+        bf = T.alloc_buffer((nt * 2,), "uint32", scope="local")
+        cw = T.alloc_buffer((tblocks * words,), "uint32", scope="local")
+        rt = T.alloc_buffer((rt_words,), "uint32", scope="local")
+        iw = T.alloc_buffer((1,), "uint32", scope="local")
+        sl = T.alloc_buffer((2,), "uint32", scope="local")
+        lh = T.alloc_buffer((2,), "uint32", scope="local")
+        mk = T.alloc_buffer((1,), "uint32", scope="local")
+        hw = T.alloc_buffer((4,), "uint32", scope="local")
+        # sparse, per sub-tile: K-tile t's start, end and first entry, t + 1's, t + 2's start and end; then one
+        # more entry
+        sr = T.alloc_buffer((8 * nsub + 1,), "uint32", scope="local")
+        off = T.alloc_buffer((1,), "int32", scope="local")  # wgmma: halves up to the aligned tiles
+        dsc = T.alloc_buffer((1,), "uint64", scope="local")  # wgmma: the x tiles' descriptor
+        if wg:
+            off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
+            dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+        issue_codes(q, cs, tiles_at(off), by, tid, first(bx))
+        for s in T.unroll(stages - 1):
+            issue_tile(x, q, xs, cs, None, tiles_at(off), x_tile(bx), by, tid, first(bx) + s, rows, end(bx))
+        for r in T.unroll(rt_words):
+            rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
+                "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
+        for i in T.unroll(mt * nt * 4):
+            acc[i] = T.float32(0)
+        if sparse:
+            load_offsets(tiles, sr, 0, by, tid, first(bx))
+            load_offsets(tiles, sr, 3, by, tid, first(bx) + 1)
+            load_first(tiles, sr, 0, tid)
+        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile first, codes first and first + 1
+        T.tvm_storage_sync("shared")
+        if first(bx) < end(bx):
+            decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by, tid, first(bx))
+        if wg:
+            T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
+        T.tvm_storage_sync("shared")
+        for j in range(end(bx) - first(bx)):
+            if wg:  # issued before the copies, which then run beside the tensor cores
+                wgmma_tile(acc, dsc, tid, first(bx) + j)
+            issue_tile(x, q, xs, cs, None, tiles_at(off), x_tile(bx), by, tid, first(bx) + j + stages - 1, rows,
+                       end(bx))
+            if not wg:
+                mma_tile(xs, ws, acc, af, bf, tid, first(bx) + j)
+            if first(bx) + j + 1 < end(bx):
+                decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by, tid,
+                            first(bx) + j + 1)
+            tile_done()
+        if split > 1:
+            exchange(red, acc, tiles_at(off) // 2, rank(bx), tid)
+        store_y(y, acc, x_tile(bx), by, tid, rows, rank(bx))
+
+    @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
-        for bx in T.thread_binding(T.ceildiv(rows, bm), thread="blockIdx.x"):
+        # a cluster's blocks are consecutive blockIdx.x
+        for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    # One allocation, three views: TVM's storage rewrite does not see uses through address_of.
-                    smem = T.alloc_buffer(((x_halves + w_halves) // 2 + c_words + slack,), "uint32",
-                                          scope="shared.dyn")
-                    xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
-                    ws = T.decl_buffer((w_halves,), "float16", data=smem.data, elem_offset=x_halves,
-                                       scope="shared.dyn")
-                    ws32 = T.decl_buffer((w_halves // 2,), "uint32", data=smem.data, elem_offset=x_halves // 2,
-                                         scope="shared.dyn")
-                    cs = T.decl_buffer((c_words,), "uint32", data=smem.data,
-                                       elem_offset=(x_halves + w_halves) // 2, scope="shared.dyn")
-                    acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
-                    af = T.alloc_buffer((mt * 4,), "uint32", scope="local")
-                    bf = T.alloc_buffer((nt * 2,), "uint32", scope="local")
-                    cw = T.alloc_buffer((tblocks * words,), "uint32", scope="local")
-                    rt = T.alloc_buffer((rt_words,), "uint32", scope="local")
-                    iw = T.alloc_buffer((1,), "uint32", scope="local")
-                    sl = T.alloc_buffer((2,), "uint32", scope="local")
-                    lh = T.alloc_buffer((2,), "uint32", scope="local")
-                    mk = T.alloc_buffer((1,), "uint32", scope="local")
-                    hw = T.alloc_buffer((4,), "uint32", scope="local")
-                    # sparse, per sub-tile: K-tile t's start, end and first entry, t + 1's, t + 2's start and end;
-                    # then one more entry
-                    sr = T.alloc_buffer((8 * nsub + 1,), "uint32", scope="local")
-                    off = T.alloc_buffer((1,), "int32", scope="local")  # wgmma: halves up to the aligned tiles
-                    dsc = T.alloc_buffer((1,), "uint64", scope="local")  # wgmma: the x tiles' descriptor
-                    if wg:
-                        off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
-                        dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
-                    issue_codes(q, cs, tiles_at(off), by, tid, 0)
-                    for s in T.unroll(stages - 1):
-                        issue_tile(x, q, xs, cs, None, tiles_at(off), bx, by, tid, s, rows, ntiles)
-                    for r in T.unroll(rt_words):
-                        rt[r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
-                            "uint16", lut[T.min(by * bn + drow(tid), n - 1), c])), r, bits)
-                    for i in T.unroll(mt * nt * 4):
-                        acc[i] = T.float32(0)
-                    if sparse:
-                        load_offsets(tiles, sr, 0, by, tid, 0)
-                        load_offsets(tiles, sr, 3, by, tid, 1)
-                        load_first(tiles, sr, 0, tid)
-                    T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile 0, codes 0 and 1
-                    T.tvm_storage_sync("shared")
-                    decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by, tid, 0)
-                    if wg:
-                        T.evaluate(T.call_extern("int32", FENCE_PROXY_ASYNC))
-                    T.tvm_storage_sync("shared")
-                    for kt in range(ntiles):
-                        if wg:  # issued before the copies, which then run beside the tensor cores
-                            wgmma_tile(acc, dsc, tid, kt)
-                        issue_tile(x, q, xs, cs, None, tiles_at(off), bx, by, tid, kt + stages - 1, rows, ntiles)
-                        if not wg:
-                            mma_tile(xs, ws, acc, af, bf, tid, kt)
-                        if kt + 1 < ntiles:
-                            decode_tile(tiles, ws, ws32, cs, tiles_at(off), cw, rt, iw, sl, lh, mk, hw, sr, by,
-                                        tid, kt + 1)
-                        tile_done()
-                    store_y(y, acc, bx, by, tid, rows)
+                    if split > 1:
+                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
+                            block(x, q, lut, y, tiles, rows, bx, by, tid)
+                    else:
+                        block(x, q, lut, y, tiles, rows, bx, by, tid)
 
     return body
 
@@ -714,7 +800,6 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
     kbt = bk // BLOCK
     ntiles = -(-(padded_k(k) // BLOCK) // kbt)
-    per_block = -(-ntiles // split)  # K-tiles a block of a split-K cluster takes (the last may take fewer)
     rt_words = P.reg_table_words(bits)
     words = bits
     tile_words = kbt * words
@@ -729,21 +814,8 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     def owner(i):
         return split_owner(i, knobs)
 
-    # The block's place: its x tile, rank in the cluster and K-tiles [first, end). Python ints without split-K, so
-    # that the K loop keeps static bounds: runtime ones cost the 128 x 128 kernel 21 registers (149, one block per
-    # SM instead of two) and 20% of its speed at 512 x 11008 x 4096 on an H200.
-    def x_tile(bx):
-        return bx // split if split > 1 else bx
-
-    def rank_of(bx):
-        return T.Cast("int32", bx % split) if split > 1 else 0
-
-    def first_tile(bx):
-        return rank_of(bx) * per_block
-
-    def end_tile(bx):
-        return T.min(first_tile(bx) + per_block, ntiles) if split > 1 else ntiles
-
+    x_tile, rank_of, first_tile, end_tile = _k_range(knobs, ntiles)
+    exchange = _split_exchange(knobs)
     issue_codes, issue_tile, init_x, wait_x = _copies(n, k, bits, knobs, nthreads, tma=True)
 
     @T.macro
@@ -774,24 +846,6 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
                                      afr[s * 4], afr[s * 4 + 1], afr[s * 4 + 2], afr[s * 4 + 3],
                                      dsc[0] + T.Cast("uint64", (t % stages * bm * bk * 2 + s * 32) // 16)))
         T.evaluate(T.call_extern("int32", WGMMA_COMMIT))
-
-    @T.macro
-    def exchange(red, acc, base, rank, tid):
-        """Split-K: the groups other blocks finish, into their x stages (every block is past its K loop: the
-        first barrier); the groups this block finishes, plus what it received (the second)."""
-        T.evaluate(T.call_extern("int32", cp_async_wait(0)))
-        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
-        for i in T.unroll(groups):
-            if owner(i) != rank:
-                T.evaluate(T.call_extern("int32", STORE_CLUSTER_F32X4, T.address_of(red[base + split_slot(
-                    rank - T.if_then_else(rank > owner(i), 1, 0), i, tid, knobs)]), T.Cast("uint32", owner(i)),
-                    T.address_of(acc[4 * i])))
-        T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
-        for i in T.unroll(groups):
-            if owner(i) == rank:
-                for sender in T.unroll(split - 1):
-                    T.evaluate(T.call_extern("int32", ADD_F32X4, T.address_of(acc[4 * i]),
-                                             T.address_of(red[base + split_slot(sender, i, tid, knobs)])))
 
     @T.macro
     def store_y(y, acc, bx, by, tid, rows, i):

@@ -72,10 +72,11 @@ class GemmKnobs:
       ``"mma"`` rule's default runs. ``weights_in_registers`` (dense) makes the weights the MMA's A operand,
       decoded by each thread straight into its A fragments (y^T = W x^T), so that decoded weights never pass
       through shared memory: a warpgroup per 64 weight rows of ``tile_n``, ``tile_m`` (up to 256) rows of x as the
-      MMA's N. ``split_k`` > 1 (with it only) splits K over that many blocks of a thread-block cluster, which add
-      their partial tiles through distributed shared memory: 256-row x tiles halve the decode per multiply-add
-      but leave too few blocks for the SMs at M = 512 without it. It needs ptxas 13.3 or later
-      (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand kernel's default runs.
+      MMA's N. It needs ptxas 13.3 or later (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand
+      kernel's default runs. ``split_k`` > 1 (either wgmma kernel) splits K over that many blocks of a
+      thread-block cluster, which add their partial tiles through distributed shared memory: 256-row x tiles halve
+      the decode per multiply-add but leave too few blocks for the SMs at M = 512 without it, and a 128-row prompt
+      gives the shared-operand kernel one x tile.
     * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
       the CSR add of ``sparse_cuda.py``.
     * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""
@@ -104,8 +105,8 @@ class GemmKnobs:
         if min(self.tile_m, self.tile_n, self.micro_m, self.micro_n, self.warps_m, self.warps_n, self.stages,
                self.tile_k) < 1:
             raise ValueError(f"GEMM knobs must be positive: {self}")
-        if self.split_k not in (1, 2, 3, 4) or (self.split_k > 1 and not self.weights_in_registers):
-            raise ValueError(f"split_k is 1, or 2 to 4 blocks of the weights-in-registers kernel: {self}")
+        if self.split_k not in (1, 2, 3, 4) or (self.split_k > 1 and self.rule != "wgmma"):
+            raise ValueError(f"split_k is 1, or 2 to 4 blocks of a wgmma kernel's cluster: {self}")
         if self.rule == "simt" and (self.tile_m % self.micro_m or self.tile_n % self.micro_n):
             raise ValueError(f"tiles must be whole multiples of the micro tiles: {self}")
         if not 32 <= self.threads <= MAX_THREADS or self.threads % 32:
