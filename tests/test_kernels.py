@@ -269,6 +269,19 @@ def test_mma_knobs_are_checked():
         check_mma_knobs(replace(wg, stages=12))
 
 
+def test_prefill_configs_at_other_rows():
+    """The prefill export measures the tuned rows of x by default and any others on request; the sparse GEMMs get
+    the shared-operand candidates only (the register-operand kernel is dense only)."""
+    from sqcompile.kernels.export import prefill_configs
+    from sqcompile.kernels.knobs import GEMM_TUNED_ROWS
+    assert {cfg.m for cfg, _ in prefill_configs("sm_90")} == set(GEMM_TUNED_ROWS)
+    configs = prefill_configs("sm_90", (160, 192))
+    assert {cfg.m for cfg, _ in configs} == {160, 192} and len(configs) == 2 * 2 * 2 * 2
+    for cfg, space in configs:
+        assert any(kn.split_k > 1 for kn in space)
+        assert cfg.sparse != any(kn.weights_in_registers for kn in space)
+
+
 @pytest.mark.parametrize("chunks", [4, 8])
 def test_mma_swizzle_is_a_conflict_free_permutation(chunks):
     """Each row's chunks permute within the row, and the eight rows an ldmatrix reads at one chunk column (or a

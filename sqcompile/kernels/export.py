@@ -21,7 +21,8 @@ from .knobs import GEMM_TUNED_ROWS, SHARED_LIMIT, GemmKnobs, GemvKnobs, knobs_to
 log = logging.getLogger(__name__)
 
 LLAMA7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (12288, 4096), (22016, 4096))
-PREFILL = tuple((m, n, k) for m in GEMM_TUNED_ROWS for n, k in ((11008, 4096), (4096, 11008)))
+PREFILL_SHAPES = ((11008, 4096), (4096, 11008))
+PREFILL = tuple((m, n, k) for m in GEMM_TUNED_ROWS for n, k in PREFILL_SHAPES)
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,13 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
     return out
 
 
-def prefill_configs(arch: str) -> list[tuple[Config, list]]:
-    """The prefill GEMMs over the tensor-core part of ``gemm_space`` (the SIMT tiles take milliseconds; the
-    weights-in-registers kernel is dense only)."""
+def prefill_configs(arch: str, rows: tuple[int, ...] = GEMM_TUNED_ROWS) -> list[tuple[Config, list]]:
+    """The prefill GEMMs at ``rows`` rows of x over the tensor-core part of ``gemm_space`` (the SIMT tiles take
+    milliseconds; the weights-in-registers kernel is dense only). Rows other than the tuned ones show which knobs
+    prompts between them should run (``gemm_mma.MEDIUM_ROWS``)."""
     space = [kn for kn in gemm_space(arch) if kn.rule != "simt"]
     return [(Config("gemm", n, k, bits, sparse, m), [kn for kn in space if not (sparse and kn.weights_in_registers)])
-            for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True))]
+            for m, (n, k), bits, sparse in itertools.product(rows, PREFILL_SHAPES, (3, 4), (False, True))]
 
 
 def explore_configs(arch: str) -> list[tuple[Config, list]]:
@@ -298,8 +300,10 @@ def check_script_main(doc: str, export, check) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    # OUT ARCH WHICH LIMIT [ROWS]: ROWS (prefill only) comma-separated rows of x, default the tuned ones
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
+    rows_ = tuple(int(r) for r in sys.argv[5].split(",")) if len(sys.argv) > 5 else GEMM_TUNED_ROWS
     cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": lambda: check_configs(arch_),
-            "explore": lambda: explore_configs(arch_), "prefill": lambda: prefill_configs(arch_),
+            "explore": lambda: explore_configs(arch_), "prefill": lambda: prefill_configs(arch_, rows_),
             "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
     build(out, arch_, cfgs)

@@ -303,6 +303,26 @@ def _k_range(knobs: GemmKnobs, ntiles: int):
     return x_tile, rank, first, end
 
 
+def _launch(n: int, knobs: GemmKnobs, nthreads: int, block):
+    """The grid of both wgmma/mma kernels as ``launch(x, q, lut, y, tiles, rows)``: ``block(x, q, lut, y, tiles,
+    rows, bx, by, tid)`` per x tile (times ``split_k``: a cluster's blocks are consecutive blockIdx.x) and weight
+    tile."""
+    split = knobs.split_k
+
+    @T.macro
+    def launch(x, q, lut, y, tiles, rows):
+        for bx in T.thread_binding(T.ceildiv(rows, knobs.tile_m) * split, thread="blockIdx.x"):
+            for by in T.thread_binding(-(-n // knobs.tile_n), thread="blockIdx.y"):
+                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
+                    if split > 1:
+                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
+                            block(x, q, lut, y, tiles, rows, bx, by, tid)
+                    else:
+                        block(x, q, lut, y, tiles, rows, bx, by, tid)
+
+    return launch
+
+
 def _split_exchange(knobs: GemmKnobs):
     """Split-K's ``exchange(red, acc, base, rank, tid)``: the accumulator groups other blocks finish, into their x
     stages ``red`` (every block is past its K loop: the first cluster barrier); the groups this block finishes,
@@ -769,17 +789,11 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
             exchange(red, acc, tiles_at(off) // 2, rank(bx), tid)
         store_y(y, acc, x_tile(bx), by, tid, rows, rank(bx))
 
+    launch = _launch(n, knobs, nthreads, block)
+
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
-        # a cluster's blocks are consecutive blockIdx.x
-        for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
-            for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
-                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    if split > 1:
-                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
-                            block(x, q, lut, y, tiles, rows, bx, by, tid)
-                    else:
-                        block(x, q, lut, y, tiles, rows, bx, by, tid)
+        launch(x, q, lut, y, tiles, rows)
 
     return body
 
@@ -873,7 +887,7 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
             decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, tid, t + 1)
 
     @T.macro
-    def block(x_map, q, lut, y, rows, bx, by, tid):
+    def block(x_map, q, lut, y, tiles, rows, bx, by, tid):
         """x tile ``x_tile(bx)``, weight tile by, K-tiles [``first_tile(bx)``, ``end_tile(bx)``)."""
         smem = T.alloc_buffer((x_halves // 2 + c_words + slack + 2 * stages,), "uint32", scope="shared.dyn")
         xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
@@ -927,18 +941,12 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
             if owner(i) == rank_of(bx):
                 store_y(y, acc, x_tile(bx), by, tid, rows, i)
 
+    launch = _launch(n, knobs, nthreads, block)
+
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
         x_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         T.evaluate(encode_x_map(x_map, x, rows, k, knobs))
-        # a cluster's blocks are consecutive blockIdx.x
-        for bx in T.thread_binding(T.ceildiv(rows, bm) * split, thread="blockIdx.x"):
-            for by in T.thread_binding(-(-n // bn), thread="blockIdx.y"):
-                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    if split > 1:
-                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
-                            block(x_map, q, lut, y, rows, bx, by, tid)
-                    else:
-                        block(x_map, q, lut, y, rows, bx, by, tid)
+        launch(x_map, q, lut, y, tiles, rows)
 
     return body
