@@ -2,6 +2,7 @@
 CUDA rules on a GPU), plus build-only checks of the CUDA rules and the tuning records."""
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import replace
 
@@ -143,8 +144,8 @@ def test_wgmma_rule_choice(monkeypatch):
 
 
 def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
-    """The register-operand wgmma GEMM is built only with a ptxas that keeps its A registers until the wait (13.3
-    and later); with an older one, and for a sparse weight, the shared-operand wgmma kernel runs instead."""
+    """The register-operand wgmma GEMM (dense or sparse) is built only with a ptxas that keeps its A registers until
+    the wait (13.3 and later); with an older one the shared-operand wgmma kernel runs instead."""
     from dataclasses import replace
 
     from sqcompile.kernels import matmul
@@ -164,8 +165,8 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     assert "m64n256k16" in wide and "clusterCtaIdx.x" in wide and "st.shared::cluster" in wide
     # x tiles by the TMA, from a tensor map the host encodes per call
     assert "tensormap_encode_tiled" in wide and "cp.async.bulk.tensor.2d" in wide
-    assert not register_operand(lut_matmul(200, 1000, 3, m=None, sparse=True, act_dtype="float16", target=sm90a,
-                                           knobs=registers))
+    sparse = lut_matmul(200, 1000, 3, m=None, sparse=True, act_dtype="float16", target=sm90a, knobs=split)
+    assert register_operand(sparse) and "add.rn.f16x2" in sparse.script()  # the nonzeros join the A fragments
     monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: False)
     with caplog.at_level("WARNING"):
         old = lut_matmul(200, 1000, 4, m=None, sparse=False, act_dtype="float16", target=sm90a, knobs=registers)
@@ -270,16 +271,15 @@ def test_mma_knobs_are_checked():
 
 
 def test_prefill_configs_at_other_rows():
-    """The prefill export measures the tuned rows of x by default and any others on request; the sparse GEMMs get
-    the shared-operand candidates only (the register-operand kernel is dense only)."""
+    """The prefill export measures the tuned rows of x by default and any others on request, dense and sparse over
+    the same candidates (both wgmma kernels take a sparse weight)."""
     from sqcompile.kernels.export import prefill_configs
     from sqcompile.kernels.knobs import GEMM_TUNED_ROWS
     assert {cfg.m for cfg, _ in prefill_configs("sm_90")} == set(GEMM_TUNED_ROWS)
     configs = prefill_configs("sm_90", (160, 192))
     assert {cfg.m for cfg, _ in configs} == {160, 192} and len(configs) == 2 * 2 * 2 * 2
     for cfg, space in configs:
-        assert any(kn.split_k > 1 for kn in space)
-        assert cfg.sparse != any(kn.weights_in_registers for kn in space)
+        assert any(kn.split_k > 1 for kn in space) and any(kn.weights_in_registers for kn in space)
 
 
 @pytest.mark.parametrize("chunks", [4, 8])
@@ -355,6 +355,45 @@ def test_mma_sparse_adds_each_nonzero_once_in_its_warps_part(knobs):
                                        and decode_part(u, tpr) == (col - t * bk) // cpt]
                             assert len(decoder) == 1 and row < n
                             added.append((row, col, e & 0xFFFF))
+    rows = np.repeat(np.arange(n), np.diff(w.sparse.rowptr))
+    assert sorted(added) == sorted(zip(rows.tolist(), w.sparse.col.tolist(), w.sparse.val.view(np.uint16).tolist()))
+
+
+@pytest.mark.parametrize("tile_n", [128, 64])
+def test_register_operand_sparse_slots_reach_each_nonzeros_fragment(tile_n):
+    """The register-operand GEMM's use of ``sp_tiles`` as the kernel does it: warp w of a block stores the entries of
+    tile (w // 2, w % 2) of each K-tile at ``delta_half``; the slot must be the one that the owning thread adds to
+    its A register holding that weight (wgmma's layout, written out here independently), every nonzero once. N and
+    K are not multiples of the tiles, K-tiles run past K."""
+    from sqcompile.kernels.gemm_mma import check_mma_knobs, delta_half
+    from sqcompile.kernels.layout import BLOCK, padded_k
+    from sqcompile.runtime.sparse_tiles import TILE, entry_col, entry_row, sparse_tiles, tile_counts
+    knobs = GemmKnobs(128, tile_n, rule="wgmma", warps_m=tile_n // 16, warps_n=1, stages=4, weights_in_registers=True)
+    check_mma_knobs(knobs, sparse=True)
+    n, k = 333, 4160
+    w = random_weight(n, k, 3, 0.02, np.random.default_rng(6))
+    tiles = sparse_tiles(n, k, w.sparse.rowptr, w.sparse.col, w.sparse.val)
+    bands, chunks = tile_counts(n, k)
+    threads, steps = knobs.threads, 4
+    ntiles = -(-(padded_k(k) // BLOCK) // 2)
+    # thread tid's register a = 4 s + 2 j + h of K-tile t holds rows g + 8 h of its warp's 16, columns 16 s + 8 j +
+    # 2 q (+ 1 in its high half), g = lane // 4, q = lane % 4; its slots: 16 bytes per step, threads adjacent
+    slot_weight = {}
+    for tid, s, j, h, half in itertools.product(range(threads), range(steps), range(2), range(2), range(2)):
+        row = tid // 32 * 16 + tid % 32 // 4 + 8 * h
+        col = 16 * s + 8 * j + 2 * (tid % 4) + half
+        slot_weight[((s * threads + tid) * 4 + 2 * j + h) * 2 + half] = (row, col)
+    added = []
+    for by, t, tid in itertools.product(range(-(-n // tile_n)), range(ntiles), range(threads)):
+        band, c = by * (tile_n // TILE) + tid // 64, t * 2 + tid // 32 % 2
+        if band >= bands or c >= chunks:
+            continue
+        for e in (int(v) for v in tiles[tiles[band * chunks + c] + tid % 32:tiles[band * chunks + c + 1]:32]):
+            r, col = tid // 64 * TILE + entry_row(e), tid // 32 % 2 * TILE + entry_col(e)
+            at = delta_half(r, col, threads, 2, t % 2)
+            assert at // (steps * threads * 8) == t % 2  # the K-tile's buffer
+            assert slot_weight[at % (steps * threads * 8)] == (r, col)
+            added.append((by * tile_n + r, t * 64 + col, e & 0xFFFF))
     rows = np.repeat(np.arange(n), np.diff(w.sparse.rowptr))
     assert sorted(added) == sorted(zip(rows.tolist(), w.sparse.col.tolist(), w.sparse.val.view(np.uint16).tolist()))
 
@@ -472,7 +511,8 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "mod = tvm.IRModule({'wgmma': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
         "                    'wgmma_sp': lut_matmul(333, 4160, 3, m=None, sparse=True, act_dtype='float16',\n"
         "                                           target=t),\n"
-        "                    'wgmma_rs': cuda_lut_gemm_mma(333, 4160, 3, None, False, split)})\n"
+        "                    'wgmma_rs': cuda_lut_gemm_mma(333, 4160, 3, None, False, split),\n"
+        "                    'wgmma_rs_sp': cuda_lut_gemm_mma(333, 4160, 4, None, True, split)})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[2])\n"
     )

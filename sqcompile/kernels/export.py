@@ -124,7 +124,7 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
     """Odd shapes (K and N not multiples of 128) for the correctness check: both GEMV LUT placements with a
     few knobs (fitted to the shared-memory limit), the sparse GEMM everywhere (the short-prompt kernel, dlight's
     rule plus the CSR add, and the tuned kernels: mma, and on sm_90 every wgmma tile shape), the dense
-    tensor-core GEMM on three of them, on sm_90 the weights-in-registers GEMM at 100 and 300 rows."""
+    tensor-core GEMM on three of them, on sm_90 the weights-in-registers GEMM at 100 and 300 rows, dense and sparse."""
     from .gemv_cuda import fit_gemv_knobs
     space = gemm_space(arch)
     tuned = [kn for kn in space if kn.rule == "wgmma" and not kn.weights_in_registers] + [GemmKnobs()]
@@ -144,23 +144,23 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
             out.append((Config("gemm", n, k, bits, True, 100), tuned))
     for (n, k), bits in zip(shapes, (3, 4, 2)):
         out.append((Config("gemm", n, k, bits, False, 37), space[:1]))
-    registers = [kn for kn in space if kn.weights_in_registers]  # dense only
-    for (n, k), bits, m in itertools.product(shapes, (3, 4), (100, 300)):
+    registers = [kn for kn in space if kn.weights_in_registers]
+    for (n, k), bits, m, sparse in itertools.product(shapes, (3, 4), (100, 300), (False, True)):
         if registers:
-            out.append((Config("gemm", n, k, bits, False, m), registers))
+            out.append((Config("gemm", n, k, bits, sparse, m), registers))
     # 5%: ~51 nonzeros per 32 x 32 tile of sp_tiles, more than the 32 lanes of the warp that adds them, so a lane
     # takes several; the short-prompt kernel and every tuned tile shape
     out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
-    out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned))
+    out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned + registers))
     return out
 
 
 def prefill_configs(arch: str, rows: tuple[int, ...] = GEMM_TUNED_ROWS) -> list[tuple[Config, list]]:
     """The prefill GEMMs at ``rows`` rows of x over the tensor-core part of ``gemm_space`` (the SIMT tiles take
-    milliseconds; the weights-in-registers kernel is dense only). Rows other than the tuned ones show which knobs
-    prompts between them should run (``gemm_mma.MEDIUM_ROWS``)."""
+    milliseconds). Rows other than the tuned ones show which knobs prompts between them should run
+    (``gemm_mma.MEDIUM_ROWS``)."""
     space = [kn for kn in gemm_space(arch) if kn.rule != "simt"]
-    return [(Config("gemm", n, k, bits, sparse, m), [kn for kn in space if not (sparse and kn.weights_in_registers)])
+    return [(Config("gemm", n, k, bits, sparse, m), space)
             for m, (n, k), bits, sparse in itertools.product(rows, PREFILL_SHAPES, (3, 4), (False, True))]
 
 

@@ -40,7 +40,7 @@ decoded tile and landed copies are generic-proxy writes, wgmma reads through the
 K-tile's barrier. On an H200 the 512-row 7B GEMMs take 122-132 us against the mma rule's 182-198 (cuBLAS fp16:
 63): the mma rule's threads moved every fragment through ``ldmatrix`` and registers.
 
-With ``weights_in_registers`` (dense, sm_90a) the roles swap: the weights are the wgmma's A operand, y^T = W x^T.
+With ``weights_in_registers`` (sm_90a) the roles swap: the weights are the wgmma's A operand, y^T = W x^T.
 Each thread decodes its own A fragments into registers (rows g and g + 8 of its warp's 16; ``pairs.quad_word``
 gathers exactly its codes, byte q of each index word) while the previous K-tile's wgmmas run (two fragment sets
 alternate, so that a K-tile's MMAs stay queued while the threads wait at the next barrier), and x is the B
@@ -58,6 +58,16 @@ thread-block cluster take one K range each and add their accumulators through di
 finishes an equal share of the tile's columns), with no second kernel and no workspace in global memory. The
 shared-operand kernel splits K the same way (its groups are 8 weight columns): a sparse GEMM of 128 rows has one x
 tile, 32 blocks at N = 4096, and split 3 took it from 136 to 51 us on an H200 (NOTES.md, v16).
+
+A sparse weight's nonzeros cannot be added into registers by the lanes that read them, as the shared-operand kernel
+adds them into its decoded tile: a fragment register is private to one thread and cannot be indexed at run time. So
+each K-tile's nonzeros go through a small shared buffer laid out as the threads' fragments: two K-tiles ahead, lane
+i of warp w stores the i-th nonzero of ``sp_tiles``' tile (w // 2, w % 2) at the 16-bit slot of the thread and
+register that hold that weight (``a_fragment``, ``delta_half``); after decoding, each thread adds its 64 bytes of
+slots to its fragments (four 16-byte loads, sixteen ``add.f16x2``) and zeroes them. One buffer per K-tile parity,
+16 KB per 128 weight rows. At 512 rows of the 7B shapes this runs the +0.45% GEMM in 86-110 us on an H200, +19%
+over the dense kernel, where the shared-operand kernel took 120-142 (NOTES.md, v17); with fewer rows of x per
+decoded fragment the same sparse work weighs more, and the 128-row records mostly keep the shared-operand kernel.
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -115,6 +125,10 @@ LOAD_WORDS = {3: '[](unsigned* r, const void* p) { const unsigned* s = (const un
 # ``bar.sync`` to its use (benchmarks/kernels/NOTES.md, v12), which would expose the prefetch's latency.
 LOAD_U32 = '[](const void* p) { unsigned v; asm volatile("ld.global.u32 %0, [%1];" : "=r"(v) : "l"(p)); return v; }'
 SYNC_WARP = '[]() { __syncwarp(); return 0; }'
+# A weight's value into the register-operand kernel's shared deltas (an ``sp_tiles`` entry's low 16 bits; the
+# slot is zero and no other entry shares it), and a thread's zeroing of its 16 bytes of them.
+STORE_U16 = '[](void* p, unsigned e) { *(unsigned short*)p = (unsigned short)e; return 0; }'
+ZERO_U4 = '[](void* p) { *(uint4*)p = make_uint4(0u, 0u, 0u, 0u); return 0; }'
 STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(a, b); return 0; }'
 
 # Hopper (sm_90a) warpgroup MMA: operands read by the tensor cores from shared memory through 64-bit descriptors,
@@ -191,6 +205,17 @@ MBARRIER_WAIT = ('[](void* bar, unsigned parity) { asm volatile("{ .reg .pred p;
 SWIZZLE_128B, L2_PROMOTION_128B = 3, 2  # CUtensorMapSwizzle / CUtensorMapL2promotion values
 
 
+def add_fragment_deltas(steps: int, stride: int) -> str:
+    """A thread's deltas of one K-tile, added into its A fragments (``a[4 s .. 4 s + 4)`` per k16 step s, half2
+    each) and zeroed for the K-tile after next: per step one 16-byte load from ``p + s * stride`` (16-byte units;
+    the threads' slots are adjacent, so a warp's loads are conflict-free) and four fp16x2 adds (round to nearest,
+    as the shared-operand kernel's add into its decoded tile)."""
+    adds = " ".join(f'asm("add.rn.f16x2 %0, %0, %1;" : "+r"(a[4 * s + {i}]) : "r"(v.{f}));'
+                    for i, f in enumerate("xyzw"))
+    return (f'[](unsigned* a, void* p) {{ uint4* d = (uint4*)p; _Pragma("unroll") for (int s = 0; s < {steps}; ++s) '
+            f'{{ uint4 v = d[s * {stride}]; d[s * {stride}] = make_uint4(0u, 0u, 0u, 0u); {adds} }} return 0; }}')
+
+
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
     """Whether this rule can build the GEMM (see the module doc)."""
     return arch >= MIN_ARCH and act_dtype == "float16" and bits in P.REG_BITS and k % 8 == 0
@@ -201,18 +226,24 @@ def wgmma_applies(k: int, bits: int, act_dtype: str, nvcc_arch: str) -> bool:
     return nvcc_arch == WGMMA_ARCH and applies(k, bits, act_dtype, 90)
 
 
-def mma_shared_bytes(knobs: GemmKnobs) -> int:
-    """x stages and the double-buffered decoded weight tile (fp16; none with the weights in registers), and the
-    ring of code words, sized for 4 bits (the larger ring), so that knobs valid at one width are valid at the
-    other; wgmma adds its alignment slack."""
-    decoded = 0 if knobs.weights_in_registers else 2 * knobs.tile_n
-    barriers = 8 * knobs.stages if knobs.weights_in_registers else 0  # the TMA copies' mbarriers
+def mma_shared_bytes(knobs: GemmKnobs, sparse: bool = False) -> int:
+    """x stages and the double-buffered decoded weight tile (fp16; with the weights in registers none, but a
+    sparse GEMM's two K-tiles of deltas in the same size), and the ring of code words, sized for 4 bits (the
+    larger ring), so that knobs valid at one width are valid at the other; wgmma adds its alignment slack."""
+    decoded = 2 * knobs.tile_n if sparse or not knobs.weights_in_registers else 0
+    barriers = rs_barrier_words(knobs.stages) * 4 if knobs.weights_in_registers else 0  # the TMA copies' mbarriers
     return ((knobs.stages * knobs.tile_m + decoded) * knobs.tile_k * 2
             + knobs.stages * knobs.tile_n * knobs.tile_k // BLOCK * 4 * 4 + barriers
             + (WGMMA_ALIGN if knobs.rule == "wgmma" else 0))
 
 
-def check_mma_knobs(knobs: GemmKnobs) -> None:
+def rs_barrier_words(stages: int) -> int:
+    """32-bit words of the register-operand kernel's mbarriers, a multiple of four so that the deltas after them
+    stay 16-byte aligned."""
+    return -(-2 * stages // 4) * 4
+
+
+def check_mma_knobs(knobs: GemmKnobs, sparse: bool = False) -> None:
     knobs.validate()
     if knobs.weights_in_registers and knobs.rule != "wgmma":
         raise ValueError(f"weights in registers need the wgmma rule: {knobs}")
@@ -243,9 +274,9 @@ def check_mma_knobs(knobs: GemmKnobs) -> None:
         raise ValueError(f"mma needs at least 2 x stages (3 with the weights in registers: their copies run "
                          f"stages - 2 ahead): {knobs}")
     limit = WGMMA_SHARED_LIMIT if knobs.rule == "wgmma" else SHARED_LIMIT
-    if mma_shared_bytes(knobs) > limit:
-        raise ValueError(f"{knobs.rule} knobs {knobs} need up to {mma_shared_bytes(knobs)} bytes of shared memory, "
-                         f"over the {limit} limit")
+    if mma_shared_bytes(knobs, sparse) > limit:
+        raise ValueError(f"{knobs.rule} knobs {knobs} need up to {mma_shared_bytes(knobs, sparse)} bytes of shared "
+                         f"memory{' (sparse)' if sparse else ''}, over the {limit} limit")
 
 
 def split_groups(knobs: GemmKnobs) -> int:
@@ -408,11 +439,10 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     fits)."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
-    # the register-operand kernel is dense only: a sparse GEMM adds its nonzeros into the shared decoded tile
     def tuned_body(kn: GemmKnobs):
-        if kn.weights_in_registers and not sparse:
-            return _rs_body(n, k, bits, kn)
-        return _mma_body(n, k, bits, sparse, shared_operand(kn))
+        if kn.weights_in_registers:
+            return _rs_body(n, k, bits, sparse, kn)
+        return _mma_body(n, k, bits, sparse, kn)
 
     medium = medium if medium not in (None, knobs) else None
     if m is not None:
@@ -523,6 +553,58 @@ def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int, tma: boo
     return issue_codes, issue_tile, init_x, wait_x
 
 
+def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry):
+    """The walk over ``sp_tiles`` of both wgmma/mma kernels: per K-tile a warp takes ``nsub`` tiles (row band
+    ``band(by, tid)``, column chunk ``chunk(tid, t, s)``) and lane i the i-th entry of each (then i + 32 ...),
+    handed to ``add_entry(buf, base, e, tid, t, s)``. The offsets are loaded two K-tiles ahead and the first
+    entries one, by coherent loads (ptxas may sink ``ld.global.nc`` past a barrier to its use). ``sr`` per tile s:
+    ``[8 s, 8 s + 3)`` start, end and the lane's first entry of the K-tile to add, ``[8 s + 3, 8 s + 6)`` the same
+    of the next (its entry loaded during this one), ``[8 s + 6, 8 s + 8)`` the offsets of the one after; ``sr[8
+    nsub]`` holds a further entry. Returns ``load_offsets``, ``load_first``, ``add_sparse`` and ``shift``."""
+    bands, chunks = tile_counts(n, k)
+
+    @T.macro
+    def load_offsets(tiles, sr, at, by, tid, t):
+        """sr[8 s + at], sr[8 s + at + 1] = where the nonzeros of the warp's tile s of K-tile t start and end."""
+        for s in T.unroll(nsub):
+            if band(by, tid) < bands and chunk(tid, t, s) < chunks:
+                for e in T.unroll(2):
+                    sr[8 * s + at + e] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                        tiles[band(by, tid) * chunks + chunk(tid, t, s) + e]))
+            else:
+                sr[8 * s + at] = T.uint32(0)
+                sr[8 * s + at + 1] = T.uint32(0)
+
+    @T.macro
+    def load_first(tiles, sr, at, tid):
+        """sr[8 s + at + 2] = the lane's first nonzero among sr[8 s + at] .. sr[8 s + at + 1]."""
+        for s in T.unroll(nsub):
+            if sr[8 * s + at] + T.uint32(tid % 32) < sr[8 * s + at + 1]:
+                sr[8 * s + at + 2] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                    tiles[T.Cast("int32", sr[8 * s + at]) + tid % 32]))
+
+    @T.macro
+    def add_sparse(tiles, buf, base, sr, tid, t):
+        """K-tile t's nonzeros of the warp's tiles: per tile the prefetched first one, then every 32nd."""
+        for s in T.unroll(nsub):
+            if sr[8 * s] + T.uint32(tid % 32) < sr[8 * s + 1]:
+                add_entry(buf, base, sr[8 * s + 2], tid, t, s)
+                for i in range(T.Cast("int32", (sr[8 * s + 1] - sr[8 * s] - T.uint32(tid % 32) - T.uint32(1))
+                                      // T.uint32(32))):
+                    sr[8 * nsub] = T.call_extern("uint32", LOAD_U32, T.address_of(
+                        tiles[T.Cast("int32", sr[8 * s]) + tid % 32 + (i + 1) * 32]))
+                    add_entry(buf, base, sr[8 * nsub], tid, t, s)
+
+    @T.macro
+    def shift(sr):
+        """On to the next K-tile: its start, end and entry, and the offsets of the one after."""
+        for s in T.unroll(nsub):
+            for e in T.unroll(5):
+                sr[8 * s + e] = sr[8 * s + e + 3]
+
+    return load_offsets, load_first, add_sparse, shift
+
+
 def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     """The kernel as a ``T.macro(x, q, lut, y, rowptr, col, val, tiles, rows)`` (it reads the sparse part from
     ``tiles`` alone)."""
@@ -544,7 +626,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     words = bits  # code words of a 32-code block (3 bits: the pair layout's 3)
     tile_words = kbt * words  # code words of a row per K-tile
     x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
-    bands, chunks = tile_counts(n, k)
     nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
     issue_codes, issue_tile, _, _ = _copies(n, k, bits, knobs, nthreads)
     split = knobs.split_k
@@ -601,26 +682,6 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         return sparse_first_col(tid, t, bk, tpr) // TILE + s
 
     @T.macro
-    def load_offsets(tiles, sr, at, by, tid, t):
-        """sr[8 s + at], sr[8 s + at + 1] = where the nonzeros of the warp's sub-tile s of K-tile t start and end."""
-        for s in T.unroll(nsub):
-            if sparse_band(by, tid, bn, tpr) < bands and chunk_of(tid, t, s) < chunks:
-                for e in T.unroll(2):
-                    sr[8 * s + at + e] = T.call_extern("uint32", LOAD_U32, T.address_of(
-                        tiles[sparse_band(by, tid, bn, tpr) * chunks + chunk_of(tid, t, s) + e]))
-            else:
-                sr[8 * s + at] = T.uint32(0)
-                sr[8 * s + at + 1] = T.uint32(0)
-
-    @T.macro
-    def load_first(tiles, sr, at, tid):
-        """sr[8 s + at + 2] = the lane's first nonzero among sr[8 s + at] .. sr[8 s + at + 1]."""
-        for s in T.unroll(nsub):
-            if sr[8 * s + at] + T.uint32(tid % 32) < sr[8 * s + at + 1]:
-                sr[8 * s + at + 2] = T.call_extern("uint32", LOAD_U32, T.address_of(
-                    tiles[T.Cast("int32", sr[8 * s + at]) + tid % 32]))
-
-    @T.macro
     def add_entry(ws, base, e, tid, t, s):
         """Add the nonzero ``e`` (an ``sp_tiles`` entry of the warp's sub-tile s) into K-tile t's decoded tile, if
         it is in the warp's columns (a part narrower than a tile takes its slice)."""
@@ -631,17 +692,8 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                 (decode_part(tid, tpr) * cpt // TILE * TILE + s * TILE + T.Cast("int32", entry_col(e))) // 8, ch))
                 * 8 + T.Cast("int32", entry_col(e)) % 8]), e))
 
-    @T.macro
-    def add_sparse(tiles, ws, base, sr, tid, t):
-        """K-tile t's nonzeros in the warp's columns: per sub-tile the prefetched first one, then every 32nd."""
-        for s in T.unroll(nsub):
-            if sr[8 * s] + T.uint32(tid % 32) < sr[8 * s + 1]:
-                add_entry(ws, base, sr[8 * s + 2], tid, t, s)
-                for i in range(T.Cast("int32", (sr[8 * s + 1] - sr[8 * s] - T.uint32(tid % 32) - T.uint32(1))
-                                      // T.uint32(32))):
-                    sr[8 * nsub] = T.call_extern("uint32", LOAD_U32, T.address_of(
-                        tiles[T.Cast("int32", sr[8 * s]) + tid % 32 + (i + 1) * 32]))
-                    add_entry(ws, base, sr[8 * nsub], tid, t, s)
+    load_offsets, load_first, add_sparse, shift = _sparse_lists(
+        n, k, nsub, lambda by, tid: sparse_band(by, tid, bn, tpr), chunk_of, add_entry)
 
     @T.macro
     def decode_tile(tiles, ws, ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, sr, by, tid, t):
@@ -654,9 +706,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         if sparse:
             T.evaluate(T.call_extern("int32", SYNC_WARP))  # the warp's decoded weights, before its lanes add
             add_sparse(tiles, ws, base, sr, tid, t)
-            for s in T.unroll(nsub):
-                for e in T.unroll(5):
-                    sr[8 * s + e] = sr[8 * s + e + 3]
+            shift(sr)
 
     @T.macro
     def mma_tile(xs, ws, acc, af, bf, tid, t):
@@ -798,7 +848,22 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     return body
 
 
-def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
+def a_fragment(r, c):
+    """Which thread of the register-operand kernel's block holds weight (r, c) of its tile (row r of ``tile_n``,
+    column c of the K-tile), in which of its A registers of the K-tile (``afr`` index: k16 step, then column half
+    j, then row half h) and which half of it: wgmma's A layout, each warp 16 rows, lane 4 g + q holding rows g and
+    g + 8 at columns 2 q, 2 q + 1 and 2 q + 8, 2 q + 9 of each k16 step. Ints or TIR expressions."""
+    return r // 16 * 32 + r % 8 * 4 + c % 8 // 2, c // 16 * 4 + c % 16 // 8 * 2 + r % 16 // 8, c % 2
+
+
+def delta_half(r, c, nthreads: int, kbt: int, buf):
+    """The half of weight (r, c)'s slot among the register-operand kernel's shared deltas (buffer ``buf`` of two):
+    per buffer and k16 step, 16 bytes a thread (``add_fragment_deltas``' loads), threads adjacent."""
+    tid, a, half = a_fragment(r, c)
+    return (((buf * 2 * kbt + a // 4) * nthreads + tid) * 4 + a % 4) * 2 + half
+
+
+def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     """The wgmma kernel with the weights as the A operand, decoded straight into registers: y^T = W x^T. A block
     owns ``tile_n`` weight rows (a warpgroup per 64) and ``tile_m`` rows of x (the MMA's N); per K-tile each
     thread decodes its A fragments (rows g and g + 8 of its warp's 16, byte q of each index word of a block:
@@ -808,8 +873,15 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     With ``split_k`` > 1 the ``split_k`` consecutive blocks of a cluster (``blockIdx.x``: the x tile times
     ``split_k`` plus the block's rank) take consecutive K ranges of one output tile. After the K loop each block
     stores the accumulator groups that the others finish (``split_owner``) into their x stages, and after the
-    cluster's barrier adds those it received to its own and writes them."""
-    check_mma_knobs(knobs)
+    cluster's barrier adds those it received to its own and writes them.
+
+    A sparse weight's nonzeros reach the fragments through shared memory: two K-tiles ahead of its decode, lane i
+    of warp w stores the i-th nonzero of ``sp_tiles``' tile (w // 2, w % 2) of the block's K-tile at its slot of
+    the owning thread (``delta_half``: a zeroed buffer per K-tile parity, 16 bytes a thread per k16 step), and the
+    owner, after decoding, adds its slots to its fragments and zeroes them (``add_fragment_deltas``). The K-tile's
+    barrier orders the stores before the owner's loads, and the owner's zeroing before the stores of the K-tile two
+    later."""
+    check_mma_knobs(knobs, sparse)
     bm, bn, bk, stages, split = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages, knobs.split_k
     nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
     kbt = bk // BLOCK
@@ -820,6 +892,9 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     x_halves, c_words = stages * bm * bk, stages * bn * tile_words
     slack = WGMMA_ALIGN // 4
     groups = bm // 8  # 8-column groups of the accumulators (rows of x)
+    steps = 2 * kbt  # k16 steps of a K-tile
+    bar_words = rs_barrier_words(stages)
+    delta_words = 2 * steps * nthreads * 4 if sparse else 0  # two K-tiles of every thread's A fragments
 
     def wrow(tid, h):
         """Weight row (in the block) of the thread's A fragment rows g (h = 0) and g + 8 (h = 1)."""
@@ -833,9 +908,32 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
     issue_codes, issue_tile, init_x, wait_x = _copies(n, k, bits, knobs, nthreads, tma=True)
 
     @T.macro
-    def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, tid, t):
+    def put_entry(dh, base, e, tid, t, s):
+        """The nonzero ``e`` of the warp's tile into its owner's slot for K-tile t."""
+        T.evaluate(T.call_extern("int32", STORE_U16, T.address_of(dh[delta_half(
+            tid // 64 * TILE + T.Cast("int32", entry_row(e)), tid // 32 % 2 * TILE + T.Cast("int32", entry_col(e)),
+            nthreads, kbt, t % 2)]), e))
+
+    # warp w: rows [32 (w // 2), + 32) of the block's tile, columns [32 (w % 2), + 32) of the K-tile
+    load_offsets, load_first, add_sparse, shift = _sparse_lists(
+        n, k, 1, lambda by, tid: by * (bn // TILE) + tid // 64, lambda tid, t, s: t * (bk // TILE) + tid // 32 % 2,
+        put_entry)
+
+    @T.macro
+    def scatter(tiles, dh, sr, by, tid, t, end):
+        """K-tile t's nonzeros into their owners' slots, with the loads for t + 1 (first entries) and t + 2
+        (offsets) issued first."""
+        load_first(tiles, sr, 3, tid)
+        load_offsets(tiles, sr, 6, by, tid, t + 2)
+        if t < end:
+            add_sparse(tiles, dh, 0, sr, tid, t)
+        shift(sr)
+
+    @T.macro
+    def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, dl, tid, t):
         """K-tile t's A fragments into afr: per row h and block b, the thread word (byte j = byte q of
-        index word j, pairs (8 j + 2 q, + 1)), then the register-table decode of its eight codes."""
+        index word j, pairs (8 j + 2 q, + 1)), then the register-table decode of its eight codes; sparse, plus
+        the thread's deltas."""
         for h in T.unroll(2):
             for b in T.unroll(kbt):
                 T.evaluate(T.call_extern("int32", LOAD_WORDS[words], T.address_of(cw[0]), T.address_of(
@@ -850,6 +948,9 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
                         lh[hb] = P.reg_bytes(lambda r: rt[h * rt_words + r], sl[g], hb, bits=bits, mask=mk[0])
                     for j in T.unroll(2):
                         afr[(2 * b + g) * 4 + 2 * j + h] = P.reg_half2(lh[0], lh[1], j)
+        if sparse:
+            T.evaluate(T.call_extern("int32", add_fragment_deltas(steps, nthreads), T.address_of(afr[0]),
+                                     T.address_of(dl[(t % 2 * steps * nthreads + tid) * 4])))
 
     @T.macro
     def mma(acc, afr, dsc, t):
@@ -872,30 +973,38 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
                         "float16", acc[4 * i + 2 * h + v])
 
     @T.macro
-    def k_tile(x_map, q, xs, cs, bars, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid, t):
+    def k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fa, fb, cw, rt, tw, sl, lh, mk, sr, off, dsc, bx, by,
+               tid, t):
         """K-tile t: its wgmmas on fragment set fa once its x tile has landed, the copies of K-tile
         t + stages - 2 into the slot that t - 2's wgmmas read (every warpgroup waited for them before the
-        barrier), then once t - 1's wgmmas are done (the last to read fb), t + 1 decoded into fb. So the tensor
-        cores still hold t's MMAs while the threads wait at the next barrier."""
+        barrier), sparse the nonzeros of t + 2, then once t - 1's wgmmas are done (the last to read fb), t + 1
+        decoded into fb. So the tensor cores still hold t's MMAs while the threads wait at the next barrier."""
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # codes t + 1
         T.tvm_storage_sync("shared")
         wait_x(bars, t, first_tile(bx))
         mma(acc, fa, dsc, t)
         issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, t + stages - 2, 0, end_tile(bx))
+        if sparse:
+            scatter(tiles, dh, sr, by, tid, t + 2, end_tile(bx))
         T.evaluate(T.call_extern("int32", WGMMA_WAIT_1))
         if t + 1 < end_tile(bx):
-            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, tid, t + 1)
+            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, dl, tid, t + 1)
 
     @T.macro
     def block(x_map, q, lut, y, tiles, rows, bx, by, tid):
         """x tile ``x_tile(bx)``, weight tile by, K-tiles [``first_tile(bx)``, ``end_tile(bx)``)."""
-        smem = T.alloc_buffer((x_halves // 2 + c_words + slack + 2 * stages,), "uint32", scope="shared.dyn")
+        smem = T.alloc_buffer((x_halves // 2 + c_words + slack + bar_words + delta_words,), "uint32",
+                              scope="shared.dyn")
         xs = T.decl_buffer((x_halves,), "float16", data=smem.data, scope="shared.dyn")
         red = T.decl_buffer((x_halves // 2,), "float32", data=smem.data, scope="shared.dyn")
         cs = T.decl_buffer((c_words,), "uint32", data=smem.data, elem_offset=x_halves // 2, scope="shared.dyn")
         # past the alignment slack, which the run-time shift of the tiles may take
         bars = T.decl_buffer((stages,), "uint64", data=smem.data, elem_offset=(x_halves // 2 + c_words + slack) // 2,
                              scope="shared.dyn")
+        dl = T.decl_buffer((max(delta_words, 4),), "uint32", data=smem.data,
+                           elem_offset=x_halves // 2 + c_words + slack + bar_words, scope="shared.dyn")
+        dh = T.decl_buffer((max(delta_words, 4) * 2,), "uint16", data=smem.data,
+                           elem_offset=(x_halves // 2 + c_words + slack + bar_words) * 2, scope="shared.dyn")
         acc = T.alloc_buffer((bm // 2,), "float32", scope="local")
         fa = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # A fragments of the even K-tiles (of the block)
         fb = T.alloc_buffer((4 * 2 * kbt,), "uint32", scope="local")  # of the odd ones
@@ -905,6 +1014,7 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
         sl = T.alloc_buffer((3,), "uint32", scope="local")
         lh = T.alloc_buffer((2,), "uint32", scope="local")
         mk = T.alloc_buffer((1,), "uint32", scope="local")
+        sr = T.alloc_buffer((9,), "uint32", scope="local")  # sparse: _sparse_lists' state for the warp's tile
         off = T.alloc_buffer((1,), "int32", scope="local")
         dsc = T.alloc_buffer((1,), "uint64", scope="local")
         off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
@@ -921,19 +1031,28 @@ def _rs_body(n: int, k: int, bits: int, knobs: GemmKnobs):
         sl[2] = P.quad_selector(tid % 4)
         for i in T.unroll(bm // 2):
             acc[i] = T.float32(0)
+        if sparse:  # zeroed slots, then the first two K-tiles' nonzeros in them
+            for i in T.unroll(2 * steps):
+                T.evaluate(T.call_extern("int32", ZERO_U4, T.address_of(dl[(i * nthreads + tid) * 4])))
+            T.tvm_storage_sync("shared")
+            load_offsets(tiles, sr, 0, by, tid, first_tile(bx))
+            load_offsets(tiles, sr, 3, by, tid, first_tile(bx) + 1)
+            load_first(tiles, sr, 0, tid)
+            for u in T.unroll(2):
+                scatter(tiles, dh, sr, by, tid, first_tile(bx) + u, end_tile(bx))
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))
         T.tvm_storage_sync("shared")
         if first_tile(bx) < end_tile(bx):
-            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fa, tid, first_tile(bx))
+            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fa, dl, tid, first_tile(bx))
         for j2 in range((end_tile(bx) - first_tile(bx) + 1) // 2):  # unrolled by two: the sets alternate
             for u in T.unroll(2):
                 if j2 * 2 + u < end_tile(bx) - first_tile(bx):
                     if u == 0:
-                        k_tile(x_map, q, xs, cs, bars, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid,
-                               first_tile(bx) + j2 * 2)
+                        k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fa, fb, cw, rt, tw, sl, lh, mk, sr, off,
+                               dsc, bx, by, tid, first_tile(bx) + j2 * 2)
                     else:
-                        k_tile(x_map, q, xs, cs, bars, acc, fb, fa, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid,
-                               first_tile(bx) + j2 * 2 + 1)
+                        k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fb, fa, cw, rt, tw, sl, lh, mk, sr, off,
+                               dsc, bx, by, tid, first_tile(bx) + j2 * 2 + 1)
         T.evaluate(T.call_extern("int32", WGMMA_WAIT))
         if split > 1:
             exchange(red, acc, off[0] // 2, rank_of(bx), tid)

@@ -69,10 +69,10 @@ class GemmKnobs:
     * ``"wgmma"`` (``gemm_mma.py`` too, sm_90a only): the same kernel with Hopper's asynchronous warpgroup MMAs
       reading x and the decoded tile from shared memory, so the next tile's decode overlaps the tensor cores;
       one warpgroup per 64 rows (``warps_m = tile_m / 16``, ``warps_n = 1``), ``tile_k = 64``. Elsewhere the
-      ``"mma"`` rule's default runs. ``weights_in_registers`` (dense) makes the weights the MMA's A operand,
+      ``"mma"`` rule's default runs. ``weights_in_registers`` makes the weights the MMA's A operand,
       decoded by each thread straight into its A fragments (y^T = W x^T), so that decoded weights never pass
-      through shared memory: a warpgroup per 64 weight rows of ``tile_n``, ``tile_m`` (up to 256) rows of x as the
-      MMA's N. It needs ptxas 13.3 or later (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand
+      through shared memory (a sparse weight's nonzeros join them through a shared buffer of per-thread slots): a
+      warpgroup per 64 weight rows of ``tile_n``, ``tile_m`` (up to 256) rows of x as the MMA's N. It needs ptxas 13.3 or later (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand
       kernel's default runs. ``split_k`` > 1 (either wgmma kernel) splits K over that many blocks of a
       thread-block cluster, which add their partial tiles through distributed shared memory: 256-row x tiles halve
       the decode per multiply-add but leave too few blocks for the SMs at M = 512 without it, and a 128-row prompt
