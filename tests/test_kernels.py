@@ -176,19 +176,48 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     assert not register_operand(old_split) and "clusterCtaIdx" not in old_split.script()
 
 
-def test_medium_prompts_run_the_knobs_tuned_at_fewer_rows():
-    """A symbolic-m GEMM holds the short-prompt kernel, the medium knobs' kernel and the long knobs' kernel, picked
-    by the call's rows; a static m builds only the one that fits; equal knobs build one kernel."""
-    from dataclasses import replace
-
-    from sqcompile.kernels.gemm_mma import MEDIUM_ROWS, WGMMA_KNOBS, cuda_lut_gemm_mma
-    medium = replace(WGMMA_KNOBS, weights_in_registers=True)
+def test_prompts_run_the_knobs_of_their_tier_of_rows():
+    """A symbolic-m GEMM holds the short-prompt kernel and one kernel per tier of rows, picked by the call's rows; a
+    static m builds only the one that fits; a tier whose knobs equal the next one's merges into it; an unsplit
+    register-operand tile is refused as a bounded tier (it computed wrong results there on an H200)."""
+    from sqcompile.kernels.gemm_mma import SHORT_ROWS, WGMMA_KNOBS, cuda_lut_gemm_mma
+    medium = replace(WGMMA_KNOBS, weights_in_registers=True, split_k=2)
+    split3 = replace(medium, tile_m=256, split_k=3)
     long = replace(medium, tile_m=256, split_k=2)
-    both = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, medium).script()
-    assert "m64n256k16" in both and "m64n128k16" in both and f"m <= T.int64({MEDIUM_ROWS})" in both
-    assert "m64n256k16" not in cuda_lut_gemm_mma(200, 1000, 3, 100, False, long, medium).script()
-    assert "m64n128k16" not in cuda_lut_gemm_mma(200, 1000, 3, 512, False, long, medium).script()
-    assert f"T.int64({MEDIUM_ROWS})" not in cuda_lut_gemm_mma(200, 1000, 3, None, False, long, long).script()
+    tiers = ((128, medium), (256, split3))
+    every = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, tiers).script()
+    one = {m: cuda_lut_gemm_mma(200, 1000, 3, m, False, long, tiers).script() for m in (100, 200, 512)}
+    assert "m64n256k16" not in one[100] and "m64n128k16" in one[100]
+    assert 'T.thread_binding(3, thread="clusterCtaIdx.x")' in one[200] and "m64n128k16" not in one[200]
+    assert 'T.thread_binding(2, thread="clusterCtaIdx.x")' in one[512] and "m64n128k16" not in one[512]
+    assert every.count("m64n256k16") == 2 * one[512].count("m64n256k16")  # the 256-row tiers, split 3 and 2
+    assert all(f"m <= T.int64({most})" in every for most in (SHORT_ROWS, 128, 256))
+    merged = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((128, medium), (256, long))).script()
+    assert "m <= T.int64(256)" not in merged and "m <= T.int64(128)" in merged
+    merged = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((128, split3), (256, split3))).script()
+    assert "m <= T.int64(128)" not in merged and "m <= T.int64(256)" in merged
+    unsplit = replace(long, split_k=1)
+    with pytest.raises(ValueError, match="bounded tier"):
+        cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((256, unsplit),))
+    assert "clusterCtaIdx" not in cuda_lut_gemm_mma(200, 1000, 3, 100, False, long, ((256, unsplit),)).script()
+    cuda_lut_gemm_mma(200, 1000, 3, None, False, unsplit, ((128, medium),))  # as the last kernel it is right
+
+
+def test_records_keep_unsplit_register_tiles_out_of_bounded_tiers(monkeypatch, caplog):
+    """A record for fewer rows that would put an unsplit register-operand tile in a bounded tier is served by the
+    shared-operand kernel instead, with a warning."""
+    from sqcompile.kernels import matmul
+    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS
+    from sqcompile.targets.registry import get_target
+    unsplit = replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True)
+    long = replace(unsplit, split_k=2)
+    monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: True)
+    from sqcompile.targets import tuning
+    monkeypatch.setattr(tuning, "lookup", lambda arch, kind, n, k, bits, sparse, m=None: unsplit if m < 512 else long)
+    with caplog.at_level("WARNING"):
+        func = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16",
+                          target=get_target("cuda", "sm_90").tvm_target()).script()
+    assert "not safe below" in caplog.text and "m64n256k16" in func and "m64n128k16" in func
 
 
 @pytest.mark.parametrize("tile,split_k,registers", [(256, 2, True), (256, 3, True), (256, 4, True), (128, 3, True),
@@ -511,8 +540,10 @@ def test_cuda_codegen_with_nvcc_in_subprocess(tmp_path):
         "mod = tvm.IRModule({'wgmma': lut_matmul(100, 1000, 4, m=None, sparse=False, act_dtype='float16', target=t),\n"
         "                    'wgmma_sp': lut_matmul(333, 4160, 3, m=None, sparse=True, act_dtype='float16',\n"
         "                                           target=t),\n"
-        "                    'wgmma_rs': cuda_lut_gemm_mma(333, 4160, 3, None, False, split),\n"
-        "                    'wgmma_rs_sp': cuda_lut_gemm_mma(333, 4160, 4, None, True, split)})\n"
+        "                    'wgmma_rs': cuda_lut_gemm_mma(333, 4160, 3, None, False, split)\n"
+        "                        .with_attr('global_symbol', 'wgmma_rs'),\n"
+        "                    'wgmma_rs_sp': cuda_lut_gemm_mma(333, 4160, 4, None, True, split)\n"
+        "                        .with_attr('global_symbol', 'wgmma_rs_sp')})\n"
         "with t:\n"
         "    tvm.compile(mod, target=t).export_library(sys.argv[2])\n"
     )

@@ -2,8 +2,8 @@
 
     python3 benchmarks/e2e/prefill_lengths.py BEFORE/sq-3bit AFTER/sq-3bit --lengths 96,128,160,192,512 --out pl.json
 
-``ab.py`` times one 512-token prompt; the prefill GEMM picks its kernel by the prompt's rows (short, medium, long:
-``gemm_mma.SHORT_ROWS`` / ``MEDIUM_ROWS``), so a change of those knobs or bounds shows only at other lengths. Both
+``ab.py`` times one 512-token prompt; the prefill GEMM picks its kernel by the prompt's rows (``gemm_mma.SHORT_ROWS``,
+then ``knobs.GEMM_ROW_TIERS``), so a change of those knobs or bounds shows only at other lengths. Both
 artifacts stay loaded; per length and round each is timed in turn, best of five prefills after a warm-up (up to the
 first token, as a new request). Synthetic weights are generated first where missing, with the same seed on both
 sides.

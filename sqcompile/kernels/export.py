@@ -152,13 +152,22 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
     # takes several; the short-prompt kernel and every tuned tile shape
     out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
     out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned + registers))
+    out += records_configs()
     return out
+
+
+def records_configs(rows: tuple[int, ...] = (100, 300)) -> list[tuple[Config, list]]:
+    """The prefill GEMMs as an artifact builds them (``None``: the records' knobs, a kernel per tier of rows in
+    one function) at rows inside each tier: each knob checked alone missed a kernel that was wrong only inside a
+    bounded tier (``gemm_mma.bounded_tier_unsafe``)."""
+    return [(Config("gemm", n, k, bits, sparse, m), [None])
+            for (n, k), bits, sparse, m in itertools.product(PREFILL_SHAPES, (3, 4), (False, True), rows)]
 
 
 def prefill_configs(arch: str, rows: tuple[int, ...] = GEMM_TUNED_ROWS) -> list[tuple[Config, list]]:
     """The prefill GEMMs at ``rows`` rows of x over the tensor-core part of ``gemm_space`` (the SIMT tiles take
     milliseconds). Rows other than the tuned ones show which knobs prompts between them should run
-    (``gemm_mma.MEDIUM_ROWS``)."""
+    (``knobs.GEMM_ROW_TIERS``)."""
     space = [kn for kn in gemm_space(arch) if kn.rule != "simt"]
     return [(Config("gemm", n, k, bits, sparse, m), space)
             for m, (n, k), bits, sparse in itertools.product(rows, PREFILL_SHAPES, (3, 4), (False, True))]
@@ -189,7 +198,8 @@ def _name(cfg: Config, i: int) -> str:
 
 
 def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
-    """In-process build; the caller made CUDA builds possible (``cuda_host.prepare_cuda_build``)."""
+    """In-process build; the caller made CUDA builds possible (``cuda_host.prepare_cuda_build``). A candidate of
+    ``None`` is what an artifact builds: the records' knobs."""
     import tvm
 
     from sqcompile.targets.registry import nvcc_arch
@@ -207,7 +217,7 @@ def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
             f = lut_matmul(cfg.n, cfg.k, cfg.bits, m=1 if cfg.kind == "gemv" else None, sparse=cfg.sparse,
                            act_dtype="float16", target=target, knobs=kn, pdl=False)
             funcs[name] = f.with_attr("global_symbol", name)
-            cands.append({"name": name, "knobs": knobs_to_dict(kn), "default": i == 0})
+            cands.append({"name": name, "knobs": knobs_to_dict(kn) if kn else {}, "default": i == 0})
         manifest["configs"].append({**cfg.__dict__, "candidates": cands})
     log.info("building %d kernels for %s", len(funcs), arch)
     with target:
@@ -304,6 +314,7 @@ if __name__ == "__main__":
     out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
     rows_ = tuple(int(r) for r in sys.argv[5].split(",")) if len(sys.argv) > 5 else GEMM_TUNED_ROWS
     cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": lambda: check_configs(arch_),
+            "records": records_configs,
             "explore": lambda: explore_configs(arch_), "prefill": lambda: prefill_configs(arch_, rows_),
             "lite": lambda: benchmark_configs(arch_, 4)}[which_]()
     build(out, arch_, cfgs)

@@ -79,7 +79,7 @@ from tvm.script import tirx as T
 
 from . import pairs as P
 from .gemv_cuda import CP_ASYNC_COMMIT, cp_async_wait
-from .knobs import GEMM_TUNED_ROWS, GemmKnobs
+from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
 
@@ -420,12 +420,10 @@ def decode_part(tid, tpr: int):
 # with ceil(N / tile_n) blocks (32 at N = 4096), each walking K alone, latency-bound. These narrow tiles give
 # 2-4x the blocks, and their small x tiles afford a deeper pipeline.
 SHORT_ROWS = 64
-# Medium prompts, SHORT_ROWS < m <= MEDIUM_ROWS, run the knobs tuned at 128 rows (``knobs.GEMM_TUNED_ROWS``), longer
-# ones those tuned at 512: at 128 rows a 256-row split-K tile wastes half its MMAs (11008 x 4096: 72 us on an H200
-# against 45 for the 128 x 128 tile, NOTES.md v15), while past 128 rows the 128-row tiles the records now hold split
-# x into a second, partly empty tile: at 160 and 192 rows the 512-row knobs took 59 us at 11008 x 4096 against 81-90
-# for the 128-row ones, and a 192-token 7B prefill lost 15% with the 128-row knobs (NOTES.md, v16).
-MEDIUM_ROWS = GEMM_TUNED_ROWS[0]
+# Longer prompts run the knobs of their tier of rows (``knobs.GEMM_ROW_TIERS``): at 128 rows a 256-row split-K tile
+# wastes half its MMAs (11008 x 4096: 72 us on an H200 against 45 for the 128 x 128 tile, NOTES.md v15), while past
+# 128 rows the 128-row tiles split x into a second, partly empty tile (a 192-token 7B prefill lost 15% with them,
+# NOTES.md v16).
 SHORT_KNOBS = GemmKnobs(32, 64, warps_m=1, warps_n=4, stages=6, tile_k=64)
 # The untuned wgmma tiles (sm_90a): two warpgroups on 128 x 128, four x stages. Measured on the 7B prefill shapes
 # against 64 x 128 (one warpgroup), 128 x 256 and split-N warpgroups (benchmarks/kernels/NOTES.md, v11).
@@ -433,38 +431,55 @@ WGMMA_KNOBS = GemmKnobs(128, 128, rule="wgmma", warps_m=8, warps_n=1, stages=4, 
 
 
 def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, knobs: GemmKnobs,
-                      medium: GemmKnobs | None = None) -> tirx.PrimFunc:
-    """The GEMM with ``knobs``; for a symbolic m the kernels with ``SHORT_KNOBS`` and (where they differ) the
-    ``medium`` knobs beside it, picked on the host by the row count of the call (for a static m, the one that
-    fits)."""
+                      fewer_rows: tuple[tuple[int, GemmKnobs], ...] = ()) -> tirx.PrimFunc:
+    """The GEMM with ``knobs``; ``fewer_rows`` are (most rows, knobs) tiers for shorter prompts, ascending. For a
+    symbolic m the kernels with ``SHORT_KNOBS``, each tier's knobs (where they differ from the next tier's) and
+    ``knobs`` sit side by side, picked on the host by the row count of the call; for a static m only the one that
+    fits is built."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
+
     def tuned_body(kn: GemmKnobs):
         if kn.weights_in_registers:
             return _rs_body(n, k, bits, sparse, kn)
         return _mma_body(n, k, bits, sparse, kn)
 
-    medium = medium if medium not in (None, knobs) else None
+    tiers: list[tuple[int, GemmKnobs]] = []  # a tier whose knobs equal the next one's merges into it
+    for most, kn in reversed(((SHORT_ROWS, SHORT_KNOBS), *fewer_rows)):
+        if kn != (tiers[0][1] if tiers else knobs):
+            tiers.insert(0, (most, kn))
+    if m is None and any(bounded_tier_unsafe(kn) for _, kn in tiers):
+        raise ValueError(f"the register-operand kernel without split-K computed wrong results as a bounded tier of "
+                         f"rows of a symbolic-m GEMM (benchmarks/kernels/NOTES.md, v17): {tiers}")
     if m is not None:
-        kn = knobs if m > MEDIUM_ROWS or medium is None else medium
-        body = _mma_body(n, k, bits, sparse, SHORT_KNOBS) if m <= SHORT_ROWS else tuned_body(kn)
+        body = tuned_body(next((kn for most, kn in tiers if m <= most), knobs))
         return lut_matmul_signature(n, k, bits, m, "float16", sparse, body)
-    short, tuned = _mma_body(n, k, bits, sparse, SHORT_KNOBS), tuned_body(knobs)
-    mid = tuned_body(medium) if medium is not None else None
+    pick = tuned_body(knobs)
+    for most, kn in reversed(tiers):  # the first tier outermost: rows <= its most, else the next tier's test ...
+        pick = _by_rows(most, tuned_body(kn), pick)
+    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, pick)
+
+
+def bounded_tier_unsafe(knobs: GemmKnobs) -> bool:
+    """Knobs that must not serve a bounded tier of rows (``rows <= most`` in a symbolic-m GEMM with a kernel for more
+    rows after it). The register-operand 256-row kernel without split-K gave 6-9% wrong outputs there on an H200,
+    deterministically, with or without cluster kernels beside it, while the same kernel was right alone, as the
+    last kernel, or at a static m; its CUDA differed only in the bounds checks its tier proved. The cause is not
+    found, so every unsplit register-operand tile is kept out of bounded tiers (NOTES.md, v17)."""
+    return knobs.weights_in_registers and knobs.split_k == 1
+
+
+def _by_rows(most: int, fewer, more):
+    """A kernel macro that runs ``fewer`` for calls of at most ``most`` rows of x, else ``more``."""
 
     @T.macro
-    def by_rows(x, q, lut, y, rowptr, col, val, tiles, rows):
-        if rows <= SHORT_ROWS:
-            short(x, q, lut, y, rowptr, col, val, tiles, rows)
-        elif medium is not None:  # decided here, in Python: no third kernel without medium knobs
-            if rows <= MEDIUM_ROWS:
-                mid(x, q, lut, y, rowptr, col, val, tiles, rows)
-            else:
-                tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
+    def pick(x, q, lut, y, rowptr, col, val, tiles, rows):
+        if rows <= most:
+            fewer(x, q, lut, y, rowptr, col, val, tiles, rows)
         else:
-            tuned(x, q, lut, y, rowptr, col, val, tiles, rows)
+            more(x, q, lut, y, rowptr, col, val, tiles, rows)
 
-    return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, by_rows)
+    return pick
 
 
 def encode_x_map(x_map, x, rows, k: int, knobs: GemmKnobs):

@@ -12,11 +12,11 @@ from .cpu import cpu_lut_matmul
 from .cuda_host import WGMMA_RS_PTXAS, ptxas_keeps_wgmma_registers, ptxas_version
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_mma import applies as mma_applies
-from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, shared_operand, wgmma_applies
+from .gemm_mma import WGMMA_KNOBS, bounded_tier_unsafe, cuda_lut_gemm_mma, shared_operand, wgmma_applies
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
-from .knobs import GEMM_TUNED_ROWS, GemmKnobs, GemvKnobs
+from .knobs import GEMM_ROW_TIERS, GemmKnobs, GemvKnobs
 from .launch import programmatic_launch, target_arch
 from .sparse_cuda import sparse_after_dense
 
@@ -74,28 +74,35 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
         else:
             wgmma = wgmma_applies(k, bits, act_dtype, str(target.attrs.get("arch")))
 
-            medium = None
-            if knobs is None:  # the records' knobs for long prompts, and those tuned at fewer rows for medium ones
-                medium_rows, long_rows = GEMM_TUNED_ROWS
+            fewer: list[tuple[int, GemmKnobs]] = []  # (most rows, knobs) of the tiers below the longest
+            if knobs is None:  # the records' knobs for long prompts, and those tuned at fewer rows for the others
+                *shorter, (long_rows, _) = GEMM_ROW_TIERS
                 knobs = lookup(target_arch(target), "gemm", n, k, bits, sparse, long_rows) or (
                     WGMMA_KNOBS if wgmma else GemmKnobs())
-                medium = lookup(target_arch(target), "gemm", n, k, bits, sparse, medium_rows)
-                medium = medium if medium and medium.rule in ("mma", "wgmma") else None
+                for tuned, most in shorter:
+                    kn = lookup(target_arch(target), "gemm", n, k, bits, sparse, tuned)
+                    if kn and kn.rule in ("mma", "wgmma"):
+                        if kn != knobs and bounded_tier_unsafe(kn):
+                            log.warning("the %dx%d GEMM's record at %d rows (%s) is not safe below the records for "
+                                        "more rows: the shared-operand kernel serves up to %d rows", n, k, tuned,
+                                        kn, most)
+                            kn = shared_operand(kn)
+                        fewer.append((most, kn))
             registers_ok = ptxas_keeps_wgmma_registers()
-            if not registers_ok and any(kn and kn.weights_in_registers for kn in (knobs, medium)):
+            if not registers_ok and any(kn.weights_in_registers for kn in (knobs, *(kn for _, kn in fewer))):
                 log.warning("ptxas %s may reuse a wgmma's A registers before it has read them (fixed in CUDA %d.%d): "
                             "the %dx%d GEMM uses the shared-operand wgmma kernel", ptxas_version(),
                             *WGMMA_RS_PTXAS, n, k)
 
-            def usable(kn: GemmKnobs | None) -> GemmKnobs | None:
-                if kn is not None and kn.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without it
+            def usable(kn: GemmKnobs) -> GemmKnobs:
+                if kn.rule == "wgmma" and not wgmma:  # an sm_90a record on a target without it
                     return GemmKnobs()
-                return shared_operand(kn) if kn is not None and not registers_ok else kn
+                return shared_operand(kn) if not registers_ok else kn
 
-            knobs, medium = usable(knobs), usable(medium)
+            knobs, fewer = usable(knobs), [(most, usable(kn)) for most, kn in fewer]
             func = None
             if knobs.rule in ("mma", "wgmma") and mma_applies(k, bits, act_dtype, int(target_arch(target)[3:])):
-                func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs, medium)
+                func = cuda_lut_gemm_mma(n, k, bits, m, sparse, knobs, tuple(fewer))
             elif knobs.rule != "simt":  # the dense part on dlight's schedule, then the CSR add (sparse_cuda.py)
                 func = cuda_lut_gemm_tc(n, k, bits, act_dtype, target)
                 if func is not None and sparse:
