@@ -464,8 +464,10 @@ def bounded_tier_unsafe(knobs: GemmKnobs) -> bool:
     """Knobs that must not serve a bounded tier of rows (``rows <= most`` in a symbolic-m GEMM with a kernel for more
     rows after it). The register-operand 256-row kernel without split-K gave 6-9% wrong outputs there on an H200,
     deterministically, with or without cluster kernels beside it, while the same kernel was right alone, as the
-    last kernel, or at a static m; its CUDA differed only in the bounds checks its tier proved. The cause is not
-    found, so every unsplit register-operand tile is kept out of bounded tiers (NOTES.md, v17)."""
+    last kernel, or at a static m; its CUDA differed only in the bounds checks its tier proved, and keeping those
+    checks (an opaque ``rows``) made it right: most likely ptxas mis-compiles the unguarded epilogue. Until that
+    workaround is adopted and re-checked, every unsplit register-operand tile stays out of bounded tiers
+    (NOTES.md, v17)."""
     return knobs.weights_in_registers and knobs.split_k == 1
 
 
