@@ -176,10 +176,11 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     assert not register_operand(old_split) and "clusterCtaIdx" not in old_split.script()
 
 
-def test_prompts_run_the_knobs_of_their_tier_of_rows():
+def test_prompts_run_the_knobs_of_their_tier_of_rows(caplog):
     """A symbolic-m GEMM holds the short-prompt kernel and one kernel per tier of rows, picked by the call's rows; a
     static m builds only the one that fits; a tier whose knobs equal the next one's merges into it; an unsplit
-    register-operand tile is refused as a bounded tier (it computed wrong results there on an H200)."""
+    register-operand tile gives way to the shared-operand kernel in a bounded tier (it computed wrong results there
+    on an H200)."""
     from sqcompile.kernels.gemm_mma import SHORT_ROWS, WGMMA_KNOBS, cuda_lut_gemm_mma
     medium = replace(WGMMA_KNOBS, weights_in_registers=True, split_k=2)
     split3 = replace(medium, tile_m=256, split_k=3)
@@ -197,10 +198,17 @@ def test_prompts_run_the_knobs_of_their_tier_of_rows():
     merged = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((128, split3), (256, split3))).script()
     assert "m <= T.int64(128)" not in merged and "m <= T.int64(256)" in merged
     unsplit = replace(long, split_k=1)
-    with pytest.raises(ValueError, match="bounded tier"):
-        cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((256, unsplit),))
+    with caplog.at_level("WARNING"):
+        served = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((256, unsplit),)).script()
+    # the bounded tier runs the shared-operand default (128 rows of x, no register operand) instead
+    assert "not safe below" in caplog.text and "m <= T.int64(256)" in served and "m64n128k16" in served
+    alone = cuda_lut_gemm_mma(200, 1000, 3, None, False, long).script()
+    assert served.count("unsigned a0, unsigned a1") == alone.count("unsigned a0, unsigned a1")  # long kernel's only
     assert "clusterCtaIdx" not in cuda_lut_gemm_mma(200, 1000, 3, 100, False, long, ((256, unsplit),)).script()
-    cuda_lut_gemm_mma(200, 1000, 3, None, False, unsplit, ((128, medium),))  # as the last kernel it is right
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        last = cuda_lut_gemm_mma(200, 1000, 3, None, False, unsplit, ((128, medium),)).script()
+    assert "m64n256k16" in last and "not safe below" not in caplog.text  # as the last kernel it stays
 
 
 def test_records_keep_unsplit_register_tiles_out_of_bounded_tiers(monkeypatch, caplog):

@@ -74,6 +74,8 @@ Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register ta
 """
 from __future__ import annotations
 
+import logging
+
 from tvm import tirx
 from tvm.script import tirx as T
 
@@ -82,6 +84,8 @@ from .gemv_cuda import CP_ASYNC_COMMIT, cp_async_wait
 from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
+
+log = logging.getLogger(__name__)
 
 MIN_ARCH = 80
 # Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
@@ -434,8 +438,9 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
                       fewer_rows: tuple[tuple[int, GemmKnobs], ...] = ()) -> tirx.PrimFunc:
     """The GEMM with ``knobs``; ``fewer_rows`` are (most rows, knobs) tiers for shorter prompts, ascending. For a
     symbolic m the kernels with ``SHORT_KNOBS``, each tier's knobs (where they differ from the next tier's) and
-    ``knobs`` sit side by side, picked on the host by the row count of the call; for a static m only the one that
-    fits is built."""
+    ``knobs`` sit side by side, picked on the host by the row count of the call; a tier's knobs that are
+    ``bounded_tier_unsafe`` give way to the shared-operand kernel there (with a warning). For a static m only the
+    one that fits is built."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
 
@@ -446,11 +451,13 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
 
     tiers: list[tuple[int, GemmKnobs]] = []  # a tier whose knobs equal the next one's merges into it
     for most, kn in reversed(((SHORT_ROWS, SHORT_KNOBS), *fewer_rows)):
-        if kn != (tiers[0][1] if tiers else knobs):
+        following = tiers[0][1] if tiers else knobs
+        if m is None and kn != following and bounded_tier_unsafe(kn):
+            log.warning("the %dx%d GEMM's knobs for up to %d rows (%s) are not safe below the knobs for more rows: "
+                        "the shared-operand kernel serves those rows", n, k, most, kn)
+            kn = shared_operand(kn)
+        if kn != following:
             tiers.insert(0, (most, kn))
-    if m is None and any(bounded_tier_unsafe(kn) for _, kn in tiers):
-        raise ValueError(f"the register-operand kernel without split-K computed wrong results as a bounded tier of "
-                         f"rows of a symbolic-m GEMM (benchmarks/kernels/NOTES.md, v17): {tiers}")
     if m is not None:
         body = tuned_body(next((kn for most, kn in tiers if m <= most), knobs))
         return lut_matmul_signature(n, k, bits, m, "float16", sparse, body)
@@ -467,7 +474,7 @@ def bounded_tier_unsafe(knobs: GemmKnobs) -> bool:
     last kernel, or at a static m; its CUDA differed only in the bounds checks its tier proved, and keeping those
     checks (an opaque ``rows``) made it right: most likely ptxas mis-compiles the unguarded epilogue. Until that
     workaround is adopted and re-checked, every unsplit register-operand tile stays out of bounded tiers
-    (NOTES.md, v17)."""
+    (``cuda_lut_gemm_mma``; NOTES.md, v17)."""
     return knobs.weights_in_registers and knobs.split_k == 1
 
 
@@ -577,7 +584,8 @@ def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry):
     entries one, by coherent loads (ptxas may sink ``ld.global.nc`` past a barrier to its use). ``sr`` per tile s:
     ``[8 s, 8 s + 3)`` start, end and the lane's first entry of the K-tile to add, ``[8 s + 3, 8 s + 6)`` the same
     of the next (its entry loaded during this one), ``[8 s + 6, 8 s + 8)`` the offsets of the one after; ``sr[8
-    nsub]`` holds a further entry. Returns ``load_offsets``, ``load_first``, ``add_sparse`` and ``shift``."""
+    nsub]`` holds a further entry. Returns ``start`` (the state for a block's first K-tile), ``prefetch`` (the
+    loads to issue while K-tile t is added), ``add_sparse`` and ``shift`` (on to the next K-tile)."""
     bands, chunks = tile_counts(n, k)
 
     @T.macro
@@ -619,7 +627,20 @@ def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry):
             for e in T.unroll(5):
                 sr[8 * s + e] = sr[8 * s + e + 3]
 
-    return load_offsets, load_first, add_sparse, shift
+    @T.macro
+    def start(tiles, sr, by, tid, t):
+        """The state for a block whose first K-tile is t: its offsets and first entries, t + 1's offsets."""
+        load_offsets(tiles, sr, 0, by, tid, t)
+        load_offsets(tiles, sr, 3, by, tid, t + 1)
+        load_first(tiles, sr, 0, tid)
+
+    @T.macro
+    def prefetch(tiles, sr, by, tid, t):
+        """Issued before K-tile t's nonzeros are added: t + 1's first entries and t + 2's offsets."""
+        load_first(tiles, sr, 3, tid)
+        load_offsets(tiles, sr, 6, by, tid, t + 2)
+
+    return start, prefetch, add_sparse, shift
 
 
 def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
@@ -709,7 +730,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                 (decode_part(tid, tpr) * cpt // TILE * TILE + s * TILE + T.Cast("int32", entry_col(e))) // 8, ch))
                 * 8 + T.Cast("int32", entry_col(e)) % 8]), e))
 
-    load_offsets, load_first, add_sparse, shift = _sparse_lists(
+    start, prefetch, add_sparse, shift = _sparse_lists(
         n, k, nsub, lambda by, tid: sparse_band(by, tid, bn, tpr), chunk_of, add_entry)
 
     @T.macro
@@ -717,8 +738,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         """K-tile t's decoded tile, with its nonzeros added. Per sub-tile, sr holds t's offsets and first entry
         (0-2) and t + 1's offsets (3-4); the loads for t + 1 and t + 2 are issued before the decode."""
         if sparse:
-            load_first(tiles, sr, 3, tid)
-            load_offsets(tiles, sr, 6, by, tid, t + 2)
+            prefetch(tiles, sr, by, tid, t)
         decode(ws32, cs, base, cw, rt, iw, sl, lh, mk, hw, tid, t)
         if sparse:
             T.evaluate(T.call_extern("int32", SYNC_WARP))  # the warp's decoded weights, before its lanes add
@@ -831,9 +851,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         for i in T.unroll(mt * nt * 4):
             acc[i] = T.float32(0)
         if sparse:
-            load_offsets(tiles, sr, 0, by, tid, first(bx))
-            load_offsets(tiles, sr, 3, by, tid, first(bx) + 1)
-            load_first(tiles, sr, 0, tid)
+            start(tiles, sr, by, tid, first(bx))
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 2)))  # x tile first, codes first and first + 1
         T.tvm_storage_sync("shared")
         if first(bx) < end(bx):
@@ -932,16 +950,14 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
             nthreads, kbt, t % 2)]), e))
 
     # warp w: rows [32 (w // 2), + 32) of the block's tile, columns [32 (w % 2), + 32) of the K-tile
-    load_offsets, load_first, add_sparse, shift = _sparse_lists(
+    start, prefetch, add_sparse, shift = _sparse_lists(
         n, k, 1, lambda by, tid: by * (bn // TILE) + tid // 64, lambda tid, t, s: t * (bk // TILE) + tid // 32 % 2,
         put_entry)
 
     @T.macro
     def scatter(tiles, dh, sr, by, tid, t, end):
-        """K-tile t's nonzeros into their owners' slots, with the loads for t + 1 (first entries) and t + 2
-        (offsets) issued first."""
-        load_first(tiles, sr, 3, tid)
-        load_offsets(tiles, sr, 6, by, tid, t + 2)
+        """K-tile t's nonzeros into their owners' slots, the loads for t + 1 and t + 2 issued first."""
+        prefetch(tiles, sr, by, tid, t)
         if t < end:
             add_sparse(tiles, dh, 0, sr, tid, t)
         shift(sr)
@@ -1052,9 +1068,7 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
             for i in T.unroll(2 * steps):
                 T.evaluate(T.call_extern("int32", ZERO_U4, T.address_of(dl[(i * nthreads + tid) * 4])))
             T.tvm_storage_sync("shared")
-            load_offsets(tiles, sr, 0, by, tid, first_tile(bx))
-            load_offsets(tiles, sr, 3, by, tid, first_tile(bx) + 1)
-            load_first(tiles, sr, 0, tid)
+            start(tiles, sr, by, tid, first_tile(bx))
             for u in T.unroll(2):
                 scatter(tiles, dh, sr, by, tid, first_tile(bx) + u, end_tile(bx))
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))

@@ -12,7 +12,8 @@ MAX_THREADS = 1024
 # more), because the best tile depends on how many blocks the rows give. Prompts up to ``gemm_mma.SHORT_ROWS`` rows
 # run fixed narrow tiles before these. A middle tier (tuned at 192 rows, serving 129-256) measured 12-18% faster
 # GEMMs there but was not kept: its 256-row split-1 kernel computed wrong results inside a bounded tier
-# (benchmarks/kernels/NOTES.md, v17; ``gemm_mma.cuda_lut_gemm_mma`` now refuses that mix).
+# (benchmarks/kernels/NOTES.md, v17; ``gemm_mma.cuda_lut_gemm_mma`` now serves such a tier with the shared-operand
+# kernel).
 GEMM_ROW_TIERS = ((128, 128), (512, None))
 GEMM_TUNED_ROWS = tuple(tuned for tuned, _ in GEMM_ROW_TIERS)
 
@@ -76,11 +77,12 @@ class GemmKnobs:
       ``"mma"`` rule's default runs. ``weights_in_registers`` makes the weights the MMA's A operand,
       decoded by each thread straight into its A fragments (y^T = W x^T), so that decoded weights never pass
       through shared memory (a sparse weight's nonzeros join them through a shared buffer of per-thread slots): a
-      warpgroup per 64 weight rows of ``tile_n``, ``tile_m`` (up to 256) rows of x as the MMA's N. It needs ptxas 13.3 or later (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand
-      kernel's default runs. ``split_k`` > 1 (either wgmma kernel) splits K over that many blocks of a
-      thread-block cluster, which add their partial tiles through distributed shared memory: 256-row x tiles halve
-      the decode per multiply-add but leave too few blocks for the SMs at M = 512 without it, and a 128-row prompt
-      gives the shared-operand kernel one x tile.
+      warpgroup per 64 weight rows of ``tile_n``, ``tile_m`` (up to 256) rows of x as the MMA's N. It needs ptxas
+      13.3 or later (``cuda_host.WGMMA_RS_PTXAS``); elsewhere the shared-operand kernel's default runs.
+      ``split_k`` > 1 (either wgmma kernel) splits K over that many blocks of a thread-block cluster, which add
+      their partial tiles through distributed shared memory: 256-row x tiles halve the decode per multiply-add but
+      leave too few blocks for the SMs at M = 512 without it, and a 128-row prompt gives the shared-operand kernel
+      one x tile.
     * ``"wmma"`` (``gemm_tc.py``): TVM's dlight tensor-core schedule of the dense part, then for a sparse weight
       the CSR add of ``sparse_cuda.py``.
     * ``"simt"`` (``gemm_cuda.py``): one thread per ``micro_m x micro_n`` piece, dense and sparse together."""

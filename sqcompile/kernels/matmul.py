@@ -12,7 +12,7 @@ from .cpu import cpu_lut_matmul
 from .cuda_host import WGMMA_RS_PTXAS, ptxas_keeps_wgmma_registers, ptxas_version
 from .gemm_cuda import cuda_lut_gemm
 from .gemm_mma import applies as mma_applies
-from .gemm_mma import WGMMA_KNOBS, bounded_tier_unsafe, cuda_lut_gemm_mma, shared_operand, wgmma_applies
+from .gemm_mma import WGMMA_KNOBS, cuda_lut_gemm_mma, shared_operand, wgmma_applies
 from .gemm_tc import cuda_lut_gemm_tc
 from .gemv_cuda import GemvFusion, cuda_lut_gemv, fit_gemv_knobs
 from .gemv_lanes import cuda_lut_gemv_lanes
@@ -82,11 +82,6 @@ def lut_matmul(n: int, k: int, bits: int, *, m: int | None, sparse: bool, act_dt
                 for tuned, most in shorter:
                     kn = lookup(target_arch(target), "gemm", n, k, bits, sparse, tuned)
                     if kn and kn.rule in ("mma", "wgmma"):
-                        if kn != knobs and bounded_tier_unsafe(kn):
-                            log.warning("the %dx%d GEMM's record at %d rows (%s) is not safe below the records for "
-                                        "more rows: the shared-operand kernel serves up to %d rows", n, k, tuned,
-                                        kn, most)
-                            kn = shared_operand(kn)
                         fewer.append((most, kn))
             registers_ok = ptxas_keeps_wgmma_registers()
             if not registers_ok and any(kn.weights_in_registers for kn in (knobs, *(kn for _, kn in fewer))):
