@@ -176,11 +176,9 @@ def test_weights_in_registers_needs_a_fixed_ptxas(monkeypatch, caplog):
     assert not register_operand(old_split) and "clusterCtaIdx" not in old_split.script()
 
 
-def test_prompts_run_the_knobs_of_their_tier_of_rows(caplog):
+def test_prompts_run_the_knobs_of_their_tier_of_rows():
     """A symbolic-m GEMM holds the short-prompt kernel and one kernel per tier of rows, picked by the call's rows; a
-    static m builds only the one that fits; a tier whose knobs equal the next one's merges into it; an unsplit
-    register-operand tile gives way to the shared-operand kernel in a bounded tier (it computed wrong results there
-    on an H200)."""
+    static m builds only the one that fits; a tier whose knobs equal the next one's merges into it."""
     from sqcompile.kernels.gemm_mma import SHORT_ROWS, WGMMA_KNOBS, cuda_lut_gemm_mma
     medium = replace(WGMMA_KNOBS, weights_in_registers=True, split_k=2)
     split3 = replace(medium, tile_m=256, split_k=3)
@@ -198,34 +196,10 @@ def test_prompts_run_the_knobs_of_their_tier_of_rows(caplog):
     merged = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((128, split3), (256, split3))).script()
     assert "m <= T.int64(128)" not in merged and "m <= T.int64(256)" in merged
     unsplit = replace(long, split_k=1)
-    with caplog.at_level("WARNING"):
-        served = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((256, unsplit),)).script()
-    # the bounded tier runs the shared-operand default (128 rows of x, no register operand) instead
-    assert "not safe below" in caplog.text and "m <= T.int64(256)" in served and "m64n128k16" in served
-    alone = cuda_lut_gemm_mma(200, 1000, 3, None, False, long).script()
-    assert served.count("unsigned a0, unsigned a1") == alone.count("unsigned a0, unsigned a1")  # long kernel's only
-    assert "clusterCtaIdx" not in cuda_lut_gemm_mma(200, 1000, 3, 100, False, long, ((256, unsplit),)).script()
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        last = cuda_lut_gemm_mma(200, 1000, 3, None, False, unsplit, ((128, medium),)).script()
-    assert "m64n256k16" in last and "not safe below" not in caplog.text  # as the last kernel it stays
-
-
-def test_records_keep_unsplit_register_tiles_out_of_bounded_tiers(monkeypatch, caplog):
-    """A record for fewer rows that would put an unsplit register-operand tile in a bounded tier is served by the
-    shared-operand kernel instead, with a warning."""
-    from sqcompile.kernels import matmul
-    from sqcompile.kernels.gemm_mma import WGMMA_KNOBS
-    from sqcompile.targets.registry import get_target
-    unsplit = replace(WGMMA_KNOBS, tile_m=256, weights_in_registers=True)
-    long = replace(unsplit, split_k=2)
-    monkeypatch.setattr(matmul, "ptxas_keeps_wgmma_registers", lambda: True)
-    from sqcompile.targets import tuning
-    monkeypatch.setattr(tuning, "lookup", lambda arch, kind, n, k, bits, sparse, m=None: unsplit if m < 512 else long)
-    with caplog.at_level("WARNING"):
-        func = lut_matmul(200, 1000, 3, m=None, sparse=False, act_dtype="float16",
-                          target=get_target("cuda", "sm_90").tvm_target()).script()
-    assert "not safe below" in caplog.text and "m64n256k16" in func and "m64n128k16" in func
+    bounded = cuda_lut_gemm_mma(200, 1000, 3, None, False, long, ((256, unsplit),)).script()
+    # every register-operand kernel compares its stores against an opaque rows, the bounded tier's included
+    assert "m <= T.int64(256)" in bounded
+    assert bounded.count("mov.b64") == 2 and "m64n128k16" not in bounded
 
 
 @pytest.mark.parametrize("tile,split_k,registers", [(256, 2, True), (256, 3, True), (256, 4, True), (128, 3, True),
@@ -317,6 +291,17 @@ def test_prefill_configs_at_other_rows():
     assert {cfg.m for cfg, _ in configs} == {160, 192} and len(configs) == 2 * 2 * 2 * 2
     for cfg, space in configs:
         assert any(kn.split_k > 1 for kn in space) and any(kn.weights_in_registers for kn in space)
+
+
+def test_check_set_names_each_kernel_once():
+    """The check set lists some shapes twice (the records' tiered GEMMs beside the knobs checked alone); they are one
+    config each, their candidates pooled, so that every exported kernel has a name of its own."""
+    from sqcompile.kernels.export import Config, _name, check_configs
+    configs = check_configs("sm_90")
+    names = [_name(cfg, i) for cfg, space in configs for i in range(len(space))]
+    assert len(names) == len(set(names))
+    pooled = dict(configs)[Config("gemm", 4096, 11008, 3, True, 100)]
+    assert None in pooled and any(kn is not None and kn.weights_in_registers for kn in pooled)
 
 
 @pytest.mark.parametrize("chunks", [4, 8])

@@ -153,13 +153,16 @@ def check_configs(arch: str) -> list[tuple[Config, list]]:
     out.append((Config("gemm", 333, 4160, 3, True, 37, density=0.05), [space[0]]))
     out.append((Config("gemm", 333, 4160, 4, True, 100, density=0.05), tuned + registers))
     out += records_configs()
-    return out
+    merged: dict[Config, list] = {}  # a shape and rows listed twice is one config: its candidates pooled
+    for cfg, cands in out:
+        merged[cfg] = list(dict.fromkeys(merged.get(cfg, []) + cands))
+    return list(merged.items())
 
 
-def records_configs(rows: tuple[int, ...] = (100, 300)) -> list[tuple[Config, list]]:
+def records_configs(rows: tuple[int, ...] = (100, 200, 300)) -> list[tuple[Config, list]]:
     """The prefill GEMMs as an artifact builds them (``None``: the records' knobs, a kernel per tier of rows in
     one function) at rows inside each tier: each knob checked alone missed a kernel that was wrong only inside a
-    bounded tier (``gemm_mma.bounded_tier_unsafe``)."""
+    bounded tier (``gemm_mma.OPAQUE_I64``)."""
     return [(Config("gemm", n, k, bits, sparse, m), [None])
             for (n, k), bits, sparse, m in itertools.product(PREFILL_SHAPES, (3, 4), (False, True), rows)]
 

@@ -74,8 +74,6 @@ Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register ta
 """
 from __future__ import annotations
 
-import logging
-
 from tvm import tirx
 from tvm.script import tirx as T
 
@@ -85,7 +83,6 @@ from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
 
-log = logging.getLogger(__name__)
 
 MIN_ARCH = 80
 # Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
@@ -142,6 +139,12 @@ STORE_HALF2 = '[](void* p, float a, float b) { *(__half2*)p = __floats2half2_rn(
 WGMMA_FENCE = '[]() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); return 0; }'
 WGMMA_COMMIT = '[]() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); return 0; }'
 WGMMA_WAIT = '[]() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); return 0; }'
+# The rows of x as a value nothing can reason about: the register-operand kernel compares its stores against it
+# even where its tier of rows proves them in bounds. Without those checks the unsplit 256-row kernel computed 6-9%
+# wrong outputs inside a bounded tier (rows <= 256 with a kernel for more rows after it) on an H200, while its CUDA
+# differed only in the dropped checks; with them every mix was right (benchmarks/kernels/NOTES.md, v17 and v18).
+# Most likely ptxas mis-compiles the unguarded epilogue next to the in-flight wgmma; not confirmed.
+OPAQUE_I64 = '[](long long v) { long long r; asm("mov.b64 %0, %1;" : "=l"(r) : "l"(v)); return r; }'
 # Orders this thread's generic-proxy shared-memory writes (stores, landed cp.async) before the async proxy's
 # (wgmma's) reads; the barrier after it makes that hold for the whole block.
 FENCE_PROXY_ASYNC = '[]() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); return 0; }'
@@ -438,9 +441,8 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
                       fewer_rows: tuple[tuple[int, GemmKnobs], ...] = ()) -> tirx.PrimFunc:
     """The GEMM with ``knobs``; ``fewer_rows`` are (most rows, knobs) tiers for shorter prompts, ascending. For a
     symbolic m the kernels with ``SHORT_KNOBS``, each tier's knobs (where they differ from the next tier's) and
-    ``knobs`` sit side by side, picked on the host by the row count of the call; a tier's knobs that are
-    ``bounded_tier_unsafe`` give way to the shared-operand kernel there (with a warning). For a static m only the
-    one that fits is built."""
+    ``knobs`` sit side by side, picked on the host by the row count of the call. For a static m only the one that
+    fits is built."""
     if not applies(k, bits, "float16", MIN_ARCH):
         raise ValueError(f"the mma GEMM needs 3 or 4 bits and K a multiple of 8, got {bits} bits, K={k}")
 
@@ -452,10 +454,6 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     tiers: list[tuple[int, GemmKnobs]] = []  # a tier whose knobs equal the next one's merges into it
     for most, kn in reversed(((SHORT_ROWS, SHORT_KNOBS), *fewer_rows)):
         following = tiers[0][1] if tiers else knobs
-        if m is None and kn != following and bounded_tier_unsafe(kn):
-            log.warning("the %dx%d GEMM's knobs for up to %d rows (%s) are not safe below the knobs for more rows: "
-                        "the shared-operand kernel serves those rows", n, k, most, kn)
-            kn = shared_operand(kn)
         if kn != following:
             tiers.insert(0, (most, kn))
     if m is not None:
@@ -465,17 +463,6 @@ def cuda_lut_gemm_mma(n: int, k: int, bits: int, m: int | None, sparse: bool, kn
     for most, kn in reversed(tiers):  # the first tier outermost: rows <= its most, else the next tier's test ...
         pick = _by_rows(most, tuned_body(kn), pick)
     return lut_matmul_signature(n, k, bits, rows_dim(m), "float16", sparse, pick)
-
-
-def bounded_tier_unsafe(knobs: GemmKnobs) -> bool:
-    """Knobs that must not serve a bounded tier of rows (``rows <= most`` in a symbolic-m GEMM with a kernel for more
-    rows after it). The register-operand 256-row kernel without split-K gave 6-9% wrong outputs there on an H200,
-    deterministically, with or without cluster kernels beside it, while the same kernel was right alone, as the
-    last kernel, or at a static m; its CUDA differed only in the bounds checks its tier proved, and keeping those
-    checks (an opaque ``rows``) made it right: most likely ptxas mis-compiles the unguarded epilogue. Until that
-    workaround is adopted and re-checked, every unsplit register-operand tile stays out of bounded tiers
-    (``cuda_lut_gemm_mma``; NOTES.md, v17)."""
-    return knobs.weights_in_registers and knobs.split_k == 1
 
 
 def _by_rows(most: int, fewer, more):
@@ -1001,7 +988,8 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         (8 i + 2 q, + 1)."""
         for h in T.unroll(2):
             for v in T.unroll(2):
-                if bx * bm + i * 8 + tid % 4 * 2 + v < rows and by * bn + wrow(tid, h) < n:
+                if T.Cast("int64", bx * bm + i * 8 + tid % 4 * 2 + v) < T.call_pure_extern(
+                        "int64", OPAQUE_I64, T.Cast("int64", rows)) and by * bn + wrow(tid, h) < n:
                     y[bx * bm + i * 8 + tid % 4 * 2 + v, by * bn + wrow(tid, h)] = T.Cast(
                         "float16", acc[4 * i + 2 * h + v])
 

@@ -9,12 +9,10 @@ from dataclasses import asdict, dataclass, fields
 SHARED_LIMIT = 48 * 1024  # static shared memory a kernel may use without an opt-in launch attribute
 MAX_THREADS = 1024
 # The prefill GEMM's tiers of rows of x: (rows its records are tuned at, the most rows those knobs serve; None: any
-# more), because the best tile depends on how many blocks the rows give. Prompts up to ``gemm_mma.SHORT_ROWS`` rows
-# run fixed narrow tiles before these. A middle tier (tuned at 192 rows, serving 129-256) measured 12-18% faster
-# GEMMs there but was not kept: its 256-row split-1 kernel computed wrong results inside a bounded tier
-# (benchmarks/kernels/NOTES.md, v17; ``gemm_mma.cuda_lut_gemm_mma`` now serves such a tier with the shared-operand
-# kernel).
-GEMM_ROW_TIERS = ((128, 128), (512, None))
+# more), because the best tile depends on how many blocks the rows give: at 192 rows the 512-row tiles leave most
+# SMs idle and the 128-row ones split x in two (benchmarks/kernels/NOTES.md, v17-v18). Prompts up to
+# ``gemm_mma.SHORT_ROWS`` rows run fixed narrow tiles before these.
+GEMM_ROW_TIERS = ((128, 128), (192, 256), (512, None))
 GEMM_TUNED_ROWS = tuple(tuned for tuned, _ in GEMM_ROW_TIERS)
 
 

@@ -1,7 +1,8 @@
 """Build (no GPU) symbolic-m GEMMs with chosen tiers of knobs, to check each tier's kernel at rows inside it
-(NOTES.md, v17): ``scripts/gpu_check_kernels.py OUT`` on the GPU host. Ran on the tree before
-``gemm_mma.bounded_tier_unsafe``, which now refuses the mixes that failed (B, F, H, J). The cluster-of-one variant
-(L in ``tiers2_h200.json``) was built with ``_launch`` patched to bind ``clusterCtaIdx.x`` at split 1."""
+(NOTES.md, v17 and v18): ``scripts/gpu_check_kernels.py OUT`` on the GPU host. Before the register-operand kernel
+kept its store bounds checks (``gemm_mma.OPAQUE_I64``) the mixes B, F, H and J failed (``tiers_h200.json``); with
+them none did (``../results_v18_tiers/tiers_h200.json``). The cluster-of-one variant (L in ``tiers2_h200.json``)
+was built with ``_launch`` patched to bind ``clusterCtaIdx.x`` at split 1."""
 import json
 import sys
 from dataclasses import replace
