@@ -19,7 +19,7 @@ from sqcompile.kernels.measure import TOLERANCE, measure_export  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="export folder (kernels.so + manifest.json)")
+    parser.add_argument("folder", type=Path, help="export folder (compiled modules + manifest.json)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

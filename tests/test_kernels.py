@@ -293,6 +293,36 @@ def test_prefill_configs_at_other_rows():
         assert any(kn.split_k > 1 for kn in space) and any(kn.weights_in_registers for kn in space)
 
 
+def test_export_kernels_finds_each_function_in_its_part(tmp_path):
+    """An export's candidates are compiled in parts (``export.PART_KERNELS`` kernels a module, so that nvcc's memory
+    stays bounded); the GPU host finds a kernel by name in whichever part holds it, and in the one ``kernels.so``
+    of a folder whose manifest names no parts."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from sqcompile.kernels.export import ExportKernels
+
+    def const(v: float):
+        @T.prim_func
+        def f(a: T.Buffer((4,), "float32")):
+            for i in range(4):
+                a[i] = T.float32(v)
+        return f
+
+    for lib, names in (("kernels_0.so", ("one", "two")), ("kernels_1.so", ("three",)), ("kernels.so", ("old",))):
+        mod = tvm.IRModule({n: const(len(n)).with_attr("global_symbol", n) for n in names})
+        tvm.compile(mod, target="llvm").export_library(str(tmp_path / lib))
+    kernels = ExportKernels(tvm, tmp_path, {"libs": ["kernels_0.so", "kernels_1.so"]})
+    a = tvm.runtime.tensor(np.zeros(4, np.float32))
+    for name in ("one", "two", "three"):
+        kernels[name](a)
+        assert (a.numpy() == len(name)).all()
+    with pytest.raises(KeyError, match="old"):
+        kernels["old"]
+    ExportKernels(tvm, tmp_path, {"arch": "sm_90"})["old"](a)
+    assert (a.numpy() == 3).all()
+
+
 def test_check_set_names_each_kernel_once():
     """The check set lists some shapes twice (the records' tiered GEMMs beside the knobs checked alone); they are one
     config each, their candidates pooled, so that every exported kernel has a name of its own."""

@@ -1,8 +1,9 @@
 """Build candidate CUDA kernels on the build host (no GPU needed) into an export folder for measuring.
 
-``export_candidates(folder, arch, configs)`` writes ``kernels.so`` (one nvcc fatbin for ``arch``, every
-candidate a function) and ``manifest.json``. The build runs in a subprocess whose environment carries the
-stub driver (``cuda_host``), so that the module embeds the fatbin and no CUDA source.
+``export_candidates(folder, arch, configs)`` writes the candidates as functions of ``PART_KERNELS``-kernel
+modules (``kernels_0.so`` ..., each an nvcc fatbin for ``arch``; ``manifest.json`` lists them). The build runs in a
+subprocess whose environment carries the stub driver (``cuda_host``), so that the modules embed fatbins and no
+CUDA source.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 LLAMA7B_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (12288, 4096), (22016, 4096))
 PREFILL_SHAPES = ((11008, 4096), (4096, 11008))
 PREFILL = tuple((m, n, k) for m in GEMM_TUNED_ROWS for n, k in PREFILL_SHAPES)
+# Kernels per compiled module of an export: nvcc's front end held 18 GB for the 551 of the check set in one module
+# (44 minutes on a 2-core host, benchmarks/kernels/NOTES.md v18); parts bound that by the largest part.
+PART_KERNELS = 64
 
 
 @dataclass(frozen=True)
@@ -222,13 +226,20 @@ def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
             funcs[name] = f.with_attr("global_symbol", name)
             cands.append({"name": name, "knobs": knobs_to_dict(kn) if kn else {}, "default": i == 0})
         manifest["configs"].append({**cfg.__dict__, "candidates": cands})
-    log.info("building %d kernels for %s", len(funcs), arch)
-    with target:
-        ex = tvm.compile(tvm.IRModule(funcs), target=target)
-    folder.mkdir(parents=True, exist_ok=True)
-    ex.export_library(str(folder / "kernels.so"))
     from .cuda_host import check_no_source
-    check_no_source(folder / "kernels.so")
+    names = list(funcs)
+    parts = [names[i:i + PART_KERNELS] for i in range(0, len(names), PART_KERNELS)]
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest["libs"] = []
+    for i, part in enumerate(parts):
+        log.info("building kernels %d-%d of %d for %s", i * PART_KERNELS + 1, i * PART_KERNELS + len(part),
+                 len(names), arch)
+        with target:
+            ex = tvm.compile(tvm.IRModule({name: funcs[name] for name in part}), target=target)
+        lib = f"kernels_{i}.so"
+        ex.export_library(str(folder / lib))
+        check_no_source(folder / lib)
+        manifest["libs"].append(lib)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -263,22 +274,37 @@ def export_kernels(folder: Path, funcs: dict, target, manifest: dict) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     ex.export_library(str(tmp / "kernels.so"))
     check_no_source(tmp / "kernels.so")
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "libs": ["kernels.so"]}, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     print(f"wrote {folder} ({manifest.get('arch')}: {len(funcs)} kernels)")
 
 
+class ExportKernels:
+    """The functions of an export folder's modules by name: ``manifest["libs"]``, or one ``kernels.so`` where it
+    names none (folders written before the parts)."""
+
+    def __init__(self, tvm, folder: Path, manifest: dict):
+        self.modules = [tvm.runtime.load_module(str(folder / lib)) for lib in manifest.get("libs", ["kernels.so"])]
+
+    def __getitem__(self, name: str):
+        for module in self.modules:
+            try:
+                return module[name]
+            except AttributeError:  # not in this part
+                continue
+        raise KeyError(f"no kernel {name!r} in the export's modules")
+
+
 def load_export(folder: Path, torch, about: str = ""):
-    """(TVM runtime, manifest, kernels module) of an export folder, on the GPU host; prints the device and
+    """(TVM runtime, manifest, kernels by name) of an export folder, on the GPU host; prints the device and
     the kernels' arch (and ``about``) first."""
     from ..bundle import load_tvm_runtime
     tvm = load_tvm_runtime()
     manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
     print(f"{torch.cuda.get_device_properties(0).name} ({manifest['arch']} kernels{about})")
-    return tvm, manifest, lib
+    return tvm, manifest, ExportKernels(tvm, folder, manifest)
 
 
 def finish_check(out: Path | None, torch, manifest: dict, failed: int, checked: int | None = None, **doc) -> int:

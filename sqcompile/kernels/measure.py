@@ -1,7 +1,7 @@
 """Checking and timing exported CUDA kernels on a GPU host with only the TVM runtime (plus PyTorch for
 buffers, events, CUDA graphs and the cuBLAS fp16 baseline).
 
-An export folder (``export.py``) holds ``kernels.so`` and ``manifest.json``: configs (kind, n, k, bits,
+An export folder (``export.py``) holds compiled modules and ``manifest.json``: configs (kind, n, k, bits,
 sparse, m) with candidate kernels (name, knobs). For every config this draws a fresh random quantized
 weight, checks every candidate against a float64 reference with a NaN-poisoned output, and times it in a
 CUDA graph over weight copies rotated past the L2 cache; cuBLAS fp16 on the same shape and a 1 GiB
@@ -147,7 +147,8 @@ def measure_export(folder: Path, time_it: bool = True, seed: int = 0) -> dict:
     tvm = load_tvm_runtime()
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    lib = tvm.runtime.load_module(str(folder / "kernels.so"))
+    from .export import ExportKernels
+    lib = ExportKernels(tvm, folder, manifest)
     props = torch.cuda.get_device_properties(0)
     doc = {"arch": manifest["arch"], "device": props.name, "sm_count": props.multi_processor_count,
            "copy_tbps": copy_bandwidth(torch) if time_it else None, "configs": []}
