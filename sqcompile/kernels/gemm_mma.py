@@ -83,7 +83,6 @@ from .knobs import GemmKnobs
 from .layout import BLOCK, lut_matmul_signature, packed_words, padded_k, rows_dim
 from ..runtime.sparse_tiles import TILE, entry_col, entry_row, tile_counts
 
-
 MIN_ARCH = 80
 # Dynamic shared memory a block may opt into on every arch from sm_80 (sm_86 / sm_89 allow 99 KB); the runtime
 # raises the kernel's limit at load time.
