@@ -25,6 +25,9 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
     assert load("sm_90", tmp_path).exact("gemv", 4096, 4096, 3, True) is None  # exact: no nearest shape
     import_results([_doc([(base, 5.0, True)], n=11008)], tmp_path)  # another shape keeps the first record
     assert len(load("sm_90", tmp_path).records) == 2
+    import_results([_doc([(failed, 4.0, False)])], tmp_path)  # a run of chosen knobs: the untuned time stays
+    rec = next(r for r in load("sm_90", tmp_path).records if r.n == 4096)
+    assert rec.knobs == failed and rec.us == 4.0 and rec.default_us == 6.0
     with pytest.raises(ValueError, match="architectures"):
         import_results([first, {**second, "arch": "sm_80"}], tmp_path)
 

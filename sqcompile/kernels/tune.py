@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 def import_results(docs: list[dict], folder: Path | None = None) -> Path:
     """Keep the fastest correct candidate of every measured shape as that shape's record. Several documents
-    (runs of different candidate sets on the same GPU) are pooled per shape."""
+    (runs of different candidate sets on the same GPU) are pooled per shape. Where they timed no untuned default
+    (a run of chosen candidates), the shape keeps its recorded default time."""
     from sqcompile.targets.tuning import Record, load, save
     if len({d["arch"] for d in docs}) != 1:
         raise ValueError(f"results of different architectures: {sorted({d['arch'] for d in docs})}")
@@ -35,6 +36,10 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
             continue
         best = min(timed, key=lambda c: c["us"])
         default = next((c["us"] for c in cands if c["default"] and c["us"] is not None), None)
+        if default is None:
+            old = next((r for r in recs.records if (r.kind, r.n, r.k, r.bits, r.sparse, r.m) == (kind, n, k, bits,
+                                                                                               sparse, m)), None)
+            default = old.default_us if old else None
         recs.add(Record(kind, n, k, bits, sparse, best["knobs"], best["us"], default, m))
     return save(recs, folder)
 
