@@ -413,11 +413,12 @@ def test_mma_sparse_adds_each_nonzero_once_in_its_warps_part(knobs):
 
 @pytest.mark.parametrize("tile_n", [128, 64])
 def test_register_operand_sparse_slots_reach_each_nonzeros_fragment(tile_n):
-    """The register-operand GEMM's use of ``sp_tiles`` as the kernel does it: warp w of a block stores the entries of
-    tile (w // 2, w % 2) of each K-tile at ``delta_half``; the slot must be the one that the owning thread adds to
-    its A register holding that weight (wgmma's layout, written out here independently), every nonzero once. N and
-    K are not multiples of the tiles, K-tiles run past K."""
-    from sqcompile.kernels.gemm_mma import check_mma_knobs, delta_half
+    """The register-operand GEMM's use of ``sp_tiles`` as the kernel does it: its sparse warpgroup's thread p (after
+    the MMA warpgroups' threads) stores every (128 / tiles)-th entry, from the (p % that)-th, of tile s = p // that
+    of each K-tile (band s // 2, chunk s % 2) at ``delta_half``; the slot must be the one that the owning
+    thread adds to its A register holding that weight (wgmma's layout, written out here independently), every
+    nonzero once. N and K are not multiples of the tiles, K-tiles run past K."""
+    from sqcompile.kernels.gemm_mma import SPARSE_THREADS, check_mma_knobs, delta_half
     from sqcompile.kernels.layout import BLOCK, padded_k
     from sqcompile.runtime.sparse_tiles import TILE, entry_col, entry_row, sparse_tiles, tile_counts
     knobs = GemmKnobs(128, tile_n, rule="wgmma", warps_m=tile_n // 16, warps_n=1, stages=4, weights_in_registers=True)
@@ -436,18 +437,32 @@ def test_register_operand_sparse_slots_reach_each_nonzeros_fragment(tile_n):
         col = 16 * s + 8 * j + 2 * (tid % 4) + half
         slot_weight[((s * threads + tid) * 4 + 2 * j + h) * 2 + half] = (row, col)
     added = []
-    for by, t, tid in itertools.product(range(-(-n // tile_n)), range(ntiles), range(threads)):
-        band, c = by * (tile_n // TILE) + tid // 64, t * 2 + tid // 32 % 2
+    share = SPARSE_THREADS // (tile_n // TILE * 2)
+    for by, t, p in itertools.product(range(-(-n // tile_n)), range(ntiles), range(SPARSE_THREADS)):
+        s = p // share
+        band, c = by * (tile_n // TILE) + s // 2, t * 2 + s % 2
         if band >= bands or c >= chunks:
             continue
-        for e in (int(v) for v in tiles[tiles[band * chunks + c] + tid % 32:tiles[band * chunks + c + 1]:32]):
-            r, col = tid // 64 * TILE + entry_row(e), tid // 32 % 2 * TILE + entry_col(e)
+        for e in (int(v) for v in tiles[tiles[band * chunks + c] + p % share:tiles[band * chunks + c + 1]:share]):
+            r, col = s // 2 * TILE + entry_row(e), s % 2 * TILE + entry_col(e)
             at = delta_half(r, col, threads, 2, t % 2)
             assert at // (steps * threads * 8) == t % 2  # the K-tile's buffer
             assert slot_weight[at % (steps * threads * 8)] == (r, col)
             added.append((by * tile_n + r, t * 64 + col, e & 0xFFFF))
     rows = np.repeat(np.arange(n), np.diff(w.sparse.rowptr))
     assert sorted(added) == sorted(zip(rows.tolist(), w.sparse.col.tolist(), w.sparse.val.view(np.uint16).tolist()))
+
+
+def test_sparse_warpgroup_register_budget():
+    """The sparse warpgroup hands the MMA warpgroups registers: after ``setmaxnreg`` the block fits its share of the
+    register file (all of it beside two MMA warpgroups; half beside one, two blocks an SM, as the dense kernel),
+    every count a multiple of 8 in setmaxnreg's range, the MMA ones above ptxas' share at launch (168 at 384
+    threads, 128 at 256 threads and two blocks)."""
+    from sqcompile.kernels.gemm_mma import REGISTER_FILE, SPARSE_THREADS, sparse_blocks_per_sm, sparse_registers
+    for mma_threads, launch in ((256, 168), (128, 128)):
+        mma, sparse = sparse_registers(mma_threads)
+        assert (mma_threads * mma + SPARSE_THREADS * sparse) * sparse_blocks_per_sm(mma_threads) <= REGISTER_FILE
+        assert mma % 8 == 0 and sparse % 8 == 0 and 24 <= sparse < launch < mma <= 256
 
 
 def test_cuda_schedule_passes_import_the_tensor_intrinsics_the_fast_way(tmp_path):

@@ -61,13 +61,17 @@ tile, 32 blocks at N = 4096, and split 3 took it from 136 to 51 us on an H200 (N
 
 A sparse weight's nonzeros cannot be added into registers by the lanes that read them, as the shared-operand kernel
 adds them into its decoded tile: a fragment register is private to one thread and cannot be indexed at run time. So
-each K-tile's nonzeros go through a small shared buffer laid out as the threads' fragments: two K-tiles ahead, lane
-i of warp w stores the i-th nonzero of ``sp_tiles``' tile (w // 2, w % 2) at the 16-bit slot of the thread and
-register that hold that weight (``a_fragment``, ``delta_half``); after decoding, each thread adds its 64 bytes of
-slots to its fragments (four 16-byte loads, sixteen ``add.f16x2``) and zeroes them. One buffer per K-tile parity,
-16 KB per 128 weight rows. At 512 rows of the 7B shapes this runs the +0.45% GEMM in 86-110 us on an H200, +19%
-over the dense kernel, where the shared-operand kernel took 120-142 (NOTES.md, v17); with fewer rows of x per
-decoded fragment the same sparse work weighs more, and the 128-row records mostly keep the shared-operand kernel.
+each K-tile's nonzeros go through a small shared buffer laid out as the threads' fragments, written by a warpgroup
+of their own (``SPARSE_THREADS``; no MMAs). Two K-tiles ahead of its decode it zeroes the K-tile's buffer and stores
+each nonzero of the block's ``sp_tiles`` tiles at the 16-bit slot of the thread and register that hold that weight
+(``a_fragment``, ``delta_half``); after decoding, each MMA thread adds its 64 bytes of slots to its fragments (four
+16-byte loads, sixteen ``add.f16x2``). One buffer per K-tile parity, 16 KB per 128 weight rows. When the MMA warps
+walked the lists themselves (offsets, prefetches, slot addresses, zeroing: ~80 of a warp's ~270 instructions per
+K-tile in SASS) that walk sat on their critical path, and the +0.45% GEMMs at 512 rows of the 7B shapes ran 19-21%
+behind dense on an H200; with the sparse warpgroup, 6-10% (NOTES.md, v19). It needs few registers and hands the rest
+of its share to the MMA warpgroups (``setmaxnreg``, as warp-specialized Hopper GEMMs do): ptxas would give every
+thread only 168 beside two of them, and beside one it would leave room for one block per SM where the dense kernel
+runs two (``sparse_blocks_per_sm``, ``__launch_bounds__(256, 2)``).
 
 Needs sm_80 (cp.async, m16n8k16), fp16 activations, 3 or 4 bits (the register table) and K a multiple of 8
 (16-byte rows of x); ``applies`` says so, and ``matmul.py`` falls back to the dlight rule elsewhere.
@@ -213,13 +217,48 @@ SWIZZLE_128B, L2_PROMOTION_128B = 3, 2  # CUtensorMapSwizzle / CUtensorMapL2prom
 
 def add_fragment_deltas(steps: int, stride: int) -> str:
     """A thread's deltas of one K-tile, added into its A fragments (``a[4 s .. 4 s + 4)`` per k16 step s, half2
-    each) and zeroed for the K-tile after next: per step one 16-byte load from ``p + s * stride`` (16-byte units;
-    the threads' slots are adjacent, so a warp's loads are conflict-free) and four fp16x2 adds (round to nearest,
-    as the shared-operand kernel's add into its decoded tile)."""
+    each): per step one 16-byte load from ``p + s * stride`` (16-byte units; the threads' slots are adjacent, so a
+    warp's loads are conflict-free) and four fp16x2 adds (round to nearest, as the shared-operand kernel's add into
+    its decoded tile)."""
     adds = " ".join(f'asm("add.rn.f16x2 %0, %0, %1;" : "+r"(a[4 * s + {i}]) : "r"(v.{f}));'
                     for i, f in enumerate("xyzw"))
-    return (f'[](unsigned* a, void* p) {{ uint4* d = (uint4*)p; _Pragma("unroll") for (int s = 0; s < {steps}; ++s) '
-            f'{{ uint4 v = d[s * {stride}]; d[s * {stride}] = make_uint4(0u, 0u, 0u, 0u); {adds} }} return 0; }}')
+    return (f'[](unsigned* a, const void* p) {{ const uint4* d = (const uint4*)p; _Pragma("unroll") for (int s = 0; '
+            f's < {steps}; ++s) {{ uint4 v = d[s * {stride}]; {adds} }} return 0; }}')
+
+
+REGISTER_FILE = 64 * 1024  # 32-bit registers of an SM
+# The register-operand kernel's sparse warpgroup: it stores the nonzeros into the shared deltas while the MMA
+# warpgroups decode, and needs few registers.
+SPARSE_THREADS = 128
+SPARSE_REGISTERS = 40
+MIN_BLOCKS_ATTR = "tirx.launch_bounds_min_blocks_per_sm"  # TVM writes it as __launch_bounds__'s second operand
+
+
+def sparse_blocks_per_sm(mma_threads: int) -> int:
+    """Blocks an SM of the sparse register-operand kernel: two beside one MMA warpgroup, as the dense kernel of that
+    tile runs (~160 registers a thread), one beside two."""
+    return 2 if mma_threads == 128 else 1
+
+
+def sparse_registers(mma_threads: int) -> tuple[int, int]:
+    """(MMA warpgroups', sparse warpgroup's) registers a thread after ``setmaxnreg``. At launch ptxas gives every
+    thread an equal share of the block's part of the register file (at 384 threads 168; at 256 threads and two
+    blocks an SM 128), too few for the MMA warpgroups; the sparse warpgroup hands them the rest of its share, as
+    warp-specialized Hopper GEMMs do."""
+    lane = REGISTER_FILE // sparse_blocks_per_sm(mma_threads) // 128  # the block's registers per warpgroup lane
+    return (lane - SPARSE_REGISTERS) // (mma_threads // 128) // 8 * 8, SPARSE_REGISTERS
+
+
+# The sparse warpgroup's own barrier (the block's barrier 0 is __syncthreads): its zeroing of a buffer of deltas
+# before any of its threads stores a nonzero there.
+SPARSE_SYNC = f'[]() {{ asm volatile("bar.sync 1, {SPARSE_THREADS};" ::: "memory"); return 0; }}'
+
+
+def set_max_registers(count: int, more: bool) -> str:
+    """Raise (``more``) or lower this warpgroup's registers a thread to ``count`` (a multiple of 8; all its threads
+    run it)."""
+    return (f'[]() {{ asm volatile("setmaxnreg.{"inc" if more else "dec"}.sync.aligned.u32 {count};"); '
+            f'return 0; }}')
 
 
 def applies(k: int, bits: int, act_dtype: str, arch: int) -> bool:
@@ -340,22 +379,30 @@ def _k_range(knobs: GemmKnobs, ntiles: int):
     return x_tile, rank, first, end
 
 
-def _launch(n: int, knobs: GemmKnobs, nthreads: int, block):
+def _launch(n: int, knobs: GemmKnobs, nthreads: int, block, min_blocks: int = 1):
     """The grid of both wgmma/mma kernels as ``launch(x, q, lut, y, tiles, rows)``: ``block(x, q, lut, y, tiles,
     rows, bx, by, tid)`` per x tile (times ``split_k``: a cluster's blocks are consecutive blockIdx.x) and weight
-    tile."""
+    tile. ``min_blocks`` > 1 has ptxas fit that many blocks on an SM (``__launch_bounds__``)."""
     split = knobs.split_k
+
+    @T.macro
+    def tile(x, q, lut, y, tiles, rows, bx, by, tid):
+        if split > 1:
+            for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
+                block(x, q, lut, y, tiles, rows, bx, by, tid)
+        else:
+            block(x, q, lut, y, tiles, rows, bx, by, tid)
 
     @T.macro
     def launch(x, q, lut, y, tiles, rows):
         for bx in T.thread_binding(T.ceildiv(rows, knobs.tile_m) * split, thread="blockIdx.x"):
             for by in T.thread_binding(-(-n // knobs.tile_n), thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    if split > 1:
-                        for _ in T.thread_binding(split, thread="clusterCtaIdx.x"):
-                            block(x, q, lut, y, tiles, rows, bx, by, tid)
+                    if min_blocks > 1:
+                        with T.attr(0, MIN_BLOCKS_ATTR, min_blocks):
+                            tile(x, q, lut, y, tiles, rows, bx, by, tid)
                     else:
-                        block(x, q, lut, y, tiles, rows, bx, by, tid)
+                        tile(x, q, lut, y, tiles, rows, bx, by, tid)
 
     return launch
 
@@ -563,10 +610,11 @@ def _copies(n: int, k: int, bits: int, knobs: GemmKnobs, nthreads: int, tma: boo
     return issue_codes, issue_tile, init_x, wait_x
 
 
-def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry):
-    """The walk over ``sp_tiles`` of both wgmma/mma kernels: per K-tile a warp takes ``nsub`` tiles (row band
-    ``band(by, tid)``, column chunk ``chunk(tid, t, s)``) and lane i the i-th entry of each (then i + 32 ...),
-    handed to ``add_entry(buf, base, e, tid, t, s)``. The offsets are loaded two K-tiles ahead and the first
+def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry, lanes: int = 32):
+    """The walk over ``sp_tiles`` of both wgmma/mma kernels: per K-tile a thread takes ``nsub`` tiles (row band
+    ``band(by, tid)``, column chunk ``chunk(tid, t, s)``) shared with the ``lanes`` threads beside it (a warp, or
+    a part of one), and the i-th of them the i-th entry of each (then i + lanes ...), handed to
+    ``add_entry(buf, base, e, tid, t, s)``. The offsets are loaded two K-tiles ahead and the first
     entries one, by coherent loads (ptxas may sink ``ld.global.nc`` past a barrier to its use). ``sr`` per tile s:
     ``[8 s, 8 s + 3)`` start, end and the lane's first entry of the K-tile to add, ``[8 s + 3, 8 s + 6)`` the same
     of the next (its entry loaded during this one), ``[8 s + 6, 8 s + 8)`` the offsets of the one after; ``sr[8
@@ -590,20 +638,20 @@ def _sparse_lists(n: int, k: int, nsub: int, band, chunk, add_entry):
     def load_first(tiles, sr, at, tid):
         """sr[8 s + at + 2] = the lane's first nonzero among sr[8 s + at] .. sr[8 s + at + 1]."""
         for s in T.unroll(nsub):
-            if sr[8 * s + at] + T.uint32(tid % 32) < sr[8 * s + at + 1]:
+            if sr[8 * s + at] + T.uint32(tid % lanes) < sr[8 * s + at + 1]:
                 sr[8 * s + at + 2] = T.call_extern("uint32", LOAD_U32, T.address_of(
-                    tiles[T.Cast("int32", sr[8 * s + at]) + tid % 32]))
+                    tiles[T.Cast("int32", sr[8 * s + at]) + tid % lanes]))
 
     @T.macro
     def add_sparse(tiles, buf, base, sr, tid, t):
-        """K-tile t's nonzeros of the warp's tiles: per tile the prefetched first one, then every 32nd."""
+        """K-tile t's nonzeros of the thread's tiles: per tile the prefetched first one, then every lanes-th."""
         for s in T.unroll(nsub):
-            if sr[8 * s] + T.uint32(tid % 32) < sr[8 * s + 1]:
+            if sr[8 * s] + T.uint32(tid % lanes) < sr[8 * s + 1]:
                 add_entry(buf, base, sr[8 * s + 2], tid, t, s)
-                for i in range(T.Cast("int32", (sr[8 * s + 1] - sr[8 * s] - T.uint32(tid % 32) - T.uint32(1))
-                                      // T.uint32(32))):
+                for i in range(T.Cast("int32", (sr[8 * s + 1] - sr[8 * s] - T.uint32(tid % lanes) - T.uint32(1))
+                                      // T.uint32(lanes))):
                     sr[8 * nsub] = T.call_extern("uint32", LOAD_U32, T.address_of(
-                        tiles[T.Cast("int32", sr[8 * s]) + tid % 32 + (i + 1) * 32]))
+                        tiles[T.Cast("int32", sr[8 * s]) + tid % lanes + (i + 1) * lanes]))
                     add_entry(buf, base, sr[8 * nsub], tid, t, s)
 
     @T.macro
@@ -896,12 +944,12 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     stores the accumulator groups that the others finish (``split_owner``) into their x stages, and after the
     cluster's barrier adds those it received to its own and writes them.
 
-    A sparse weight's nonzeros reach the fragments through shared memory: two K-tiles ahead of its decode, lane i
-    of warp w stores the i-th nonzero of ``sp_tiles``' tile (w // 2, w % 2) of the block's K-tile at its slot of
-    the owning thread (``delta_half``: a zeroed buffer per K-tile parity, 16 bytes a thread per k16 step), and the
-    owner, after decoding, adds its slots to its fragments and zeroes them (``add_fragment_deltas``). The K-tile's
-    barrier orders the stores before the owner's loads, and the owner's zeroing before the stores of the K-tile two
-    later."""
+    A sparse weight's nonzeros reach the fragments through shared memory: two K-tiles ahead of its decode, the
+    sparse threads (``nthreads`` ..., ``SPARSE_THREADS / tiles`` of them per ``sp_tiles`` tile of the block's
+    K-tile) zero the K-tile's buffer (one per K-tile parity, 16 bytes a thread per k16 step) and store each nonzero
+    at its slot of the owning thread (``delta_half``), and the owner, after decoding, adds its slots to its
+    fragments (``add_fragment_deltas``). The K-tile's barrier, which the sparse threads join, orders the stores
+    before the owner's loads, and the owner's loads before the zeroing for the K-tile two later."""
     check_mma_knobs(knobs, sparse)
     bm, bn, bk, stages, split = knobs.tile_m, knobs.tile_n, knobs.tile_k, knobs.stages, knobs.split_k
     nthreads = 2 * bn  # a warpgroup (128 threads) per 64 weight rows
@@ -928,17 +976,25 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     exchange = _split_exchange(knobs)
     issue_codes, issue_tile, init_x, wait_x = _copies(n, k, bits, knobs, nthreads, tma=True)
 
+    chunks = bk // TILE  # sp_tiles tiles of the block's K-tile per 32-row band
+    per_tile = SPARSE_THREADS // (bn // TILE * chunks)  # sparse threads per sp_tiles tile of the block's K-tile
+    regs = sparse_registers(nthreads)
+
+    def sparse_tile(tid):
+        """The sparse thread's tile of the block's K-tile: band (row) major, as the sparse walk's band and
+        chunk."""
+        return (tid - nthreads) // per_tile
+
     @T.macro
     def put_entry(dh, base, e, tid, t, s):
-        """The nonzero ``e`` of the warp's tile into its owner's slot for K-tile t."""
+        """The nonzero ``e`` of the lane's tile into its owner's slot for K-tile t."""
         T.evaluate(T.call_extern("int32", STORE_U16, T.address_of(dh[delta_half(
-            tid // 64 * TILE + T.Cast("int32", entry_row(e)), tid // 32 % 2 * TILE + T.Cast("int32", entry_col(e)),
-            nthreads, kbt, t % 2)]), e))
+            sparse_tile(tid) // chunks * TILE + T.Cast("int32", entry_row(e)),
+            sparse_tile(tid) % chunks * TILE + T.Cast("int32", entry_col(e)), nthreads, kbt, t % 2)]), e))
 
-    # warp w: rows [32 (w // 2), + 32) of the block's tile, columns [32 (w % 2), + 32) of the K-tile
     start, prefetch, add_sparse, shift = _sparse_lists(
-        n, k, 1, lambda by, tid: by * (bn // TILE) + tid // 64, lambda tid, t, s: t * (bk // TILE) + tid // 32 % 2,
-        put_entry)
+        n, k, 1, lambda by, tid: by * (bn // TILE) + sparse_tile(tid) // chunks,
+        lambda tid, t, s: t * chunks + sparse_tile(tid) % chunks, put_entry, lanes=per_tile)
 
     @T.macro
     def scatter(tiles, dh, sr, by, tid, t, end):
@@ -947,6 +1003,35 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         if t < end:
             add_sparse(tiles, dh, 0, sr, tid, t)
         shift(sr)
+
+    @T.macro
+    def zero(dl, tid, buf):
+        """Buffer ``buf`` of the deltas zeroed by the sparse threads, then their own barrier: none stores a
+        nonzero there before every zero has."""
+        for i in T.unroll(delta_words // 2 // 4 // SPARSE_THREADS):
+            T.evaluate(T.call_extern("int32", ZERO_U4, T.address_of(
+                dl[buf * (delta_words // 2) + (i * SPARSE_THREADS + tid - nthreads) * 4])))
+        T.evaluate(T.call_extern("int32", SPARSE_SYNC))
+
+    @T.macro
+    def produce(tiles, dl, dh, sr, bx, by, tid):
+        """The sparse threads: both buffers zeroed and the first two K-tiles' nonzeros stored before the block's
+        first barrier; then after K-tile t's barrier (the MMA warpgroups have added t's deltas) t's buffer zeroed
+        and t + 2's nonzeros stored in it. Its barriers mirror the MMA warpgroups' one for one, split-K's cluster
+        barriers too."""
+        for u in T.unroll(2):
+            zero(dl, tid, u)
+        start(tiles, sr, by, tid, first_tile(bx))
+        for u in T.unroll(2):
+            scatter(tiles, dh, sr, by, tid, first_tile(bx) + u, end_tile(bx))
+        T.tvm_storage_sync("shared")
+        for t in range(first_tile(bx), end_tile(bx)):
+            T.tvm_storage_sync("shared")
+            zero(dl, tid, t % 2)
+            scatter(tiles, dh, sr, by, tid, t + 2, end_tile(bx))
+        if split > 1:
+            for _ in T.unroll(2):
+                T.evaluate(T.call_extern("int32", CLUSTER_SYNC))
 
     @T.macro
     def decode(cs, base, cw, rt, tw, sl, lh, mk, afr, dl, tid, t):
@@ -993,19 +1078,16 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         "float16", acc[4 * i + 2 * h + v])
 
     @T.macro
-    def k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fa, fb, cw, rt, tw, sl, lh, mk, sr, off, dsc, bx, by,
-               tid, t):
+    def k_tile(x_map, q, xs, cs, bars, dl, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by, tid, t):
         """K-tile t: its wgmmas on fragment set fa once its x tile has landed, the copies of K-tile
         t + stages - 2 into the slot that t - 2's wgmmas read (every warpgroup waited for them before the
-        barrier), sparse the nonzeros of t + 2, then once t - 1's wgmmas are done (the last to read fb), t + 1
-        decoded into fb. So the tensor cores still hold t's MMAs while the threads wait at the next barrier."""
+        barrier), then once t - 1's wgmmas are done (the last to read fb), t + 1 decoded into fb. So the tensor
+        cores still hold t's MMAs while the threads wait at the next barrier."""
         T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))  # codes t + 1
         T.tvm_storage_sync("shared")
         wait_x(bars, t, first_tile(bx))
         mma(acc, fa, dsc, t)
         issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, t + stages - 2, 0, end_tile(bx))
-        if sparse:
-            scatter(tiles, dh, sr, by, tid, t + 2, end_tile(bx))
         T.evaluate(T.call_extern("int32", WGMMA_WAIT_1))
         if t + 1 < end_tile(bx):
             decode(cs, off[0], cw, rt, tw, sl, lh, mk, fb, dl, tid, t + 1)
@@ -1034,51 +1116,52 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         sl = T.alloc_buffer((3,), "uint32", scope="local")
         lh = T.alloc_buffer((2,), "uint32", scope="local")
         mk = T.alloc_buffer((1,), "uint32", scope="local")
-        sr = T.alloc_buffer((9,), "uint32", scope="local")  # sparse: _sparse_lists' state for the warp's tile
+        sr = T.alloc_buffer((9,), "uint32", scope="local")  # the sparse warp's _sparse_lists state
         off = T.alloc_buffer((1,), "int32", scope="local")
         dsc = T.alloc_buffer((1,), "uint64", scope="local")
-        off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
-        dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
-        init_x(bars, tid)
-        if first_tile(bx) < end_tile(bx):
-            issue_codes(q, cs, off[0], by, tid, first_tile(bx))
-        for s in T.unroll(stages - 2):
-            issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, first_tile(bx) + s, 0, end_tile(bx))
-        for h in T.unroll(2):
-            for r in T.unroll(rt_words):
-                rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
-                    "uint16", lut[T.min(by * bn + wrow(tid, h), n - 1), c])), r, bits)
-        sl[2] = P.quad_selector(tid % 4)
-        for i in T.unroll(bm // 2):
-            acc[i] = T.float32(0)
-        if sparse:  # zeroed slots, then the first two K-tiles' nonzeros in them
-            for i in T.unroll(2 * steps):
-                T.evaluate(T.call_extern("int32", ZERO_U4, T.address_of(dl[(i * nthreads + tid) * 4])))
+        if tid < nthreads:  # the MMA warpgroups
+            if sparse:
+                T.evaluate(T.call_extern("int32", set_max_registers(regs[0], True)))
+            off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
+            dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
+            init_x(bars, tid)
+            if first_tile(bx) < end_tile(bx):
+                issue_codes(q, cs, off[0], by, tid, first_tile(bx))
+            for s in T.unroll(stages - 2):
+                issue_tile(x_map, q, xs, cs, bars, off[0], x_tile(bx), by, tid, first_tile(bx) + s, 0, end_tile(bx))
+            for h in T.unroll(2):
+                for r in T.unroll(rt_words):
+                    rt[h * rt_words + r] = P.reg_table_word(lambda c: T.Cast("uint32", T.reinterpret(
+                        "uint16", lut[T.min(by * bn + wrow(tid, h), n - 1), c])), r, bits)
+            sl[2] = P.quad_selector(tid % 4)
+            for i in T.unroll(bm // 2):
+                acc[i] = T.float32(0)
+            T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))
             T.tvm_storage_sync("shared")
-            start(tiles, sr, by, tid, first_tile(bx))
-            for u in T.unroll(2):
-                scatter(tiles, dh, sr, by, tid, first_tile(bx) + u, end_tile(bx))
-        T.evaluate(T.call_extern("int32", cp_async_wait(stages - 3)))
-        T.tvm_storage_sync("shared")
-        if first_tile(bx) < end_tile(bx):
-            decode(cs, off[0], cw, rt, tw, sl, lh, mk, fa, dl, tid, first_tile(bx))
-        for j2 in range((end_tile(bx) - first_tile(bx) + 1) // 2):  # unrolled by two: the sets alternate
-            for u in T.unroll(2):
-                if j2 * 2 + u < end_tile(bx) - first_tile(bx):
-                    if u == 0:
-                        k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fa, fb, cw, rt, tw, sl, lh, mk, sr, off,
-                               dsc, bx, by, tid, first_tile(bx) + j2 * 2)
-                    else:
-                        k_tile(x_map, q, tiles, xs, cs, bars, dl, dh, acc, fb, fa, cw, rt, tw, sl, lh, mk, sr, off,
-                               dsc, bx, by, tid, first_tile(bx) + j2 * 2 + 1)
-        T.evaluate(T.call_extern("int32", WGMMA_WAIT))
-        if split > 1:
-            exchange(red, acc, off[0] // 2, rank_of(bx), tid)
-        for i in T.unroll(groups):
-            if owner(i) == rank_of(bx):
-                store_y(y, acc, x_tile(bx), by, tid, rows, i)
+            if first_tile(bx) < end_tile(bx):
+                decode(cs, off[0], cw, rt, tw, sl, lh, mk, fa, dl, tid, first_tile(bx))
+            for j2 in range((end_tile(bx) - first_tile(bx) + 1) // 2):  # unrolled by two: the sets alternate
+                for u in T.unroll(2):
+                    if j2 * 2 + u < end_tile(bx) - first_tile(bx):
+                        if u == 0:
+                            k_tile(x_map, q, xs, cs, bars, dl, acc, fa, fb, cw, rt, tw, sl, lh, mk, off, dsc, bx, by,
+                                   tid, first_tile(bx) + j2 * 2)
+                        else:
+                            k_tile(x_map, q, xs, cs, bars, dl, acc, fb, fa, cw, rt, tw, sl, lh, mk, off, dsc, bx, by,
+                                   tid, first_tile(bx) + j2 * 2 + 1)
+            T.evaluate(T.call_extern("int32", WGMMA_WAIT))
+            if split > 1:
+                exchange(red, acc, off[0] // 2, rank_of(bx), tid)
+            for i in T.unroll(groups):
+                if owner(i) == rank_of(bx):
+                    store_y(y, acc, x_tile(bx), by, tid, rows, i)
+        else:
+            if sparse:
+                T.evaluate(T.call_extern("int32", set_max_registers(regs[1], False)))
+                produce(tiles, dl, dh, sr, bx, by, tid)
 
-    launch = _launch(n, knobs, nthreads, block)
+    launch = _launch(n, knobs, nthreads + (SPARSE_THREADS if sparse else 0), block,
+                     sparse_blocks_per_sm(nthreads) if sparse else 1)
 
     @T.macro
     def body(x, q, lut, y, rowptr, col, val, tiles, rows):
