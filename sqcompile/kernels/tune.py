@@ -24,7 +24,9 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
     if len({d["arch"] for d in docs}) != 1:
         raise ValueError(f"results of different architectures: {sorted({d['arch'] for d in docs})}")
     recs = load(docs[0]["arch"], folder)
-    recs.device = docs[-1].get("device", recs.device)
+    device = docs[-1].get("device", recs.device)
+    if device not in recs.device:  # a description naming it already ("H100 (gemv records), H200 (gemm ...)") stays
+        recs.device = device
     pooled: dict[tuple, list[dict]] = {}
     for doc in docs:
         for cfg in doc["configs"]:
