@@ -42,12 +42,16 @@ class Records:
     device: str = ""
     records: list[Record] = field(default_factory=list)
 
+    def find(self, kind: str, n: int, k: int, bits: int, sparse: bool, m: int | None = None) -> Record | None:
+        """The record of exactly this shape, at ``m`` rows if given."""
+        return next((r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) == (kind, n, k, bits, sparse)
+                     and m in (None, r.m)), None)
+
     def exact(self, kind: str, n: int, k: int, bits: int, sparse: bool,
               m: int | None = None) -> GemvKnobs | GemmKnobs | None:
         """The knobs recorded for exactly this shape, at ``m`` rows if given (``lookup`` falls back to the nearest
         one)."""
-        rec = next((r for r in self.records if (r.kind, r.n, r.k, r.bits, r.sparse) == (kind, n, k, bits, sparse)
-                    and m in (None, r.m)), None)
+        rec = self.find(kind, n, k, bits, sparse, m)
         return knobs_from_dict(kind, rec.knobs) if rec else None
 
     def add(self, rec: Record) -> None:

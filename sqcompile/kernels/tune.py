@@ -39,8 +39,7 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
         best = min(timed, key=lambda c: c["us"])
         default = next((c["us"] for c in cands if c["default"] and c["us"] is not None), None)
         if default is None:
-            old = next((r for r in recs.records if (r.kind, r.n, r.k, r.bits, r.sparse, r.m) == (kind, n, k, bits,
-                                                                                               sparse, m)), None)
+            old = recs.find(kind, n, k, bits, sparse, m)
             default = old.default_us if old else None
         recs.add(Record(kind, n, k, bits, sparse, best["knobs"], best["us"], default, m))
     return save(recs, folder)
