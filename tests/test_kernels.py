@@ -465,6 +465,23 @@ def test_sparse_warpgroup_register_budget():
         assert mma % 8 == 0 and sparse % 8 == 0 and 24 <= sparse < launch < mma <= 256
 
 
+@pytest.mark.parametrize("tile_n,threads,mma_regs,min_blocks", [(128, 384, 232, False), (64, 256, 216, True)])
+def test_sparse_register_kernel_launches_its_warpgroup(tile_n, threads, mma_regs, min_blocks):
+    """A sparse register-operand GEMM launches the sparse warpgroup beside the MMA warpgroups, which raise their
+    registers while it lowers its own; beside one MMA warpgroup the block asks for two blocks an SM. The dense
+    kernel of the same knobs has neither."""
+    from sqcompile.kernels.gemm_mma import MIN_BLOCKS_ATTR, cuda_lut_gemm_mma
+    knobs = GemmKnobs(128, tile_n, rule="wgmma", warps_m=tile_n // 16, warps_n=1, stages=4, weights_in_registers=True,
+                      split_k=2)
+    sparse = cuda_lut_gemm_mma(333, 4160, 3, 100, True, knobs).script()
+    assert f'T.thread_binding({threads}, thread="threadIdx.x")' in sparse
+    assert f"setmaxnreg.inc.sync.aligned.u32 {mma_regs};" in sparse and "setmaxnreg.dec.sync.aligned.u32 40;" in sparse
+    assert (MIN_BLOCKS_ATTR in sparse) == min_blocks
+    dense = cuda_lut_gemm_mma(333, 4160, 3, 100, False, knobs).script()
+    assert f'T.thread_binding({threads - 128}, thread="threadIdx.x")' in dense
+    assert "setmaxnreg" not in dense and MIN_BLOCKS_ATTR not in dense
+
+
 def test_cuda_schedule_passes_import_the_tensor_intrinsics_the_fast_way(tmp_path):
     """dlight's Matmul rule imports ``tvm.s_tir.tensor_intrin.cuda`` itself when it first meets an fp16 matmul
     (the LM head); imported that way it took minutes of ``inspect.stack()`` per build. The CUDA target's schedule

@@ -978,7 +978,7 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
 
     chunks = bk // TILE  # sp_tiles tiles of the block's K-tile per 32-row band
     per_tile = SPARSE_THREADS // (bn // TILE * chunks)  # sparse threads per sp_tiles tile of the block's K-tile
-    regs = sparse_registers(nthreads)
+    mma_regs, sparse_regs = sparse_registers(nthreads)
 
     def sparse_tile(tid):
         """The sparse thread's tile of the block's K-tile: band (row) major, as the sparse walk's band and
@@ -1116,12 +1116,12 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
         sl = T.alloc_buffer((3,), "uint32", scope="local")
         lh = T.alloc_buffer((2,), "uint32", scope="local")
         mk = T.alloc_buffer((1,), "uint32", scope="local")
-        sr = T.alloc_buffer((9,), "uint32", scope="local")  # the sparse warp's _sparse_lists state
+        sr = T.alloc_buffer((9,), "uint32", scope="local")  # the sparse warpgroup's _sparse_lists state
         off = T.alloc_buffer((1,), "int32", scope="local")
         dsc = T.alloc_buffer((1,), "uint64", scope="local")
         if tid < nthreads:  # the MMA warpgroups
             if sparse:
-                T.evaluate(T.call_extern("int32", set_max_registers(regs[0], True)))
+                T.evaluate(T.call_extern("int32", set_max_registers(mma_regs, True)))
             off[0] = T.call_extern("int32", ALIGN_1024, T.address_of(smem[0]))
             dsc[0] = T.call_extern("uint64", SMEM_DESC, T.address_of(xs[off[0]]))
             init_x(bars, tid)
@@ -1157,7 +1157,7 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                     store_y(y, acc, x_tile(bx), by, tid, rows, i)
         else:
             if sparse:
-                T.evaluate(T.call_extern("int32", set_max_registers(regs[1], False)))
+                T.evaluate(T.call_extern("int32", set_max_registers(sparse_regs, False)))
                 produce(tiles, dl, dh, sr, bx, by, tid)
 
     launch = _launch(n, knobs, nthreads + (SPARSE_THREADS if sparse else 0), block,
