@@ -1,6 +1,7 @@
 """Per-architecture tuning records: the best schedule knobs measured on a GPU, per kernel shape.
 
-``targets/records/<arch>.json`` holds ``{"arch", "device", "records": [Record, ...]}``. ``lookup`` returns the
+``targets/records/<arch>.json`` holds ``{"arch", "records": [Record, ...]}``, each record with the GPU it was
+measured on (an arch's records may come from several cards of it). ``lookup`` returns the
 record of the exact shape, else the one of the nearest shape of the same kind and bit width (log-distance
 in N and K), else None (the rule's default knobs then apply). Pure Python: no TVM needed.
 """
@@ -31,6 +32,7 @@ class Record:
     us: float  # median time of the best knobs
     default_us: float | None = None  # median time of the default knobs, same run
     m: int | None = None  # rows of x measured (gemm)
+    device: str = ""  # the GPU that measured it
 
     def matches(self, kind: str, bits: int) -> bool:
         return self.kind == kind and self.bits == bits
@@ -39,7 +41,6 @@ class Record:
 @dataclass
 class Records:
     arch: str
-    device: str = ""
     records: list[Record] = field(default_factory=list)
 
     def find(self, kind: str, n: int, k: int, bits: int, sparse: bool, m: int | None = None) -> Record | None:
@@ -70,7 +71,7 @@ def load(arch: str, folder: Path | None = None) -> Records:
     if not path.is_file():
         return Records(arch)
     data = json.loads(path.read_text())
-    return Records(data["arch"], data.get("device", ""), [Record(**r) for r in data["records"]])
+    return Records(data["arch"], [Record(**r) for r in data["records"]])
 
 
 def save(recs: Records, folder: Path | None = None) -> Path:
@@ -78,7 +79,7 @@ def save(recs: Records, folder: Path | None = None) -> Path:
     path = records_path(recs.arch, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     recs.records.sort(key=lambda r: (r.kind, r.bits, r.sparse, r.n, r.k, r.m or 0))
-    body = {"arch": recs.arch, "device": recs.device, "records": [asdict(r) for r in recs.records]}
+    body = {"arch": recs.arch, "records": [asdict(r) for r in recs.records]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(body, f, indent=1)

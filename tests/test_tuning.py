@@ -3,7 +3,7 @@ import pytest
 
 from sqcompile.kernels.knobs import GemvKnobs, knobs_to_dict
 from sqcompile.kernels.tune import import_results
-from sqcompile.targets.tuning import load, save
+from sqcompile.targets.tuning import load
 
 
 def _doc(candidates: list[tuple[dict, float | None, bool]], n: int = 4096) -> dict:
@@ -28,11 +28,9 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
     import_results([_doc([(failed, 4.0, False)])], tmp_path)  # a run of chosen knobs: the untuned time stays
     rec = next(r for r in load("sm_90", tmp_path).records if r.n == 4096)
     assert rec.knobs == failed and rec.us == 4.0 and rec.default_us == 6.0
-    recs = load("sm_90", tmp_path)
-    recs.device = "other GPU (gemv records), test GPU (gemm records)"
-    save(recs, tmp_path)
-    import_results([_doc([(failed, 3.0, False)])], tmp_path)  # a description naming the device stays
-    assert load("sm_90", tmp_path).device == "other GPU (gemv records), test GPU (gemm records)"
+    assert {r.device for r in load("sm_90", tmp_path).records} == {"test GPU"}
+    import_results([{**_doc([(deep, 3.0, False)]), "device": "other GPU"}], tmp_path)  # each record its own GPU
+    assert {(r.n, r.device) for r in load("sm_90", tmp_path).records} == {(4096, "other GPU"), (11008, "test GPU")}
     with pytest.raises(ValueError, match="architectures"):
         import_results([first, {**second, "arch": "sm_80"}], tmp_path)
 

@@ -24,14 +24,11 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
     if len({d["arch"] for d in docs}) != 1:
         raise ValueError(f"results of different architectures: {sorted({d['arch'] for d in docs})}")
     recs = load(docs[0]["arch"], folder)
-    device = docs[-1].get("device", recs.device)
-    if device not in recs.device:  # a description naming it already ("H100 (gemv records), H200 (gemm ...)") stays
-        recs.device = device
     pooled: dict[tuple, list[dict]] = {}
     for doc in docs:
         for cfg in doc["configs"]:
             key = (cfg["kind"], cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], cfg["m"])
-            pooled.setdefault(key, []).extend(cfg["candidates"])
+            pooled.setdefault(key, []).extend({**c, "device": doc.get("device", "")} for c in cfg["candidates"])
     for (kind, n, k, bits, sparse, m), cands in pooled.items():
         timed = [c for c in cands if c["us"] is not None]
         if not timed:
@@ -41,7 +38,7 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
         if default is None:
             old = recs.find(kind, n, k, bits, sparse, m)
             default = old.default_us if old else None
-        recs.add(Record(kind, n, k, bits, sparse, best["knobs"], best["us"], default, m))
+        recs.add(Record(kind, n, k, bits, sparse, best["knobs"], best["us"], default, m, best["device"]))
     return save(recs, folder)
 
 
