@@ -75,3 +75,32 @@ def test_register_table_compiles_for_sm90_with_odd_shape(bits, reg_words):
     with t:
         src = tvm.compile(tvm.IRModule({"gemv": f}), target=t).mod.imports[0].inspect_source()
     assert src.count("prmt.b32") > 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("fusion", ["plain", "residual"])
+def test_sparse_gemv_adds_its_nonzeros_on_a_warp_of_its_own(fusion):
+    """A sparse GEMV launches one warp (``SPARSE_WARP``) beside its dense threads. They sync among themselves with
+    a named barrier of their count, never with it but at the block's one ``__syncthreads`` before the rows are
+    summed; the dense GEMV of the same knobs keeps its thread groups and block-wide barriers. Neither gets a
+    barrier of TVM's sync planner (``SHARED_STORE``): the plain kernel has one per batch and one after the
+    table fill, plus one (the residual's block sum) with that epilogue."""
+    from sqcompile.kernels import lut_matmul
+    from sqcompile.kernels.gemv_cuda import SPARSE_WARP, GemvFusion
+    t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    knobs = GemvKnobs(threads_k=64, rows_inner=2, steps=3, reg_words=4)
+    fused = GemvFusion(residual=fusion == "residual")
+
+    def source(sparse):
+        f = lut_matmul(37, 300, 3, m=1, sparse=sparse, act_dtype="float16", target=t, knobs=knobs, fusion=fused)
+        with t:
+            return tvm.compile(tvm.IRModule({"gemv": f}), target=t).mod.imports[0].inspect_source()
+
+    barriers = 1 + knobs.steps + (knobs.steps - 2) + fused.residual  # table fill, each batch, each refill, epilogue
+    sparse = source(True)
+    assert f"__launch_bounds__({64 + SPARSE_WARP})" in sparse
+    assert sparse.count("bar.sync 1, 64;") == barriers and sparse.count("__syncthreads()") == 1
+    assert "atomicAdd" not in sparse and "__syncwarp()" in sparse  # each sparse lane adds into sums of its own
+    dense = source(False)
+    assert "__launch_bounds__(64)" in dense and "bar.sync" not in dense
+    assert dense.count("__syncthreads()") == barriers + 1

@@ -512,8 +512,11 @@ def test_programmatic_launch_marks_sm90_decode_kernels_only():
     gemv = lut_matmul(100, 1000, 3, m=1, sparse=True, act_dtype="float16", target=CUDA)
     text = gemv.script()
     assert marked(gemv)
-    assert text.find("cp.async.cg") < text.find("griddepcontrol.wait") < text.find("x[0,")
-    assert text.count("griddepcontrol.wait") == 1
+    assert text.count("griddepcontrol.wait") == 2  # the dense threads', then the sparse warp's
+    wait = text.find("griddepcontrol.wait")
+    assert text.find("cp.async.cg") < wait < text.find("x[0,") < text.find("griddepcontrol.wait", wait + 1)
+    walk = text[text.rfind("rowptr[", 0, text.find("griddepcontrol.wait", wait + 1)):]
+    assert walk.find("col[") < walk.find("griddepcontrol.wait") < walk.find("x[0,")  # the CSR read before it
     assert "launch_dependents" not in text  # an early trigger broke CUDA graphs (launch.py)
     assert marked(add_rms_norm(4096, "float16", 1e-5, CUDA))
     attention = decode_attention(16, 16, 64, "float16", CUDA, rope=True)

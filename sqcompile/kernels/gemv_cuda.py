@@ -12,14 +12,15 @@ Decisions fixed by the rule, knobs (``GemvKnobs``) for the rest:
     FFMA per code). All lanes of a warp read the same row's table. At 3 and 4 bits ``reg_words`` of a block's
     four index words skip the shared table: the row's entries sit in registers and PRMTs select them
     (``pairs.reg_*``), so the integer pipe and the shared-memory pipe share the lookups;
-  * the sparse part is fused and balanced over the whole block: a block's rows are contiguous, so are their
-    nonzeros in CSR, and thread t takes nonzeros t, t + threads, ... of that range, whatever rows they sit in
-    (a row's ~18 nonzeros at 0.45% no longer pin a register per row slot in every thread). The first one's
-    (col, val) is loaded after the first row's dot product (its address needs the row pointers: loading it
-    before the loop stalled every thread on that DRAM round trip), its x and the rare rest after the loop;
-    each product is added with a
-    shared-memory atomic to the thread's partial sum of the nonzero's row (found among the block's row
-    pointers, kept in shared memory);
+  * the sparse part is fused, balanced over the block and run by a warp of its own (``SPARSE_WARP``) beside
+    the dot products: a block's rows are contiguous, so are their nonzeros in CSR, and lane l takes nonzeros
+    l, l + 32, ... of that range, whatever rows they sit in. Its chain of dependent loads (row pointers ->
+    (col, val) -> x[col]) then overlaps the dense warps' work; run by the dense threads after their loop, it
+    added those round trips to every block (ptxas sinks the CSR loads there whatever the TIR says:
+    benchmarks/kernels/NOTES.md, v12 and v20). Each lane adds its products to its own sum of the nonzero's row
+    (found among the block's row pointers, kept in shared memory): neighbouring nonzeros share a row, so one sum
+    per row, added to atomically, serialized the warp 32-fold. The dense threads sync among themselves (a named
+    barrier), and the whole block only once, before the rows are summed;
   * partial sums go to shared memory and are reduced once at the end, one warp per row with shuffles;
   * accumulation is float32 across blocks;
   * epilogues (``GemvFusion``) fold the small kernels around a decode GEMV into it: SiLU(gate) * up, and the
@@ -34,7 +35,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from . import pairs as P
-from .knobs import SHARED_LIMIT, GemvKnobs
+from .knobs import MAX_THREADS, SHARED_LIMIT, GemvKnobs
 from .launch import GRID_WAIT, mark
 from .layout import BLOCK, code_at, packed_words, padded_k
 
@@ -51,6 +52,19 @@ CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); r
 # A table entry by byte offset, so that the offset (4 * index, as the index words hold it) needs no scaling.
 LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*)((const char*)row + off); }"
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
+# A store into shared memory that TVM's sync planner does not see (it skips accesses through address_of): the
+# GEMV places every barrier itself. The planner knows no named barrier, so in a sparse kernel it would put
+# __syncthreads of its own inside the dense threads' branch (TVM refuses to), and in every kernel it put one
+# before the partial sums' store, which no access needs (the sums' region is beside the tables and staging buffers).
+SHARED_STORE = "[](auto* p, auto v) { *p = v; return 0; }"
+SPARSE_WARP = 32  # threads of a sparse kernel's warp that adds the nonzeros
+SPARSE_AHEAD = 8  # nonzeros a lane of that warp loads before it uses the first of them
+
+
+def dense_sync(nthreads: int) -> str:
+    """A barrier of a sparse kernel's ``nthreads`` dense threads only (named barrier 1; barrier 0 is
+    ``__syncthreads``), so that the sparse warp never waits for the dot products' barriers, nor they for it."""
+    return f'[]() {{ asm volatile("bar.sync 1, {nthreads};" ::: "memory"); return 0; }}'
 
 
 def cp_async_wait(pending: int) -> str:
@@ -111,13 +125,21 @@ def fusion_words(knobs: GemvKnobs, fusion: GemvFusion) -> int:
     return knobs.threads_k * knobs.rows_y // 32 if fusion.residual else 0
 
 
-def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs, fusion: GemvFusion = GemvFusion()) -> int:
+def sparse_words(knobs: GemvKnobs, sparse: bool) -> int:
+    """Shared words of the sparse part: the block's row pointers and each sparse lane's sums of its nonzero
+    products per row."""
+    return knobs.rows_per_block * (SPARSE_WARP + 1) + 1 if sparse else 0
+
+
+def gemv_shared_bytes(k: int, bits: int, knobs: GemvKnobs, fusion: GemvFusion = GemvFusion(),
+                      sparse: bool = False) -> int:
     if knobs.layout == "lane_rows":  # gemv_lanes.py: 32 rows' pair tables, all x pairs, one sum per thread,
         stage = knobs.threads_k * 2 * lane_row_stride(bits, knobs.steps)  # per warp 2 buffers of 32 rows
         return (32 * P.table_size(bits) + padded_k(k) // 2 + knobs.threads_k + stage) * 4
     table = sum(row_table_words(bits, knobs)) * 4
     stage = stage_buffers(knobs) * knobs.rows_y * knobs.rows_inner * packed_words(k, bits) * 4
-    return knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage + 4 * fusion_words(knobs, fusion)
+    return (knobs.rows_per_block * (knobs.threads_k * 4 + table) + stage
+            + 4 * (fusion_words(knobs, fusion) + sparse_words(knobs, sparse)))
 
 
 def stage_buffers(knobs: GemvKnobs) -> int:
@@ -138,7 +160,7 @@ def fit_gemv_knobs(k: int, bits: int, knobs: GemvKnobs, sparse: bool = False,
         knobs = replace(knobs, reg_words=0)
     if knobs.layout == "lane_rows" and (bits != 3 or sparse or gemv_shared_bytes(k, bits, knobs) > SHARED_LIMIT):
         knobs = GemvKnobs.default(bits)
-    while gemv_shared_bytes(k, bits, knobs, fusion) > SHARED_LIMIT:
+    while gemv_shared_bytes(k, bits, knobs, fusion, sparse) > SHARED_LIMIT:
         if knobs.rows_inner > 1:
             knobs = replace(knobs, rows_inner=knobs.rows_inner // 2, steps=knobs.steps * 2)
         elif knobs.rows_y > 1:
@@ -162,7 +184,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     n_out = n // 2 if silu else n
     if knobs.reg_words and (bits not in P.REG_BITS or not knobs.pairs):
         raise ValueError(f"reg_words needs the 3- or 4-bit pair table, got {bits} bits and {knobs}")
-    shared = gemv_shared_bytes(k, bits, knobs, fusion)
+    if sparse and knobs.threads_k * knobs.rows_y + SPARSE_WARP > MAX_THREADS:
+        raise ValueError(f"GEMV knobs {knobs} leave no room for the sparse warp under {MAX_THREADS} threads")
+    shared = gemv_shared_bytes(k, bits, knobs, fusion, sparse)
     if shared > SHARED_LIMIT:
         raise ValueError(f"GEMV knobs {knobs} need {shared} bytes of shared memory, over the {SHARED_LIMIT} limit")
     words = packed_words(k, bits)
@@ -185,8 +209,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     batch_chunks = ry * ri * row_chunks
     chunk_iters = -(-batch_chunks // nthreads)
     stage_words = stage_buffers(knobs) * ry * ri * words
-    sparse_words = rpb + 1 if sparse else 0
-    ptr_iters = -(-(rpb + 1) // nthreads)
+    sp_words = sparse_words(knobs, sparse)
 
     def byte_offset(word, m):
         """Byte offset of the table entry named by field m: at 3 bits the field is 4 * index already and one
@@ -214,28 +237,32 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         T.evaluate(T.call_extern("int32", CP_ASYNC_COMMIT))
 
     @T.macro
+    def store(buf, i, v):
+        T.evaluate(T.call_extern("int32", SHARED_STORE, T.address_of(buf[i]), v))
+
+    @T.macro
     def fill_table(lut, tab, bx, ty, tx):
         for e in range(tab_iters):
             if e * nthreads + ty * tk + tx < rpb * table:
                 if bx * rpb + (e * nthreads + ty * tk + tx) // table < n:
                     if not pairs:
-                        tab[e * nthreads + ty * tk + tx] = T.Cast(
+                        store(tab, e * nthreads + ty * tk + tx, T.Cast(
                             "float32", lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                           (e * nthreads + ty * tk + tx) % table])
+                                           (e * nthreads + ty * tk + tx) % table]))
                     else:
                         if (e * nthreads + ty * tk + tx) % table < pair_entries:
-                            tab[e * nthreads + ty * tk + tx] = T.call_pure_extern(
+                            store(tab, e * nthreads + ty * tk + tx, T.call_pure_extern(
                                 "uint32", "__pack_half2",
                                 lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
                                     P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[0]],
                                 lut[bx * rpb + (e * nthreads + ty * tk + tx) // table,
-                                    P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]])
+                                    P.entry_codes(bits, (e * nthreads + ty * tk + tx) % table)[1]]))
                         if reg_entries > 0:  # the register table's words after the pair table (if any)
                             if (e * nthreads + ty * tk + tx) % table >= pair_entries:
-                                tab[e * nthreads + ty * tk + tx] = P.reg_table_word(
+                                store(tab, e * nthreads + ty * tk + tx, P.reg_table_word(
                                     lambda c: T.Cast("uint32", T.reinterpret("uint16", lut[
                                         bx * rpb + (e * nthreads + ty * tk + tx) // table, c])),
-                                    (e * nthreads + ty * tk + tx) % reg_entries, bits)  # pair_entries: a multiple
+                                    (e * nthreads + ty * tk + tx) % reg_entries, bits))  # pair_entries: a multiple
 
     @T.macro
     def load_x(x, xh, tx):
@@ -295,22 +322,56 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     slot * table + T.Cast("int32", code_at(lambda w: word(stage, buf, ty, tx, r, j, w), bits, c))]
 
     def row_slot(rptr, idx):
+        """The row (within the block) of nonzero ``idx``: the number of the block's later row starts at or
+        before it."""
         slot = tirx.const(0, "int32")
         for i in range(1, rpb):
             slot = slot + T.Cast("int32", rptr[i] <= idx)
         return slot
 
-    @T.macro
-    def add_nonzero(red, rptr, idx, tx, v):
-        """Add nonzero ``idx``'s product to this thread's partial sum of its row: the row's slot is the number
-        of the block's later row starts at or before ``idx``. Atomic: with ``rows_y > 1`` another thread has
-        the same ``tx``."""
-        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(red[row_slot(rptr, idx) * tk + tx]), v))
+    def nonzero(sb, e, u, lane):
+        """Index of the u-th of chunk e's nonzeros that ``lane`` of the sparse warp takes."""
+        return sb[0] + (e * SPARSE_AHEAD + u) * SPARSE_WARP + lane
 
     @T.macro
-    def row_sum(red, out, h, slot, tx):
-        """The block's partial sums of row ``slot`` added up by one warp into ``out[h]`` (lane 0 holds it)."""
-        out[h] = T.float32(0)
+    def load_nonzeros(col, val, sb, sc, sv, e, lane):
+        for u in T.unroll(SPARSE_AHEAD):
+            sc[u] = T.if_then_else(nonzero(sb, e, u, lane) < sb[1], col[nonzero(sb, e, u, lane)], 0)
+            sv[u] = T.if_then_else(nonzero(sb, e, u, lane) < sb[1], T.Cast("float32", val[nonzero(sb, e, u, lane)]),
+                                   T.float32(0))
+
+    @T.macro
+    def add_nonzeros(x, rowptr, col, val, rptr, nz, sb, sc, sv, bx, lane):
+        """The sparse warp: the block's row pointers into shared memory, the lane's sums ``nz`` (row r at
+        ``r * SPARSE_WARP + lane``) zeroed, then its nonzeros' products added to them, ``SPARSE_AHEAD`` loaded
+        before the first is used. The first loads read only the CSR, so with PDL they run before the wait for x."""
+        for e in T.unroll(-(-(rpb + 1) // SPARSE_WARP)):
+            if e * SPARSE_WARP + lane <= rpb:
+                store(rptr, e * SPARSE_WARP + lane, rowptr[T.min(bx * rpb + e * SPARSE_WARP + lane, n)])
+        for r in T.unroll(rpb):
+            store(nz, r * SPARSE_WARP + lane, T.float32(0))
+        sb[0] = rowptr[bx * rpb]
+        sb[1] = rowptr[T.min(bx * rpb + rpb, n)]
+        load_nonzeros(col, val, sb, sc, sv, 0, lane)
+        T.evaluate(T.call_extern("int32", "__syncwarp"))
+        if pdl:
+            T.evaluate(T.call_extern("int32", GRID_WAIT))
+        for e in range(T.ceildiv(sb[1] - sb[0], SPARSE_WARP * SPARSE_AHEAD)):
+            for u in T.unroll(SPARSE_AHEAD):
+                if nonzero(sb, e, u, lane) < sb[1]:
+                    store(nz, row_slot(rptr, nonzero(sb, e, u, lane)) * SPARSE_WARP + lane,
+                          nz[row_slot(rptr, nonzero(sb, e, u, lane)) * SPARSE_WARP + lane]
+                          + sv[u] * T.Cast("float32", x[0, sc[u]]))
+            load_nonzeros(col, val, sb, sc, sv, e + 1, lane)
+
+    @T.macro
+    def row_sum(red, nz, out, h, slot, tx):
+        """The block's partial sums of row ``slot`` (and the sparse lanes' sums ``nz``) added up by one warp into
+        ``out[h]`` (lane 0 holds it)."""
+        if sparse:
+            out[h] = nz[slot * SPARSE_WARP + tx % 32]
+        else:
+            out[h] = T.float32(0)
         for i in T.unroll(tk // 32):
             out[h] = out[h] + red[slot * tk + i * 32 + tx % 32]
         for o in T.unroll(5):
@@ -358,144 +419,146 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
         out[0] = T.rsqrt(out[0] / T.float32(k) + T.float32(fusion.rms_eps))
 
     @T.macro
+    def sync():
+        """The dense threads' barrier: the whole block's where no sparse warp runs beside them."""
+        if sparse:
+            T.evaluate(T.call_extern("int32", dense_sync(nthreads)))
+        else:
+            T.tvm_storage_sync("shared")
+
+    @T.macro
+    def block(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq, bx, ty, tx, tid):
+        """Thread ``tid`` of block ``bx``: below ``nthreads`` (``ty``, ``tx``) a dense thread, above them a lane of
+        the sparse warp."""
+        # One shared allocation with its views: separate ones let TVM's storage rewrite overlap the partial sums
+        # with the table (it misses the table's uses through address_of), a race when a fast thread stores its
+        # sums while others still look up.
+        smem = T.alloc_buffer((rpb * table + rpb * tk + stage_words + sp_words + fused_words,), "uint32",
+                              scope="shared")
+        tab = T.decl_buffer((rpb * table,), "uint32" if pairs else "float32", data=smem.data, scope="shared")
+        red = T.decl_buffer((rpb * tk,), "float32", data=smem.data, elem_offset=rpb * table, scope="shared")
+        stage = T.decl_buffer((stage_words,), "uint32", data=smem.data, elem_offset=rpb * table + rpb * tk,
+                              scope="shared")
+        rptr = T.decl_buffer((rpb + 1,), "int32", data=smem.data,  # the block's row pointers (sparse)
+                             elem_offset=rpb * table + rpb * tk + stage_words, scope="shared")
+        nz = T.decl_buffer((rpb * SPARSE_WARP,), "float32", data=smem.data,  # sparse lanes' sums of products
+                           elem_offset=rpb * table + rpb * tk + stage_words + rpb + 1, scope="shared")
+        fused = T.decl_buffer((max(fused_words, 1),), "float32", data=smem.data,  # the warps' sums of y^2
+                              elem_offset=rpb * table + rpb * tk + stage_words + sp_words, scope="shared")
+        xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
+        xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
+        xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
+        iw = T.alloc_buffer((nw,), "uint32", scope="local")
+        cw = T.alloc_buffer((3,), "uint32", scope="local")  # a 3-bit block's words
+        rt = T.alloc_buffer((max(reg_entries, 1),), "uint32", scope="local")  # register table
+        mk = T.alloc_buffer((1,), "uint32", scope="local")  # 4 bits: the codes' top-bit mask
+        sl = T.alloc_buffer((2,), "uint32", scope="local")  # PRMT selectors of codes 0-3, 4-7
+        lh = T.alloc_buffer((2,), "uint32", scope="local")  # low and high bytes of 4 entries
+        acc = T.alloc_buffer((slots,), "float32", scope="local")
+        acc2 = T.alloc_buffer((1,), "uint32", scope="local")  # half2 bits
+        sb = T.alloc_buffer((2,), "int32", scope="local")  # the block's first and end nonzero
+        sc = T.alloc_buffer((SPARSE_AHEAD,), "int32", scope="local")
+        sv = T.alloc_buffer((SPARSE_AHEAD,), "float32", scope="local")
+        part = T.alloc_buffer((1,), "float32", scope="local")
+        pair = T.alloc_buffer((2,), "float32", scope="local")  # gate and up row sums (``silu``)
+        sq = T.alloc_buffer((1,), "float32", scope="local")  # h_sq share, or the warp's sum of y^2
+        hv = T.alloc_buffer((4,), "float32", scope="local")
+        scale = T.alloc_buffer((1,), "float32", scope="local")  # rsqrt(mean(h^2) + eps)
+        rres = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # residual of the warp's rows
+        rw = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # norm weight of the warp's rows
+        yv = T.alloc_buffer((1,), act_dtype, scope="local")
+        if tid < nthreads:  # (always, without a sparse warp)
+            issue_batch(q, stage, bx, ty, tx, 0, 0)
+            if steps > 1:
+                issue_batch(q, stage, bx, ty, tx, 1, 1)
+            fill_table(lut, tab, bx, ty, tx)
+            if pdl:  # everything above read weights only
+                T.evaluate(T.call_extern("int32", GRID_WAIT))
+            load_x(x, xh, tx)
+            if rms:
+                load_h_sq(h_sq, sq, hv, tx)
+            if residual:  # lane 0 of a warp stores rows e * warps + warp
+                for e in T.unroll(red_iters):
+                    if tx % 32 == 0 and e * warps + tid // 32 < rpb:
+                        rres[e] = res[0, T.min(bx * rpb + e * warps + tid // 32, n - 1)]
+                        rw[e] = w[T.min(bx * rpb + e * warps + tid // 32, n - 1)]
+            if pairs:  # pair slot q of a block is its codes (2q, 2q + 1): x's own half2 words
+                for c in T.unroll(it * BLOCK // 2):
+                    xp[c] = T.call_pure_extern("uint32", "__pack_half2", T.Cast("float16", xh[2 * c]),
+                                               T.Cast("float16", xh[2 * c + 1]))
+            else:
+                for c in T.unroll(it * BLOCK):
+                    xr[c] = T.Cast("float32", xh[c])
+            sync()
+            for s in T.unroll(steps):
+                if s + 1 < steps:  # batch s landed (s + 1 may still be in flight)
+                    T.evaluate(T.call_extern("int32", cp_async_wait(1)))
+                else:
+                    T.evaluate(T.call_extern("int32", cp_async_wait(0)))
+                sync()
+                for r in T.unroll(ri):
+                    if pairs:
+                        dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, mk, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
+                                  s * ri + r, s % 2)
+                    else:
+                        dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)
+                    if rms:
+                        if s == 0 and r == 0:
+                            rms_scale(sq, scale)
+                if s + 2 < steps:  # every thread is done with buffer s % 2: refill it with batch s + 2
+                    sync()
+                    issue_batch(q, stage, bx, ty, tx, s + 2, s % 2)
+            for s in T.unroll(steps):  # after the loop: a store into shared inside it costs two barriers
+                for r in T.unroll(ri):
+                    store(red, ((s * ry + ty) * ri + r) * tk + tx, acc[s * ri + r])
+        else:
+            if sparse:
+                add_nonzeros(x, rowptr, col, val, rptr, nz, sb, sc, sv, bx, tid - nthreads)
+        T.tvm_storage_sync("shared")  # the whole block's one barrier: partial sums and nonzeros stored
+        if tid < nthreads:
+            if silu:  # a warp sums rows 2p (gate) and 2p + 1 (up) and stores act(gate) * up
+                for e in range(-(-rpb // 2 // warps)):
+                    if e * warps + tid // 32 < rpb // 2:
+                        for h in T.unroll(2):
+                            row_sum(red, nz, pair, h, 2 * (e * warps + tid // 32) + h, tx)
+                        if tx % 32 == 0 and bx * rpb + 2 * (e * warps + tid // 32) < n:
+                            y[0, bx * rpb // 2 + e * warps + tid // 32] = silu_times(
+                                scaled(pair[0], scale), scaled(pair[1], scale))
+            else:
+                if residual:
+                    sq[0] = T.float32(0)
+                for e in row_loop(red_iters):
+                    if e * warps + tid // 32 < rpb:
+                        row_sum(red, nz, part, 0, e * warps + tid // 32, tx)
+                        if tx % 32 == 0 and bx * rpb + e * warps + tid // 32 < n:
+                            yv[0] = T.Cast(act_dtype, scaled(part[0], scale))
+                            if residual:  # rounded as the separate add rounds: GEMV output, then sum
+                                yv[0] = yv[0] + rres[e]
+                                sq[0] = sq[0] + T.Cast("float32", yv[0]) * T.Cast("float32", yv[0])
+                            y[0, bx * rpb + e * warps + tid // 32] = yv[0]
+                            if residual:  # the norm's weight, in float32 (the 1/rms factor: the next GEMV)
+                                yw[0, bx * rpb + e * warps + tid // 32] = T.Cast(
+                                    act_dtype, T.Cast("float32", yv[0]) * T.Cast("float32", rw[e]))
+                if residual:  # the block's sum of y^2: warps' sums in shared memory, added in order
+                    if tx % 32 == 0:
+                        store(fused, tid // 32, sq[0])
+                    sync()
+                    if tid == 0:
+                        sq[0] = T.float32(0)
+                        for w in T.unroll(warps):
+                            sq[0] = sq[0] + fused[w]
+                        block_sq[bx] = sq[0]
+
+    @T.macro
     def body(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq):
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
-            for ty in T.thread_binding(ry, thread="threadIdx.y"):
-                for tx in T.thread_binding(tk, thread="threadIdx.x"):
-                    # One shared allocation with three views: separate ones let TVM's storage rewrite overlap
-                    # the partial sums with the table (it misses the table's uses through address_of), a race
-                    # when a fast thread stores its sums while others still look up.
-                    smem = T.alloc_buffer((rpb * table + rpb * tk + stage_words + sparse_words + fused_words,),
-                                          "uint32", scope="shared")
-                    tab = T.decl_buffer((rpb * table,), "uint32" if pairs else "float32", data=smem.data,
-                                        scope="shared")
-                    red = T.decl_buffer((rpb * tk,), "float32", data=smem.data, elem_offset=rpb * table,
-                                        scope="shared")
-                    stage = T.decl_buffer((stage_words,), "uint32", data=smem.data,
-                                          elem_offset=rpb * table + rpb * tk, scope="shared")
-                    rptr = T.decl_buffer((sparse_words,), "int32", data=smem.data,  # the block's row pointers
-                                         elem_offset=rpb * table + rpb * tk + stage_words, scope="shared")
-                    fused = T.decl_buffer((max(fused_words, 1),), "float32", data=smem.data,  # the warps' sums
-                                          elem_offset=rpb * table + rpb * tk + stage_words + sparse_words,
-                                          scope="shared")  # of y^2 (residual)
-                    xh = T.alloc_buffer((it * BLOCK,), act_dtype, scope="local")
-                    xr = T.alloc_buffer((it * BLOCK,), "float32", scope="local")
-                    xp = T.alloc_buffer((it * BLOCK // 2,), "uint32", scope="local")  # x pairs as half2 bits
-                    iw = T.alloc_buffer((nw,), "uint32", scope="local")
-                    cw = T.alloc_buffer((3,), "uint32", scope="local")  # a 3-bit block's words
-                    rt = T.alloc_buffer((max(reg_entries, 1),), "uint32", scope="local")  # register table
-                    mk = T.alloc_buffer((1,), "uint32", scope="local")  # 4 bits: the codes' top-bit mask
-                    sl = T.alloc_buffer((2,), "uint32", scope="local")  # PRMT selectors of codes 0-3, 4-7
-                    lh = T.alloc_buffer((2,), "uint32", scope="local")  # low and high bytes of 4 entries
-                    acc = T.alloc_buffer((slots,), "float32", scope="local")
-                    acc2 = T.alloc_buffer((1,), "uint32", scope="local")  # half2 bits
-                    sb = T.alloc_buffer((2,), "int32", scope="local")  # the block's first and end nonzero
-                    sc = T.alloc_buffer((1,), "int32", scope="local")
-                    sv = T.alloc_buffer((1,), "float32", scope="local")
-                    part = T.alloc_buffer((1,), "float32", scope="local")
-                    pair = T.alloc_buffer((2,), "float32", scope="local")  # gate and up row sums (``silu``)
-                    sq = T.alloc_buffer((1,), "float32", scope="local")  # h_sq share, or the warp's sum of y^2
-                    hv = T.alloc_buffer((4,), "float32", scope="local")
-                    scale = T.alloc_buffer((1,), "float32", scope="local")  # rsqrt(mean(h^2) + eps)
-                    rres = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # residual of the warp's rows
-                    rw = T.alloc_buffer((red_iters,), act_dtype, scope="local")  # norm weight of the warp's rows
-                    yv = T.alloc_buffer((1,), act_dtype, scope="local")
-                    issue_batch(q, stage, bx, ty, tx, 0, 0)
-                    if steps > 1:
-                        issue_batch(q, stage, bx, ty, tx, 1, 1)
-                    if sparse:
-                        for e in range(ptr_iters):
-                            if e * nthreads + ty * tk + tx <= rpb:
-                                rptr[e * nthreads + ty * tk + tx] = rowptr[T.min(bx * rpb + e * nthreads + ty * tk + tx, n)]
-                        sb[0] = rowptr[bx * rpb]
-                        sb[1] = rowptr[T.min(bx * rpb + rpb, n)]
-                    fill_table(lut, tab, bx, ty, tx)
-                    if pdl:  # everything above read weights only
-                        T.evaluate(T.call_extern("int32", GRID_WAIT))
-                    load_x(x, xh, tx)
-                    if rms:
-                        load_h_sq(h_sq, sq, hv, tx)
-                    if residual:  # lane 0 of a warp stores rows e * warps + warp
-                        for e in T.unroll(red_iters):
-                            if tx % 32 == 0 and e * warps + (ty * tk + tx) // 32 < rpb:
-                                rres[e] = res[0, T.min(bx * rpb + e * warps + (ty * tk + tx) // 32, n - 1)]
-                                rw[e] = w[T.min(bx * rpb + e * warps + (ty * tk + tx) // 32, n - 1)]
-                    if pairs:  # pair slot q of a block is its codes (2q, 2q + 1): x's own half2 words
-                        for c in T.unroll(it * BLOCK // 2):
-                            xp[c] = T.call_pure_extern("uint32", "__pack_half2", T.Cast("float16", xh[2 * c]),
-                                                       T.Cast("float16", xh[2 * c + 1]))
-                    else:
-                        for c in T.unroll(it * BLOCK):
-                            xr[c] = T.Cast("float32", xh[c])
-                    T.tvm_storage_sync("shared")
-                    for s in T.unroll(steps):
-                        if s + 1 < steps:  # batch s landed (s + 1 may still be in flight)
-                            T.evaluate(T.call_extern("int32", cp_async_wait(1)))
-                        else:
-                            T.evaluate(T.call_extern("int32", cp_async_wait(0)))
-                        T.tvm_storage_sync("shared")
-                        for r in T.unroll(ri):
-                            if pairs:
-                                dot_pairs(tab, stage, xp, iw, cw, rt, sl, lh, mk, acc, acc2, (s * ry + ty) * ri + r, ty, tx, r,
-                                          s * ri + r, s % 2)
-                            else:
-                                dot_single(tab, stage, xr, acc, (s * ry + ty) * ri + r, ty, tx, r, s * ri + r, s % 2)
-                            if rms:
-                                if s == 0 and r == 0:
-                                    rms_scale(sq, scale)
-                            if sparse:  # the first nonzero, loaded once the row pointers surely landed, used after
-                                if s == 0 and r == 0:
-                                    sc[0] = T.if_then_else(sb[0] + ty * tk + tx < sb[1], col[sb[0] + ty * tk + tx], 0)
-                                    sv[0] = T.if_then_else(sb[0] + ty * tk + tx < sb[1],
-                                                           T.Cast("float32", val[sb[0] + ty * tk + tx]), T.float32(0))
-                        if s + 2 < steps:  # every thread is done with buffer s % 2: refill it with batch s + 2
-                            T.tvm_storage_sync("shared")
-                            issue_batch(q, stage, bx, ty, tx, s + 2, s % 2)
-                    for s in T.unroll(steps):  # after the loop: a store into shared inside it costs two barriers
-                        for r in T.unroll(ri):
-                            red[((s * ry + ty) * ri + r) * tk + tx] = acc[s * ri + r]
-                    T.tvm_storage_sync("shared")
-                    if sparse:
-                        if sb[0] + ty * tk + tx < sb[1]:
-                            add_nonzero(red, rptr, sb[0] + ty * tk + tx, tx, sv[0] * T.Cast("float32", x[0, sc[0]]))
-                        for e in range(1, T.ceildiv(sb[1] - sb[0], nthreads)):
-                            if sb[0] + e * nthreads + ty * tk + tx < sb[1]:
-                                add_nonzero(red, rptr, sb[0] + e * nthreads + ty * tk + tx, tx, T.Cast(
-                                    "float32", val[sb[0] + e * nthreads + ty * tk + tx]) * T.Cast(
-                                    "float32", x[0, col[sb[0] + e * nthreads + ty * tk + tx]]))
-                        T.tvm_storage_sync("shared")
-                    if silu:  # a warp sums rows 2p (gate) and 2p + 1 (up) and stores act(gate) * up
-                        for e in range(-(-rpb // 2 // warps)):
-                            if e * warps + (ty * tk + tx) // 32 < rpb // 2:
-                                for h in T.unroll(2):
-                                    row_sum(red, pair, h, 2 * (e * warps + (ty * tk + tx) // 32) + h, tx)
-                                if tx % 32 == 0 and bx * rpb + 2 * (e * warps + (ty * tk + tx) // 32) < n:
-                                    y[0, bx * rpb // 2 + e * warps + (ty * tk + tx) // 32] = silu_times(
-                                        scaled(pair[0], scale), scaled(pair[1], scale))
-                    else:
-                        if residual:
-                            sq[0] = T.float32(0)
-                        for e in row_loop(red_iters):
-                            if e * warps + (ty * tk + tx) // 32 < rpb:
-                                row_sum(red, part, 0, e * warps + (ty * tk + tx) // 32, tx)
-                                if tx % 32 == 0 and bx * rpb + e * warps + (ty * tk + tx) // 32 < n:
-                                    yv[0] = T.Cast(act_dtype, scaled(part[0], scale))
-                                    if residual:  # rounded as the separate add rounds: GEMV output, then sum
-                                        yv[0] = yv[0] + rres[e]
-                                        sq[0] = sq[0] + T.Cast("float32", yv[0]) * T.Cast("float32", yv[0])
-                                    y[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = yv[0]
-                                    if residual:  # the norm's weight, in float32 (the 1/rms factor: the next GEMV)
-                                        yw[0, bx * rpb + e * warps + (ty * tk + tx) // 32] = T.Cast(
-                                            act_dtype, T.Cast("float32", yv[0]) * T.Cast("float32", rw[e]))
-                        if residual:  # the block's sum of y^2: warps' sums in shared memory, added in order
-                            if tx % 32 == 0:
-                                fused[(ty * tk + tx) // 32] = sq[0]
-                            T.tvm_storage_sync("shared")
-                            if ty * tk + tx == 0:
-                                sq[0] = T.float32(0)
-                                for w in T.unroll(warps):
-                                    sq[0] = sq[0] + fused[w]
-                                block_sq[bx] = sq[0]
+            if sparse:  # one flat index: the sparse warp is one warp, whatever ``threads_k`` is
+                for tid in T.thread_binding(nthreads + SPARSE_WARP, thread="threadIdx.x"):
+                    block(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq, bx, tid // tk, tid % tk, tid)
+            else:
+                for ty in T.thread_binding(ry, thread="threadIdx.y"):
+                    for tx in T.thread_binding(tk, thread="threadIdx.x"):
+                        block(x, q, lut, y, rowptr, col, val, res, w, h_sq, yw, block_sq, bx, ty, tx, ty * tk + tx)
 
     return mark(_signature(body, n, k, words, bits, sparse, act_dtype, n_out, fusion, grid), pdl)
 
