@@ -104,3 +104,18 @@ def test_sparse_gemv_adds_its_nonzeros_on_a_warp_of_its_own(fusion):
     dense = source(False)
     assert "__launch_bounds__(64)" in dense and "bar.sync" not in dense
     assert dense.count("__syncthreads()") == barriers + 1
+
+
+def test_sparse_gemv_counts_its_warp_and_shared_sums():
+    """A sparse GEMV's shared memory holds the block's row pointers and 32 lanes' sums per row, and its block the
+    sparse warp besides the dense threads: knobs that leave it no room are refused, not launched."""
+    from sqcompile.kernels import lut_matmul
+    from sqcompile.kernels.gemv_cuda import SPARSE_WARP, gemv_shared_bytes
+    knobs = GemvKnobs(threads_k=128, rows_inner=2, steps=4)
+    extra = gemv_shared_bytes(4096, 3, knobs, sparse=True) - gemv_shared_bytes(4096, 3, knobs)
+    assert extra == 4 * (knobs.rows_per_block * (SPARSE_WARP + 1) + 1)
+    t = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    full = GemvKnobs(threads_k=1024, rows_inner=1, steps=1, pairs=False)
+    lut_matmul(64, 1024, 4, m=1, sparse=False, act_dtype="float16", target=t, knobs=full)  # dense: 1024 threads fit
+    with pytest.raises(ValueError, match="sparse warp"):
+        lut_matmul(64, 1024, 4, m=1, sparse=True, act_dtype="float16", target=t, knobs=full)
