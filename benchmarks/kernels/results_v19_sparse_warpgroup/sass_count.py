@@ -5,7 +5,9 @@ takes: the entry loop beyond a lane's first nonzero of a tile, rarely run, left 
 from the ``nvidia-cuda-nvdisasm`` / ``nvidia-cuda-cuobjdump`` wheels; put their bin folder on PATH, and ptxas 13.3
 or later (``scripts/newer_ptxas.sh``) first on PATH too, as for the CUDA builds.
 
-    PYTHONPATH=TREE python benchmarks/kernels/results_v19_sparse_warpgroup/sass_count.py OUT"""
+    PYTHONPATH=TREE python benchmarks/kernels/results_v19_sparse_warpgroup/sass_count.py OUT [M N K]
+
+M N K pick another record shape (rows of x, N x K; default 512 4096 11008)."""
 import collections
 import re
 import subprocess
@@ -20,7 +22,7 @@ import tvm  # noqa: E402
 from sqcompile.kernels.gemm_mma import cuda_lut_gemm_mma  # noqa: E402
 from sqcompile.targets.tuning import load  # noqa: E402
 
-N, K, BITS, M = 4096, 11008, 3, 512
+BITS = 3
 
 
 def op(line: str) -> str:
@@ -61,6 +63,7 @@ def main_loop(sass: str) -> list[str]:
 
 
 out = Path(sys.argv[1])
+M, N, K = map(int, sys.argv[2:5]) if len(sys.argv) > 2 else (512, 4096, 11008)
 out.mkdir(parents=True, exist_ok=True)
 recs = load("sm_90")
 target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host={"kind": "llvm"})
