@@ -8,6 +8,10 @@ round measures every system in both folders with ``run.py one`` (decode tok/s at
 decode-vs-prefill argmax); alternating within a round keeps drift between the two sides small, and the spread
 between rounds shows what a difference must beat. Then the greedy tokens of both sides are compared (random
 weights give near-flat logits, so fp16 rounding flips a near-tie early when the kernels change).
+
+Build each side inside its own tree (``cd TREE && python -m sqcompile build ...``): ``-m`` puts the working
+directory first on ``sys.path``, so run from another checkout with ``PYTHONPATH=TREE`` it builds that checkout's
+code instead (both sides of one A/B were once the same code that way: ``../kernels/NOTES.md`` v20).
 """
 from __future__ import annotations
 
