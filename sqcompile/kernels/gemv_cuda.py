@@ -350,8 +350,8 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                 store(rptr, e * SPARSE_WARP + lane, rowptr[T.min(bx * rpb + e * SPARSE_WARP + lane, n)])
         for r in T.unroll(rpb):
             store(nz, r * SPARSE_WARP + lane, T.float32(0))
-        sb[0] = rowptr[bx * rpb]
-        sb[1] = rowptr[T.min(bx * rpb + rpb, n)]
+        sb[0] = rowptr[bx * rpb]  # rptr's ends again, from global (cached): read back from shared memory they
+        sb[1] = rowptr[T.min(bx * rpb + rpb, n)]  # would put a store, a __syncwarp and a load before the CSR loads
         load_nonzeros(col, val, sb, sc, sv, 0, lane)
         T.evaluate(T.call_extern("int32", "__syncwarp"))
         if pdl:
