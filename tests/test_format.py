@@ -9,19 +9,18 @@ def reference_code(qweight: np.ndarray, bits: int, n: int, k: int) -> int:
     """Decode one code bit by bit from the prose of docs/format.md (independent of unpack_codes)."""
     block, j = divmod(k, 32)
     words = qweight[n, block * bits:(block + 1) * bits]
-    if bits == 3:  # pair p = codes (2p, 2p+1), index code_2p | code_2p+1 << 3
-        p, half = divmod(j, 2)
-        if p < 12:
-            idx = (int(words[p // 4]) >> (8 * (p % 4) + 2)) & 63
-        else:
-            idx = sum(((int(words[i]) >> (8 * (p - 12))) & 3) << (2 * i) for i in range(3))
-        return (idx >> (3 * half)) & 7
+    if bits == 3:  # codes 0-23: nibble j % 8 of word j // 8; code 24 + q: bit i in bit 3 of nibble q of word i
+        if j < 24:
+            return (int(words[j // 8]) >> (4 * (j % 8))) & 7
+        return sum(((int(words[i]) >> (4 * (j - 24) + 3)) & 1) << i for i in range(3))
     per = 32 // bits
     return (int(words[j // per]) >> (bits * (j % per))) & ((1 << bits) - 1)
 
 
-def test_version_1_three_bit_codes_are_repacked():
-    """A format-1 QDIR stored 3 bits as low bits of codes 0-15 / 16-31 in words 0 / 1, high bits in word 2."""
+def test_older_three_bit_layouts_are_repacked():
+    """Format 1 stored 3 bits as low bits of codes 0-15 / 16-31 in words 0 / 1, high bits in word 2; format 2 as
+    6-bit pair indices, pair 4i + m in bits 2-7 of byte m of word i, pair 12 + m's bits 2i, 2i + 1 in bits 0-1 of
+    byte m of word i. Both are built here from that prose, bit by bit."""
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 8, size=(4, 200)).astype(np.uint32)
     c = np.zeros((4, 256), np.uint32)
@@ -30,9 +29,20 @@ def test_version_1_three_bit_codes_are_repacked():
     s2 = 2 * np.arange(16, dtype=np.uint32)
     v1 = np.stack([((blocks[..., :16] & 3) << s2).sum(-1), ((blocks[..., 16:] & 3) << s2).sum(-1),
                    ((blocks >> 2) << np.arange(32, dtype=np.uint32)).sum(-1)], -1).astype(np.uint32).reshape(4, -1)
-    np.testing.assert_array_equal(fmt.unpack_codes(fmt.upgrade_qweight(v1, 3, 200, 1), 3, 200), codes)
-    q4 = fmt.pack_codes(codes, 3)
-    assert fmt.upgrade_qweight(q4, 3, 200, 2) is q4
+    v2 = np.zeros((4, blocks.shape[1], 3), np.uint32)
+    for r, b, p in np.ndindex(4, blocks.shape[1], 16):
+        idx = int(blocks[r, b, 2 * p]) | int(blocks[r, b, 2 * p + 1]) << 3
+        if p < 12:
+            v2[r, b, p // 4] |= idx << (8 * (p % 4) + 2)
+        else:
+            for i in range(3):
+                v2[r, b, i] |= ((idx >> (2 * i)) & 3) << (8 * (p - 12))
+    for old, version in ((v1, 1), (v2.reshape(4, -1), 2)):
+        np.testing.assert_array_equal(fmt.unpack_codes(fmt.upgrade_qweight(old, 3, 200, version), 3, 200), codes)
+    q3 = fmt.pack_codes(codes, 3)
+    assert fmt.upgrade_qweight(q3, 3, 200, fmt.FORMAT_VERSION) is q3
+    with pytest.raises(ValueError, match="unknown format version"):
+        fmt.upgrade_qweight(q3, 3, 200, 9)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

@@ -630,7 +630,7 @@ def test_pair_index_words_decode_every_code(bits):
             for b in range(nblk):
                 if bits == 3:
                     for i in range(nw):
-                        iw[i] = P.index_word_3bit(lambda w: q[r, b * 3 + w], i)
+                        iw[i] = P.pair_offsets(P.index_word_3bit(lambda w: q[r, b * 3 + w], i))
                 else:
                     for i in range(nw):
                         iw[i] = q[r, b * bits + i]
@@ -665,7 +665,7 @@ def test_register_table_decodes_every_code_and_every_lane(bits):
 
     def index_word(q, r, b, i):
         if bits == 3:
-            return P.index_word_3bit(lambda w: q[r, b * 3 + w], i, masked=False)
+            return P.index_word_3bit(lambda w: q[r, b * 3 + w], i)
         return q[r, b * 4 + i]
 
     def mask(word, g):
@@ -687,7 +687,7 @@ def test_register_table_decodes_every_code_and_every_lane(bits):
                         tw[0] = index_word(q, r, b, i)
                     else:
                         tw[0] = P.quad_word(lambda w: q[r, b * bits + w], bits, P.quad_selector(i % 4), extern=False)
-                    sl[0] = P.reg_selector(tw[0], bits)
+                    sl[0] = P.reg_selector(tw[0])
                     sl[1] = P.reg_selector_high(sl[0], extern=False)
                     for g in T.unroll(2):
                         for h in T.unroll(2):

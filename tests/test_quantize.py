@@ -110,7 +110,7 @@ def test_quantize_cli_end_to_end(tmp_path, arch, calib_text, tiny_tokenizer_obj)
     q = load_quantized(out)
     names = set(find_linears(load_tiny(src)[0]))
     assert set(q.weights) == names == set(q.config.modules)
-    assert q.config.format == "sqcompile" and q.config.format_version == 2 and q.config.bits == 3
+    assert q.config.format == "sqcompile" and q.config.format_version == 3 and q.config.bits == 3
     assert 3 < q.config.average_bits < 16
     stored = load_file(str(out / "model.safetensors"))
     for name, qw in q.weights.items():

@@ -695,7 +695,7 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
     cpt = bk // tpr  # columns of a K-tile a thread decodes
     ntiles = -(-(padded_k(k) // BLOCK) // kbt)
     rt_words = P.reg_table_words(bits)
-    words = bits  # code words of a 32-code block (3 bits: the pair layout's 3)
+    words = bits  # code words of a 32-code block (3 bits: three nibble words, format.py)
     tile_words = kbt * words  # code words of a row per K-tile
     x_halves, w_halves, c_words = stages * bm * bk, 2 * bn * bk, stages * bn * tile_words
     nsub = max(1, cpt // TILE)  # sp_tiles tiles a warp's part of a K-tile spans (sparse)
@@ -734,10 +734,10 @@ def _mma_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                         cs[base // 2 + (t % stages * bn + drow(tid)) * tile_words + (pt * iwp // 4 + b) * words])))
                 for j in T.unroll(iwp):
                     if bits == 3:
-                        iw[0] = P.index_word_3bit(lambda w: cw[j // 4 * words + w], (pt * iwp + j) % 4, masked=False)
+                        iw[0] = P.index_word_3bit(lambda w: cw[j // 4 * words + w], (pt * iwp + j) % 4)
                     else:
                         iw[0] = cw[j // 4 * words + (pt * iwp + j) % 4]
-                    sl[0] = P.reg_selector(iw[0], bits)
+                    sl[0] = P.reg_selector(iw[0])
                     sl[1] = P.reg_selector_high(sl[0])
                     for g in T.unroll(2):
                         if bits == 4:
@@ -1043,7 +1043,7 @@ def _rs_body(n: int, k: int, bits: int, sparse: bool, knobs: GemmKnobs):
                 T.evaluate(T.call_extern("int32", LOAD_WORDS[words], T.address_of(cw[0]), T.address_of(
                     cs[base // 2 + (t % stages * bn + wrow(tid, h)) * tile_words + b * words])))
                 tw[0] = P.quad_word(lambda w: cw[w], bits, sl[2])
-                sl[0] = P.reg_selector(tw[0], bits)
+                sl[0] = P.reg_selector(tw[0])
                 sl[1] = P.reg_selector_high(sl[0])
                 for g in T.unroll(2):  # pairs 2 g and 2 g + 1: k16 step 2 b + g, columns 2q and 2q + 8
                     if bits == 4:

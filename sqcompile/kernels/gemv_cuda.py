@@ -212,8 +212,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
     sp_words = sparse_words(knobs, sparse)
 
     def byte_offset(word, m):
-        """Byte offset of the table entry named by field m: at 3 bits the field is 4 * index already and one
-        PRMT (``__byte_perm``) extracts it; otherwise a shift, a mask and a scale."""
+        """Byte offset of the table entry named by field m: at 3 bits the field is 4 * index already
+        (``pairs.pair_offsets``) and one PRMT (``__byte_perm``) extracts it; otherwise a shift, a mask and a
+        scale."""
         if bits == 3:
             return T.call_pure_extern("uint32", "__byte_perm", word, T.uint32(0), T.uint32(0x4440) + T.Cast("uint32", m))
         return P.field(bits, word, m) << T.uint32(2)
@@ -289,9 +290,9 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                 for w in T.unroll(3):
                     cw[w] = word(stage, buf, ty, tx, r, j, w)
                 for i in T.unroll(shared_words):
-                    iw[i] = P.index_word_3bit(lambda w: cw[w], i)
+                    iw[i] = P.pair_offsets(P.index_word_3bit(lambda w: cw[w], i))
                 for i in T.unroll(shared_words, nw):
-                    iw[i] = P.index_word_3bit(lambda w: cw[w], i, masked=False)
+                    iw[i] = P.index_word_3bit(lambda w: cw[w], i)
             else:
                 for i in T.unroll(nw):
                     iw[i] = word(stage, buf, ty, tx, r, j, i)
@@ -301,7 +302,7 @@ def cuda_lut_gemv(n: int, k: int, bits: int, sparse: bool, act_dtype: str, knobs
                     acc2[0] = T.call_pure_extern("uint32", HFMA2_U32, xp[j * nw * fpw + i * fpw + m], T.call_extern(
                         "uint32", LOAD_AT_BYTE, T.address_of(tab[slot * table]), byte_offset(iw[i], m)), acc2[0])
             for i in T.unroll(shared_words, nw):
-                sl[0] = P.reg_selector(iw[i], bits)
+                sl[0] = P.reg_selector(iw[i])
                 sl[1] = P.reg_selector_high(sl[0])
                 for g in T.unroll(2):
                     if bits == 4:

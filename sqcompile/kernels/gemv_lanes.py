@@ -129,7 +129,8 @@ def cuda_lut_gemv_lanes(n: int, k: int, bits: int, sparse: bool, act_dtype: str,
                                             xp[c * 4 + v] = xs[((ty * per_warp + g * unroll + u) * (GROUP // BLOCK)
                                                                 + j) * PAIRS + c * 4 + v]
                                     for i in T.unroll(4):
-                                        iw[i] = P.index_word_3bit(lambda w: cw[u * gw + j * bits + w], i)
+                                        iw[i] = P.pair_offsets(P.index_word_3bit(
+                                            lambda w: cw[u * gw + j * bits + w], i))
                                     acc2[0] = T.uint32(0)
                                     for i in T.unroll(4):
                                         for m in T.unroll(4):

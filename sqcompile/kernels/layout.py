@@ -32,19 +32,16 @@ def code_at(word: Word, bits: int, c) -> tirx.Expr:
 
 
 def _code_3bit(word: Word, c) -> tirx.Expr:
-    """Code ``c`` of the 3-bit pair layout (``format.py``): pair p = c // 2 sits in byte p % 4, in bits 2-7 of
-    word p // 4 (p < 12) or spread over bits 0-1 of all three words (p >= 12); the code is bits
-    3 (c % 2) .. 3 (c % 2) + 2 of the pair index."""
-    p, half = c // 2, c % 2
-    byte = p % 4 * 8
-    three = tirx.const(3, "uint32")
-    main = (word(min(p // 4, 2) if isinstance(p, int) else T.min(p // 4, 2)) >> _u32(byte + 2 + half * 3))
-    spread = (((word(0) >> _u32(byte)) & three) | ((word(1) >> _u32(byte)) & three) << _u32(2)
-              | ((word(2) >> _u32(byte)) & three) << _u32(4))
-    main, spare = main & tirx.const(7, "uint32"), (spread >> _u32(half * 3)) & tirx.const(7, "uint32")
-    if isinstance(p, int):
-        return main if p < 12 else spare
-    return T.if_then_else(p < 12, main, spare)
+    """Code ``c`` of the 3-bit nibble layout (``format.py``): codes 0-23 are bits 0-2 of nibble c % 8 of word
+    c // 8; code 24 + q has its bit b in bit 3 of nibble q of word b."""
+    seven, one = tirx.const(7, "uint32"), tirx.const(1, "uint32")
+    own = (word(min(c // 8, 2) if isinstance(c, int) else T.min(c // 8, 2)) >> _u32(c % 8 * 4)) & seven
+    q = c % 8 * 4 + 3
+    spread = (((word(0) >> _u32(q)) & one) | ((word(1) >> _u32(q)) & one) << _u32(1)
+              | ((word(2) >> _u32(q)) & one) << _u32(2))
+    if isinstance(c, int):
+        return own if c < 24 else spread
+    return T.if_then_else(c < 24, own, spread)
 
 
 def rows_dim(m: int | None) -> int | tirx.Var:

@@ -8,9 +8,10 @@ every width field m of index word j is the pair of codes (8j + 2m, 8j + 2m + 1) 
 
   * 4 bits: byte m of word j is already the index.
   * 2 bits: nibble m of word j is the index.
-  * 3 bits (``format.py``): bits 2-7 of byte m of word i are the index of pair 4i + m (i < 3): masked with
-    0xFCFCFCFC, word i is index word i with every field 4 * idx, the table entry's byte offset. Index word 3
-    (pairs 12-15) gathers the three words' low two bits of each byte.
+  * 3 bits (``format.py``): index word i (i < 3) is word i, codes 8i .. 8i + 7 in its nibbles (bit 3 of each
+    nibble belongs to codes 24-31: ``reg_selector`` and ``pair_offsets`` mask it); index word 3 gathers
+    codes 24-31 from those bits. A byte of an index word is a pair (code_a | code_b << 4);
+    ``pair_offsets`` turns four of them into table byte offsets.
 
 **Register table (3 and 4 bits, ``reg_*``).** The shared pair table costs a shared-memory lookup per pair, and on
 the H100 those lookups, not DRAM, bound the GEMV. The register form keeps a row's fp16 entries in registers, four
@@ -31,8 +32,7 @@ from tvm.script import tirx as T
 
 from ..quant.format import check_bits
 
-OFFSETS = 0xFCFCFCFC  # bits 2-7 of every byte: 4 * index of pairs 0-11
-SPARE = 0x03030303  # bits 0-1 of every byte: pieces of the indices of pairs 12-15
+CODES = 0x77777777  # bits 0-2 of every nibble: a code each (3 bits; 4 bits: a code's low three bits)
 
 
 def _u(v) -> tirx.Expr:
@@ -57,7 +57,7 @@ def table_size(bits: int) -> int:
 
 
 def field(bits: int, word: tirx.Expr, m) -> tirx.Expr:
-    """Field ``m`` of an index word (uint32): the table index, times 4 at 3 bits (see ``index_word_3bit``)."""
+    """Field ``m`` of an index word (uint32): the table index; at 3 bits 4 * index, of ``pair_offsets``' word."""
     w = field_width(bits)
     return (word >> _u(m * w)) & _u((1 << w) - 1)
 
@@ -73,16 +73,22 @@ def entry_codes(bits: int, idx: tirx.Expr) -> tuple[tirx.Expr, tirx.Expr]:
     return idx & ((1 << check_bits(bits)) - 1), idx >> bits
 
 
-def index_word_3bit(word, i, masked: bool = True) -> tirx.Expr:
-    """Index word ``i`` (0..3) of a 3-bit block whose words ``word(0..2)`` returns: byte m = 4 * idx of pair
-    4i + m. ``i`` may be an unrolled loop variable: the select folds away after unrolling. ``masked=False``
-    leaves the spare bits 0-1 of words 0-2 in place, for ``reg_selector`` (which ignores them)."""
-    spare = _u(SPARE)
-    gathered = ((word(0) & spare) << _u(2)) | ((word(1) & spare) << _u(4)) | ((word(2) & spare) << _u(6))
+def index_word_3bit(word, i) -> tirx.Expr:
+    """Index word ``i`` (0..3) of a 3-bit block whose words ``word(0..2)`` returns: codes 8i .. 8i + 7 in its
+    nibbles' bits 0-2. Words 0-2 are index words 0-2 as they are (bit 3 of their nibbles holds codes 24-31);
+    index word 3 gathers those bits: bit 3 of nibble q of word b is bit b of code 24 + q. ``i`` may be an
+    unrolled loop variable: the select folds away after unrolling."""
+    gathered = (((word(0) >> _u(3)) & _u(0x11111111)) | ((word(1) >> _u(2)) & _u(0x22222222))
+                | ((word(2) >> _u(1)) & _u(0x44444444)))
     if isinstance(i, int):
-        return (word(i) & _u(OFFSETS) if masked else word(i)) if i < 3 else gathered
-    own = word(T.min(i, 2))
-    return T.if_then_else(i < 3, own & _u(OFFSETS) if masked else own, gathered)
+        return word(i) if i < 3 else gathered
+    return T.if_then_else(i < 3, word(T.min(i, 2)), gathered)
+
+
+def pair_offsets(index_word: tirx.Expr) -> tirx.Expr:
+    """3 bits: byte m of the result is 4 * (code_a | code_b << 3) for the pair (code_a, code_b) in nibbles
+    2m, 2m + 1 of an index word: the byte offset of its entry in the shared pair table."""
+    return ((index_word & _u(0x07070707)) << _u(2)) | ((index_word & _u(0x70707070)) << _u(1))
 
 
 REG_BITS = (3, 4)  # widths with a register table
@@ -143,13 +149,11 @@ def reg_table_word(entry_bits, t: int, bits: int) -> tirx.Expr:
     return out
 
 
-def reg_selector(index_word: tirx.Expr, bits: int) -> tirx.Expr:
+def reg_selector(index_word: tirx.Expr) -> tirx.Expr:
     """The eight codes of an index word as PRMT selector nibbles, in code order: pair m's codes are nibbles 2m
-    and 2m + 1, bit 3 of every nibble 0. 3 bits: 4 * pair index in bits 2-7 of each byte (bits 0-1 ignored);
-    4 bits: the word's nibbles are the codes already, their top bits dropped (``reg_mask`` keeps them)."""
-    if bits == 4:
-        return index_word & _u(0x77777777)
-    return ((index_word >> _u(2)) & _u(0x07070707)) | ((index_word >> _u(1)) & _u(0x70707070))
+    and 2m + 1, bit 3 of every nibble 0. The index word's nibbles are the codes already (3 bits: in bits 0-2,
+    bit 3 another code's; 4 bits: their top bits dropped here, ``reg_mask`` keeps them)."""
+    return index_word & _u(CODES)
 
 
 def reg_selector_high(sel: tirx.Expr, extern: bool = True) -> tirx.Expr:
@@ -189,5 +193,5 @@ def quad_word(word, bits: int, sel: tirx.Expr, extern: bool = True) -> tirx.Expr
     ``quad_selector(q)``): the pairs (8 j + 2 q, 8 j + 2 q + 1), j = 0..3, which are exactly lane q's columns of an
     ``mma``/``wgmma`` A fragment (k = 2q, 2q + 1 and 2q + 8, 2q + 9 of each 16-code step). Its selectors
     (``reg_selector``) then decode those eight codes in k order."""
-    third = index_word_3bit(word, 3, masked=False) if bits == 3 else word(3)
+    third = index_word_3bit(word, 3) if bits == 3 else word(3)
     return byte_perm(byte_perm(word(0), word(1), sel, extern), byte_perm(word(2), third, sel, extern), 0x5410, extern)

@@ -10,12 +10,12 @@ Layout of ``qweight`` (uint32, shape ``[N, packed_words(K, bits)]``), for a weig
     ``bits`` 128-bit loads);
   * codes come in blocks of 32 codes = ``bits`` words, least significant bits first;
   * 2 and 4 bits: word j of a block holds codes ``j*32/bits .. (j+1)*32/bits - 1``, ``bits`` bits each;
-  * 3 bits: the block is 16 *pairs* of neighbouring codes, pair p = codes (2p, 2p + 1), each a 6-bit pair
-    index ``code_2p | code_2p+1 << 3``. Byte m of word i holds the index of pair 4i + m in its bits 2-7
-    (pairs 0-11); the two low bits of those 12 bytes hold pairs 12-15: bits 0-1 of byte m of word i are
-    index bits 2i, 2i + 1 of pair 12 + m. Why: the GEMV looks up one half2 table entry per pair by byte
-    offset (4 * index), and here ``word & 0xFCFCFCFC`` already is four such offsets, the fourth offset word
-    three masks and shifts (``kernels/pairs.py``).
+  * 3 bits: word i (0-2) holds codes ``8i .. 8i + 7`` in its nibbles, code ``8i + q`` in bits 0-2 of nibble q;
+    bit 3 of nibble q of word i is bit i of code ``24 + q``. Why: a GPU decodes codes by PRMT (byte permute)
+    instructions whose selector nibbles are the codes themselves, so ``word & 0x77777777`` is the selector
+    of codes 8i .. 8i + 7 (one instruction), and codes 24-31 take three shifts and masks
+    (``kernels/pairs.py``). Format 2 stored 6-bit pair indices in bits 2-7 of each byte (four more
+    instructions per selector); format 1 stored low and high bits in separate words.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from ..runtime.sparse_tiles import sparse_tiles
 SUPPORTED_BITS = (2, 3, 4)
 GROUP = 128  # codes per padding unit along K
 BLOCK = 32  # codes per block of `bits` words
+FORMAT_VERSION = 3  # of the layout below (QDIR config.json: quant/storage.py)
+_THREE = np.arange(3, dtype=np.uint32)
+_NIBBLES = 4 * np.arange(8, dtype=np.uint32)
 
 
 def check_bits(bits: int) -> int:
@@ -56,11 +59,8 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     c[:, :k] = codes
     blocks = c.reshape(n, -1, BLOCK)  # [N, nblocks, 32]
     if bits == 3:
-        idx = blocks[..., 0::2] | blocks[..., 1::2] << 3  # [N, nblocks, 16] pair indices
-        main = idx[..., :12].reshape(n, -1, 3, 4)  # pair 4i + m -> word i, byte m
-        spare = (idx[..., 12:, None] >> (2 * np.arange(3, dtype=np.uint32))) & 3  # [N, nb, m, i]
-        fields = (main << 2) | spare.swapaxes(-1, -2)  # [N, nb, i, m] bytes
-        words = (fields << (8 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint64)
+        nib = blocks[..., :24].reshape(n, -1, 3, 8) | ((blocks[..., None, 24:] >> _THREE[:, None]) & 1) << 3
+        words = (nib << _NIBBLES).sum(-1, dtype=np.uint64)
     else:
         per_word = 32 // bits
         sub = blocks.reshape(n, -1, bits, per_word)
@@ -78,11 +78,9 @@ def unpack_codes(qweight: np.ndarray, bits: int, k: int) -> np.ndarray:
         raise ValueError(f"qweight has {w} words per row, expected {packed_words(k, bits)} for K={k}, {bits} bits")
     words = qweight.reshape(n, -1, bits)  # [N, nblocks, bits]
     if bits == 3:
-        fields = (words[..., None] >> (8 * np.arange(4, dtype=np.uint32))) & 0xFF  # [N, nb, i, m]
-        main = (fields >> 2).reshape(n, -1, 12)
-        spare = ((fields & 3) << (2 * np.arange(3, dtype=np.uint32))[:, None]).sum(-2)  # [N, nb, m]
-        idx = np.concatenate([main, spare], axis=-1)
-        codes = np.stack([idx & 7, idx >> 3], axis=-1)
+        nib = (words[..., None] >> _NIBBLES) & 15  # [N, nb, i, q]
+        high = ((nib >> 3) << _THREE[:, None]).sum(-2)  # [N, nb, q]: codes 24-31
+        codes = np.concatenate([(nib & 7).reshape(n, -1, 24), high], axis=-1)
     else:
         per_word = 32 // bits
         shifts = bits * np.arange(per_word, dtype=np.uint32)
@@ -91,16 +89,25 @@ def unpack_codes(qweight: np.ndarray, bits: int, k: int) -> np.ndarray:
 
 
 def upgrade_qweight(qweight: np.ndarray, bits: int, k: int, version: int) -> np.ndarray:
-    """``qweight`` of a QDIR written in format ``version`` repacked in the current layout. Version 1 stored 3
-    bits as low bits of codes 0-15 / 16-31 in words 0 / 1 and the high bits of all 32 in word 2; 2 and 4 bits
-    are unchanged."""
-    if version == 1 and bits == 3:
-        words = np.asarray(qweight, dtype=np.uint32).reshape(qweight.shape[0], -1, 3)
+    """``qweight`` of a QDIR written in format ``version`` repacked in the current layout; 2 and 4 bits never
+    changed. 3 bits: version 1 stored the low bits of codes 0-15 / 16-31 in words 0 / 1 and the high bits of all
+    32 in word 2; version 2 stored 6-bit pair indices (``code_2p | code_2p+1 << 3``), pair 4i + m in bits 2-7
+    of byte m of word i (pairs 0-11) and pair 12 + m's bits 2i, 2i + 1 in bits 0-1 of byte m of word i."""
+    if bits != 3 or version == FORMAT_VERSION:
+        return qweight
+    words = np.asarray(qweight, dtype=np.uint32).reshape(qweight.shape[0], -1, 3)
+    if version == 1:
         s2 = 2 * np.arange(16, dtype=np.uint32)
         lo = np.concatenate([(words[..., 0:1] >> s2) & 3, (words[..., 1:2] >> s2) & 3], axis=-1)
-        hi = (words[..., 2:3] >> np.arange(32, dtype=np.uint32)) & 1
-        return pack_codes((lo | hi << 2).reshape(qweight.shape[0], -1)[:, :k], bits)
-    return qweight
+        codes = lo | ((words[..., 2:3] >> np.arange(32, dtype=np.uint32)) & 1) << 2
+    elif version == 2:
+        fields = (words[..., None] >> (8 * np.arange(4, dtype=np.uint32))) & 0xFF  # [N, nb, i, m]
+        spare = ((fields & 3) << (2 * _THREE)[:, None]).sum(-2)  # [N, nb, m]: pairs 12-15
+        idx = np.concatenate([(fields >> 2).reshape(*words.shape[:2], 12), spare], axis=-1)
+        codes = np.stack([idx & 7, idx >> 3], axis=-1)
+    else:
+        raise ValueError(f"unknown format version {version}")
+    return pack_codes(codes.reshape(qweight.shape[0], -1)[:, :k], bits)
 
 
 @dataclass

@@ -19,13 +19,14 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import write_atomically
-from .format import QuantizedWeight, check_bits, upgrade_qweight
+from .format import FORMAT_VERSION, QuantizedWeight, check_bits, upgrade_qweight
 
 log = logging.getLogger(__name__)
 
 FORMAT = "sqcompile"
-FORMAT_VERSION = 2  # 2: the 3-bit pair layout (format.py); version 1 QDIRs are repacked when loaded
-READS_VERSIONS = (1, 2)
+# QDIR versions this reads: 3 the 3-bit nibble layout, 2 the pair layout, 1 the first (format.py); older ones are
+# repacked when loaded
+READS_VERSIONS = (1, 2, 3)
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
