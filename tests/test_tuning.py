@@ -35,6 +35,18 @@ def test_runs_are_pooled_per_shape_and_the_fastest_correct_one_wins(tmp_path):
         import_results([first, {**second, "arch": "sm_80"}], tmp_path)
 
 
+def test_rounds_of_the_same_candidates_are_averaged(tmp_path):
+    """Two rounds of one candidate set: each candidate is timed by its mean, so the one that was fastest in a single
+    round only loses to the steadier one; a candidate wrong in any round is out."""
+    base, lucky, steady = (knobs_to_dict(kn) for kn in (GemvKnobs(), GemvKnobs(steps=8), GemvKnobs(rows_inner=4)))
+    broken = knobs_to_dict(GemvKnobs(threads_k=64))
+    first = _doc([(base, 6.0, True), (lucky, 4.0, False), (steady, 4.4, False), (broken, 1.0, False)])
+    second = _doc([(base, 6.2, True), (lucky, 5.2, False), (steady, 4.6, False), (broken, None, False)])
+    import_results([first, second], tmp_path)
+    (rec,) = load("sm_90", tmp_path).records
+    assert rec.knobs == steady and rec.us == pytest.approx(4.5) and rec.default_us == pytest.approx(6.1)
+
+
 def test_gemm_records_are_kept_per_rows_of_x_and_looked_up_by_them(tmp_path, monkeypatch):
     """A GEMM shape tuned at 128 and at 512 rows keeps both records; ``lookup`` takes the nearest rows."""
     from sqcompile.kernels.knobs import GemmKnobs

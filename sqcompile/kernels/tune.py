@@ -18,18 +18,24 @@ log = logging.getLogger(__name__)
 
 def import_results(docs: list[dict], folder: Path | None = None) -> Path:
     """Keep the fastest correct candidate of every measured shape as that shape's record. Several documents
-    (runs of different candidate sets on the same GPU) are pooled per shape. Where they timed no untuned default
-    (a run of chosen candidates), the shape keeps its recorded default time."""
+    (runs of different candidate sets on the same GPU, or rounds of the same set) are pooled per shape; a
+    candidate measured in several is timed by its mean, so that one lucky round does not pick it, and by none
+    if any round found it wrong. Where they timed no untuned default (a run of chosen candidates), the shape
+    keeps its recorded default time."""
     from sqcompile.targets.tuning import Record, load, save
     if len({d["arch"] for d in docs}) != 1:
         raise ValueError(f"results of different architectures: {sorted({d['arch'] for d in docs})}")
     recs = load(docs[0]["arch"], folder)
-    pooled: dict[tuple, list[dict]] = {}
+    pooled: dict[tuple, dict[str, list[dict]]] = {}
     for doc in docs:
         for cfg in doc["configs"]:
             key = (cfg["kind"], cfg["n"], cfg["k"], cfg["bits"], cfg["sparse"], cfg["m"])
-            pooled.setdefault(key, []).extend({**c, "device": doc.get("device", "")} for c in cfg["candidates"])
-    for (kind, n, k, bits, sparse, m), cands in pooled.items():
+            for c in cfg["candidates"]:
+                same = pooled.setdefault(key, {}).setdefault(json.dumps(c["knobs"], sort_keys=True), [])
+                same.append({**c, "device": doc.get("device", "")})
+    for (kind, n, k, bits, sparse, m), by_knobs in pooled.items():
+        cands = [{**runs[0], "us": None if any(r["us"] is None for r in runs) else sum(r["us"] for r in runs) / len(runs)}
+                 for runs in by_knobs.values()]
         timed = [c for c in cands if c["us"] is not None]
         if not timed:
             continue
