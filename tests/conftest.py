@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,6 +23,24 @@ def tiny_tokenizer(vocab_size: int = 320):
     text = TINY_TEXT.read_text(encoding="utf-8")[:200_000]
     tok.train_from_iterator([text[i:i + 2000] for i in range(0, len(text), 2000)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def pack_format_2(codes: np.ndarray) -> np.ndarray:
+    """3-bit codes ``[N, K]`` packed bit by bit as QDIR format 2 stored them (docs/format.md): 6-bit pair indices
+    ``code_2p | code_2p+1 << 3``, pair 4i + m in bits 2-7 of byte m of word i, pair 12 + m's bits 2i, 2i + 1 in bits
+    0-1 of byte m of word i."""
+    n, k = codes.shape
+    blocks = np.zeros((n, -(-k // 128) * 4, 32), np.uint32)
+    blocks.reshape(n, -1)[:, :k] = codes
+    words = np.zeros((n, blocks.shape[1], 3), np.uint32)
+    for r, b, p in np.ndindex(n, blocks.shape[1], 16):
+        idx = int(blocks[r, b, 2 * p]) | int(blocks[r, b, 2 * p + 1]) << 3
+        if p < 12:
+            words[r, b, p // 4] |= idx << (8 * (p % 4) + 2)
+        else:
+            for i in range(3):
+                words[r, b, i] |= ((idx >> (2 * i)) & 3) << (8 * (p - 12))
+    return words.reshape(n, -1)
 
 
 def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tokenizer=None) -> Path:

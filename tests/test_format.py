@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from conftest import pack_format_2
 from sqcompile.quant import format as fmt
 
 
@@ -19,8 +20,7 @@ def reference_code(qweight: np.ndarray, bits: int, n: int, k: int) -> int:
 
 def test_older_three_bit_layouts_are_repacked():
     """Format 1 stored 3 bits as low bits of codes 0-15 / 16-31 in words 0 / 1, high bits in word 2; format 2 as
-    6-bit pair indices, pair 4i + m in bits 2-7 of byte m of word i, pair 12 + m's bits 2i, 2i + 1 in bits 0-1 of
-    byte m of word i. Both are built here from that prose, bit by bit."""
+    6-bit pair indices (``conftest.pack_format_2``). Both are built from that prose, bit by bit."""
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 8, size=(4, 200)).astype(np.uint32)
     c = np.zeros((4, 256), np.uint32)
@@ -29,15 +29,7 @@ def test_older_three_bit_layouts_are_repacked():
     s2 = 2 * np.arange(16, dtype=np.uint32)
     v1 = np.stack([((blocks[..., :16] & 3) << s2).sum(-1), ((blocks[..., 16:] & 3) << s2).sum(-1),
                    ((blocks >> 2) << np.arange(32, dtype=np.uint32)).sum(-1)], -1).astype(np.uint32).reshape(4, -1)
-    v2 = np.zeros((4, blocks.shape[1], 3), np.uint32)
-    for r, b, p in np.ndindex(4, blocks.shape[1], 16):
-        idx = int(blocks[r, b, 2 * p]) | int(blocks[r, b, 2 * p + 1]) << 3
-        if p < 12:
-            v2[r, b, p // 4] |= idx << (8 * (p % 4) + 2)
-        else:
-            for i in range(3):
-                v2[r, b, i] |= ((idx >> (2 * i)) & 3) << (8 * (p - 12))
-    for old, version in ((v1, 1), (v2.reshape(4, -1), 2)):
+    for old, version in ((v1, 1), (pack_format_2(codes), 2)):
         np.testing.assert_array_equal(fmt.unpack_codes(fmt.upgrade_qweight(old, 3, 200, version), 3, 200), codes)
     q3 = fmt.pack_codes(codes, 3)
     assert fmt.upgrade_qweight(q3, 3, 200, fmt.FORMAT_VERSION) is q3

@@ -9,7 +9,7 @@ import torch
 from sqcompile.quant.quantize import QuantizeOptions, find_linears, quantize_weight
 from sqcompile.quant.sparse import select_sparse
 
-from conftest import SHARED_DATA, make_tiny_model
+from conftest import SHARED_DATA, make_tiny_model, pack_format_2
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,33 @@ def test_quantize_cli_end_to_end(tmp_path, arch, calib_text, tiny_tokenizer_obj)
     assert main(args) == 2  # exists without --force
     assert main(args + ["--force", "--no-fisher", "--bits", "2", "--sparsity", "0"]) == 0
     assert load_quantized(out).config.bits == 2
+
+
+def test_a_format_2_qdir_is_repacked_when_loaded(tmp_path, tiny_llama_dir, calib_text):
+    """A 3-bit QDIR written before the nibble layout (format 2) loads to the same weights: its codes are repacked in
+    memory, the files stay as they are."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from sqcompile.cli import main
+    from sqcompile.quant import load_quantized
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_dir), "-o", str(out), "--bits", "3", "--sparsity", "0.45", "--calib",
+                 str(calib_text), "--calib-windows", "2", "--calib-length", "64"]) == 0
+    want = {name: qw.dequantize() for name, qw in load_quantized(out).weights.items()}
+    tensors = load_file(str(out / "model.safetensors"))
+    for name, qw in load_quantized(out).weights.items():
+        tensors[f"{name}.qweight"] = pack_format_2(qw.codes())
+    save_file(tensors, str(out / "model.safetensors"))
+    config = json.loads((out / "quant_config.json").read_text())
+    (out / "quant_config.json").write_text(json.dumps({**config, "format_version": 2}))
+    old = load_quantized(out)
+    assert old.config.format_version == 3 and set(old.weights) == set(want)
+    for name, qw in old.weights.items():
+        np.testing.assert_array_equal(qw.dequantize(), want[name])
+    assert json.loads((out / "quant_config.json").read_text())["format_version"] == 2
 
 
 def test_bad_input_gives_clear_errors(tmp_path, tiny_llama_dir, calib_text, capsys):
