@@ -49,7 +49,8 @@ HFMA2_U32 = ("[](unsigned a, unsigned b, unsigned c) { __half2 r = __hfma2(*(__h
 CP_ASYNC_16 = ('[](void* dst, const void* src) { asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: '
                '"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory"); return 0; }')
 CP_ASYNC_COMMIT = '[]() { asm volatile("cp.async.commit_group;" ::: "memory"); return 0; }'
-# A table entry by byte offset, so that the offset (4 * index, as ``pairs.pair_offsets`` gives it at 3 bits) needs no scaling.
+# A table entry by byte offset, so that the offset (4 * index, as ``pairs.pair_offsets`` gives it at 3 bits) needs
+# no scaling.
 LOAD_AT_BYTE = "[](const unsigned* row, unsigned off) { return *(const unsigned*)((const char*)row + off); }"
 HALF2_SUM = "[](unsigned a) { float2 f = __half22float2(*(__half2*)&a); return f.x + f.y; }"
 # A store into shared memory that TVM's sync planner does not see (it skips accesses through address_of): the

@@ -36,9 +36,9 @@ def _code_3bit(word: Word, c) -> tirx.Expr:
     c // 8; code 24 + q has its bit b in bit 3 of nibble q of word b."""
     seven, one = tirx.const(7, "uint32"), tirx.const(1, "uint32")
     own = (word(min(c // 8, 2) if isinstance(c, int) else T.min(c // 8, 2)) >> _u32(c % 8 * 4)) & seven
-    q = c % 8 * 4 + 3
-    spread = (((word(0) >> _u32(q)) & one) | ((word(1) >> _u32(q)) & one) << _u32(1)
-              | ((word(2) >> _u32(q)) & one) << _u32(2))
+    spare = c % 8 * 4 + 3  # bit 3 of nibble q = c - 24
+    spread = (((word(0) >> _u32(spare)) & one) | ((word(1) >> _u32(spare)) & one) << _u32(1)
+              | ((word(2) >> _u32(spare)) & one) << _u32(2))
     if isinstance(c, int):
         return own if c < 24 else spread
     return T.if_then_else(c < 24, own, spread)

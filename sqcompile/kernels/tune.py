@@ -34,8 +34,10 @@ def import_results(docs: list[dict], folder: Path | None = None) -> Path:
                 same = pooled.setdefault(key, {}).setdefault(json.dumps(c["knobs"], sort_keys=True), [])
                 same.append({**c, "device": doc.get("device", "")})
     for (kind, n, k, bits, sparse, m), by_knobs in pooled.items():
-        cands = [{**runs[0], "us": None if any(r["us"] is None for r in runs) else sum(r["us"] for r in runs) / len(runs)}
-                 for runs in by_knobs.values()]
+        cands = []
+        for runs in by_knobs.values():
+            us = [r["us"] for r in runs]
+            cands.append({**runs[0], "us": None if None in us else sum(us) / len(us)})
         timed = [c for c in cands if c["us"] is not None]
         if not timed:
             continue

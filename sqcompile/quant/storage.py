@@ -24,9 +24,7 @@ from .format import FORMAT_VERSION, QuantizedWeight, check_bits, upgrade_qweight
 log = logging.getLogger(__name__)
 
 FORMAT = "sqcompile"
-# QDIR versions this reads: 3 the 3-bit nibble layout, 2 the pair layout, 1 the first (format.py); older ones are
-# repacked when loaded
-READS_VERSIONS = (1, 2, 3)
+READS_VERSIONS = tuple(range(1, FORMAT_VERSION + 1))  # older ones are repacked when loaded (format.upgrade_qweight)
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
