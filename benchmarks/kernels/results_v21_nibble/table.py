@@ -7,7 +7,10 @@
    rounds (two calls, both sides in each);
 2. the probe that came first (``probe_h200/``, one call; ``probe.patch`` on the tree before): the dense records'
    kernels as they were (``base``), with the nibble layout's decode (``nibble``, on format-2 data: timing only), and
-   with no decode at all (``nodecode``: the kernel's floor with its loads, x and reduction as they are)."""
+   with no decode at all (``nodecode``: the kernel's floor with its loads, x and reduction as they are);
+3. tried, not kept: the high selectors as IMAD.HI (``tried_umulhi.patch``; ``tried_umulhi_round*`` against
+   ``tried_umulhi_base_round*``, alternating in one call), the best schedule per shape, mean of the rounds;
+4. the 4-bit dense GEMV space on the H200 (``tune4_dense_round*``): the H100 record (first) against the best."""
 import json
 from pathlib import Path
 
@@ -43,3 +46,25 @@ for key, cfg in probe["base"].items():
     best = {v: min(c["us"] for c in probe[v][key]["candidates"]) for v in probe}
     print(f"  {key[2]}x{key[3]}: {best['base']:.2f} / {best['nibble']:.2f} ({100 * (best['nibble'] / best['base'] - 1):+.1f}%)"
           f" / {best['nodecode']:.2f}")
+
+
+def best(runs: list[dict], key: tuple) -> tuple[float, dict]:
+    i = min(range(len(runs[0][key]["candidates"])), key=lambda i: mean_us(runs, key, i))
+    return mean_us(runs, key, i), runs[0][key]["candidates"][i]["knobs"]
+
+
+base = [configs(f"tried_umulhi_base_round{r}_h200.json") for r in (1, 2)]
+umulhi = [configs(f"tried_umulhi_round{r}_h200.json") for r in (1, 2)]
+print("\nhigh selectors as IMAD.HI, best schedule per shape (us): this tree -> IMAD.HI")
+for key in base[0]:
+    was, now = best(base, key)[0], best(umulhi, key)[0]
+    print(f"  {key[0]} {key[1]}x{key[2]}x{key[3]}{' +0.45%' if key[4] else ''}: {was:.2f} -> {now:.2f} "
+          f"({100 * (now / was - 1):+.1f}%)")
+
+four = [configs(f"tune4_dense_round{r}_h200.json") for r in (1, 2)]
+print("\n4-bit dense, H100 record -> best of the space (us; knobs: threads, rows x batches, reg_words)")
+for key in four[0]:
+    rec, (now, kn) = mean_us(four, key, 0), best(four, key)
+    print(f"  {key[2]}x{key[3]}: {rec:.2f} -> {now:.2f} ({100 * (now / rec - 1):+.1f}%; {kn['threads_k']}, "
+          f"{kn['rows_inner']} x {kn['steps']}, {kn['reg_words']})")
+
