@@ -496,6 +496,27 @@ def test_cuda_schedule_passes_import_the_tensor_intrinsics_the_fast_way(tmp_path
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=tmp_path)
 
 
+def test_archs_without_records_run_the_register_table_at_3_bits():
+    """An arch without tuning records (only sm_90 has them) runs ``GemvKnobs.default``: at 3 bits the register
+    table's PRMTs, no shared pair-table lookups (on an H200 those took 15-46% longer: benchmarks/kernels/NOTES.md
+    v22); at 2 bits the pair table."""
+    from sqcompile.kernels.gemv_cuda import LOAD_AT_BYTE
+    from sqcompile.targets.tuning import lookup
+
+    sm86 = tvm.target.Target({"kind": "cuda", "arch": "sm_86"}, host={"kind": "llvm"})
+
+    def kernel_text(bits: int, sparse: bool) -> str:  # with the empty loops of the unused placement removed
+        func = lut_matmul(4096, 4096, bits, m=1, sparse=sparse, act_dtype="float16", target=sm86)
+        return tvm.tirx.transform.RemoveNoOp()(tvm.IRModule({"f": func}))["f"].script()
+
+    assert lookup("sm_86", "gemv", 4096, 4096, 3, False) is None
+    for sparse in (False, True):
+        three = kernel_text(3, sparse)
+        assert "prmt.b32" in three and LOAD_AT_BYTE not in three
+    two = kernel_text(2, False)
+    assert "prmt.b32" not in two and LOAD_AT_BYTE in two
+
+
 def test_programmatic_launch_marks_sm90_decode_kernels_only():
     """PDL (``kernels/launch.py``): on sm_90 the decode GEMV, the add + RMSNorm and both attention kernels carry
     the launch attribute; the GEMV issues its first weight copies before it waits for the kernel that writes x,

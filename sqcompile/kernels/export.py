@@ -51,17 +51,18 @@ def threads_per_row(k: int) -> tuple[int, ...]:
 
 
 def gemv_space(n: int, k: int, bits: int, sparse: bool = False) -> list[GemvKnobs]:
-    """The GEMV search space for one shape; the untuned default comes first. The LUT placement that won the
-    H100 explorations (NOTES.md) gets the full grid: at 3 bits the register table (``reg_words=4``), at 2 bits
+    """The GEMV search space for one shape; the untuned default comes first. Its LUT placement, the one that won
+    the H100 explorations (NOTES.md), gets the full grid: at 3 bits the register table (``reg_words=4``), at 2 bits
     the pair table, at 4 bits the float32 table; the others a few points (at 4 bits also the register table's
     winners there), dense 3 bits also the lane_rows layout."""
     from .gemv_cuda import fit_gemv_knobs, gemv_shared_bytes
     nblocks = -(-k // 128) * 4
-    primary = GemvKnobs(pairs=bits < 4, reg_words=4 if bits == 3 else 0)
+    primary = GemvKnobs.default(bits)
     others = [GemvKnobs(pairs=bits >= 4)] + ([GemvKnobs()] if bits == 3 else [])
     grid = [replace(primary, threads_k=tk, rows_inner=ri, steps=steps) for tk in threads_per_row(k)
             for ri, steps in ((2, 2), (4, 2), (2, 4), (1, 2), (8, 2), (4, 4), (8, 1), (4, 1))]
-    grid += [replace(kn, threads_k=128, rows_inner=ri, steps=2) for kn in others for ri in (2, 4)]
+    grid += [replace(kn, threads_k=128, rows_inner=ri, steps=steps) for kn in others
+             for ri, steps in ((2, 2), (4, 2), (2, 4))]
     if bits == 4:
         grid += [GemvKnobs(tk, 1, ri, steps, reg_words=4) for tk in threads_per_row(k) if tk != 64
                  for ri, steps in ((2, 2), (4, 1), (2, 8))]

@@ -45,8 +45,11 @@ class GemvKnobs:
 
     @staticmethod
     def default(bits: int) -> "GemvKnobs":
-        """The untuned schedule: the pair table below 4 bits, the float32 table at 4 (NOTES.md)."""
-        return GemvKnobs(pairs=bits < 4)
+        """The untuned schedule, what an arch without records (sm_80, sm_86, sm_89) runs: at 3 bits the register
+        table (on an H200 the shared pair table took 15-46% longer: its lookups contend for shared-memory
+        bandwidth, which every arch since sm_80 has as much of per SM, 128 bytes a clock, while the PRMTs run on
+        the integer pipe), at 2 bits the pair table, at 4 bits the float32 table (benchmarks/kernels/NOTES.md)."""
+        return GemvKnobs(pairs=bits < 4, reg_words=4 if bits == 3 else 0)
 
     def validate(self) -> None:
         if self.threads_k % 32 or self.threads_k <= 0:
