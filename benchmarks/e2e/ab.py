@@ -2,8 +2,9 @@
 
     python3 benchmarks/e2e/ab.py BEFORE AFTER sq-3bit,sq-4bit --rounds 2 --out ab.json
 
-BEFORE and AFTER each hold artifacts named like ``run.py build``'s (``sq-3bit`` ...). Their synthetic weights
-are generated here where missing (same seed: the same weights on both sides), so only the code differs. Each
+BEFORE and AFTER each hold artifacts named like ``run.py build``'s (``sq-3bit`` ...), or any artifact folders of
+one name on both sides (a real model's, with its weights; measured at the contexts its ``max_len`` holds). Synthetic
+weights are generated here where missing (same seed: the same weights on both sides), so only the code differs. Each
 round measures every system in both folders with ``run.py one`` (decode tok/s at context 128 and 2048, prefill,
 decode-vs-prefill argmax); alternating within a round keeps drift between the two sides small, and the spread
 between rounds shows what a difference must beat. Then the greedy tokens of both sides are compared (random
