@@ -6,8 +6,8 @@
 ``kernels``: ``build.py``'s 4096x4096 configs, each register-table candidate timed after one launch of a
 predecessor: the cuBLAS GEMV of the shape (what ``measure`` does since v22), a 4096^3 fp16 GEMM (cuBLAS' tiles
 fill most of an SM's shared memory; it also stands in for the cuBLAS baseline's timing), and the GEMM again with
-the context's cache preference set to L1 (``cuCtxSetCacheConfig``). ``e2e``: ``benchmarks/e2e/run.py``'s measure of one artifact after setting the context's
-preference (``--cache-config``: none, shared, l1 or equal)."""
+the context's cache preference set to L1 (``cuCtxSetCacheConfig``). ``e2e``: ``benchmarks/e2e/run.py``'s measure
+of one artifact after setting the context's preference (``--cache-config``: none, shared, l1 or equal)."""
 import argparse
 import ctypes
 import json

@@ -4,8 +4,8 @@
 
 1. Per Llama-2-7B GEMV shape at 3 bits, dense and +0.45%: the untuned default before v22 (the shared pair table), the
 new one (the register table, rows and batches as before) and the sm_90 record, each the mean of the rounds of one
-call (``ab_round*_h200.json``, candidates matched by their knobs; the record's knobs from ``targets/records/sm_90.json``,
-unchanged in v22 but at 4096x4096).
+call (``ab_round*_h200.json``, candidates matched by their knobs; the record's knobs from
+``targets/records/sm_90.json``, unchanged in v22 but at 4096x4096).
 2. ``placement.py``'s trials (one call each): each kernel's time with the candidates in the manifest's order
    (``fwd``: new default, old default, record) and reversed (``rev``), before (``placement_before_h200.json``) and after
    (``placement_after_h200.json``) every candidate was made to follow the same cuBLAS kernel."""
@@ -50,5 +50,6 @@ for name in ("before", "after"):
         key = (r["n"], r["k"], r["sparse"], f"{kn['rows_inner']} x {kn['steps']}, {kn['reg_words']}")
         times.setdefault(key, {}).setdefault("rev" if r["reversed"] else "fwd", []).append(r["us"])
     for (n, k, sparse, kn), by_order in times.items():
-        cells = "; ".join(f"{order} {min(v):.2f} / {max(v):.2f} / {sum(v) / len(v):.2f}" for order, v in by_order.items())
+        cells = "; ".join(f"{order} {min(v):.2f} / {max(v):.2f} / {sum(v) / len(v):.2f}"
+                          for order, v in by_order.items())
         print(f"  {name}: {n}x{k} {'0.45%' if sparse else 'dense'} ({kn}): {cells}")
