@@ -8,6 +8,7 @@ in N and K), else None (the rule's default knobs then apply). Pure Python: no TV
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -16,6 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqcompile.kernels.knobs import GemmKnobs, GemvKnobs, knobs_from_dict
+
+log = logging.getLogger(__name__)
+_FALLBACKS_LOGGED: set[tuple] = set()
 
 RECORDS_DIR = Path(__file__).with_name("records")
 KINDS = ("gemv", "gemm")
@@ -107,4 +111,12 @@ def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool,
         rows = abs(math.log(r.m / m)) if m and r.m else 0.0
         return abs(math.log(r.n / n)) + abs(math.log(r.k / k)) + rows, r.sparse != sparse
 
-    return knobs_from_dict(kind, min(candidates, key=distance).knobs)
+    nearest = min(candidates, key=distance)
+    if kind == "gemv" and (nearest.n, nearest.k, nearest.sparse) != (n, k, sparse) \
+            and (arch, n, k, bits, sparse) not in _FALLBACKS_LOGGED:  # a build asks once per layer: say it once
+        _FALLBACKS_LOGGED.add((arch, n, k, bits, sparse))
+        log.info("%s has no record for the %d-bit%s GEMV %dx%d: it runs the knobs of %dx%d's (a far shape's schedule "
+                 "can cost speed: `sqcompile tune --arch %s --shapes %dx%d` measures its own)", arch, bits,
+                 " sparse" if sparse else "", n, k, nearest.n, nearest.k, arch, n, k)
+    return knobs_from_dict(kind, nearest.knobs)
+

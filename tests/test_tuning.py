@@ -1,4 +1,6 @@
 """Tuning records: importing measured runs (pooled per shape) and reading knobs back."""
+import argparse
+
 import pytest
 
 from sqcompile.kernels.knobs import GemvKnobs, knobs_to_dict
@@ -64,3 +66,44 @@ def test_gemm_records_are_kept_per_rows_of_x_and_looked_up_by_them(tmp_path, mon
     monkeypatch.setattr(tuning, "_cached", lambda arch: recs)
     assert tuning.lookup("sm_90", "gemm", 4096, 11008, 3, False, m=100) == small
     assert tuning.lookup("sm_90", "gemm", 4096, 4096, 3, False, m=2048) == large
+
+
+def test_a_models_own_shapes_are_tuned_as_decode_gemvs_only():
+    """``sqcompile tune --shapes``: the GEMVs of the given N x K at the given widths, dense and sparse, each over
+    its whole search space (the untuned default first); no prefill GEMMs. Bad shapes or widths are refused."""
+    from sqcompile.kernels.export import benchmark_configs, gemv_space, parse_shapes
+    from sqcompile.kernels.tune import run
+
+    shapes = parse_shapes("960x576, 576X576,960x576")
+    assert shapes == ((960, 576), (576, 576))
+    cfgs = benchmark_configs("sm_90", None, shapes, (3,), prefill=False)
+    assert [(c.kind, c.n, c.k, c.bits, c.sparse) for c, _ in cfgs] == [
+        ("gemv", 960, 576, 3, False), ("gemv", 960, 576, 3, True), ("gemv", 576, 576, 3, False),
+        ("gemv", 576, 576, 3, True)]
+    for cfg, cands in cfgs:
+        assert cands == gemv_space(cfg.n, cfg.k, 3, cfg.sparse) and cands[0].reg_words == 4
+    assert any(c.kind == "gemm" for c, _ in benchmark_configs("sm_90", 1))  # the 7B set keeps its prefill
+    for bad in ("576", "576x", "0x576", "576x-1", "axb"):
+        with pytest.raises(ValueError, match="N x K"):
+            parse_shapes(bad)
+    args = argparse.Namespace(target="cuda", arch="sm_90", import_results=None, export="unused", shapes=None,
+                              bits="3")
+    with pytest.raises(ValueError, match="--bits picks the widths of --shapes"):
+        run(args)
+    with pytest.raises(ValueError, match="bits"):
+        run(argparse.Namespace(**{**vars(args), "shapes": "576x576", "bits": "5"}))
+
+
+def test_a_shape_without_a_record_says_once_whose_knobs_it_runs(caplog):
+    """The nearest record can be a far shape's schedule (NOTES.md v22: SmolLM2 on 4096x4096's ran 12% slower than on
+    its own records): the build says so once per shape, with the command that measures one."""
+    import logging
+
+    from sqcompile.targets.tuning import lookup
+
+    with caplog.at_level(logging.INFO, logger="sqcompile.targets.tuning"):
+        for _ in range(3):
+            assert lookup("sm_90", "gemv", 2000, 2000, 3, False) == lookup("sm_90", "gemv", 4096, 4096, 3, False)
+        lookup("sm_90", "gemv", 4096, 4096, 3, False)  # exact: nothing to say
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "3-bit GEMV 2000x2000" in said and "4096x4096" in said and "--shapes 2000x2000" in said

@@ -104,21 +104,23 @@ def gemm_space(arch: str) -> list[GemmKnobs]:
     return [wgmma[0], mma[0], *wgmma[1:], *mma[1:], GemmKnobs(rule="wmma"), *simt]
 
 
-def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_SHAPES) -> list[tuple[Config, list]]:
-    """Llama-2-7B decode shapes at 3 and 4 bits, dense and sparse, plus the prefill GEMM. With ``space_limit``
-    (the ``lite`` set) each GEMV measures the untuned default, the ``arch`` record's schedule, then the space's
-    next candidates up to the limit: a re-run of what the records chose, beside cuBLAS."""
+def benchmark_configs(arch: str, space_limit: int | None = None, shapes=LLAMA7B_SHAPES, bits_list=(3, 4),
+                      prefill: bool = True) -> list[tuple[Config, list]]:
+    """Llama-2-7B decode shapes (or ``shapes``, N x K) at 3 and 4 bits (or ``bits_list``), dense and sparse, plus
+    the prefill GEMM (``prefill``). With ``space_limit`` (the ``lite`` set) each GEMV measures the untuned default,
+    the ``arch`` record's schedule, then the space's next candidates up to the limit: a re-run of what the records
+    chose, beside cuBLAS."""
     from sqcompile.targets.tuning import load
     recs = load(arch)
     gemm = gemm_space(arch)
     out = []
-    for (n, k), bits, sparse in itertools.product(shapes, (3, 4), (False, True)):
+    for (n, k), bits, sparse in itertools.product(shapes, bits_list, (False, True)):
         space = gemv_space(n, k, bits, sparse)
         if space_limit:
             rec = recs.exact("gemv", n, k, bits, sparse)
             space = list(dict.fromkeys([space[0], *([rec] if rec else []), *space[1:]]))[:space_limit]
         out.append((Config("gemv", n, k, bits, sparse, 1), space))
-    for (m, n, k), bits, sparse in itertools.product(PREFILL, (3, 4), (False, True)):
+    for (m, n, k), bits, sparse in itertools.product(PREFILL if prefill else (), bits_list, (False, True)):
         rec = recs.exact("gemm", n, k, bits, sparse, m)
         out.append((Config("gemm", n, k, bits, sparse, m), list(dict.fromkeys([gemm[0], *([rec] if rec else []),
                                                                               gemm[1]]))))
@@ -244,13 +246,29 @@ def build(folder: Path, arch: str, configs: list[tuple[Config, list]]) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
-def export_candidates(folder: Path, arch: str, which: str = "benchmark", space_limit: int | None = None) -> Path:
-    """Build in a subprocess with the CUDA build environment; write ``folder`` atomically."""
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"960x576,576x1536"`` -> ((960, 576), (576, 1536)): N x K of decode GEMVs (out x in features)."""
+    shapes = []
+    for item in text.split(","):
+        n, sep, k = item.strip().lower().partition("x")
+        if not (sep and n.isdigit() and k.isdigit() and int(n) > 0 and int(k) > 0):
+            raise ValueError(f"shapes are N x K pairs like 4096x11008, comma-separated; got {item.strip()!r}")
+        shapes.append((int(n), int(k)))
+    return tuple(dict.fromkeys(shapes))
+
+
+def export_candidates(folder: Path, arch: str, which: str = "benchmark", space_limit: int | None = None,
+                      shapes: tuple[tuple[int, int], ...] | None = None, bits: tuple[int, ...] = (3, 4)) -> Path:
+    """Build in a subprocess with the CUDA build environment; write ``folder`` atomically. ``shapes`` (N x K)
+    replaces the benchmark's Llama-2-7B GEMVs by those, at ``bits``, with no prefill GEMMs (``sqcompile tune
+    --shapes``)."""
     from .cuda_host import cuda_build_env
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     cmd = [sys.executable, "-m", "sqcompile.kernels.export", str(tmp), arch, which, str(space_limit or 0)]
+    if shapes:
+        cmd += ["--shapes", ",".join(f"{n}x{k}" for n, k in shapes), "--bits", ",".join(map(str, bits))]
     subprocess.run(cmd, env=cuda_build_env(), check=True)
     if folder.exists():
         import shutil
@@ -339,11 +357,23 @@ def check_script_main(doc: str, export, check) -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+
     logging.basicConfig(level=logging.INFO)
-    # OUT ARCH WHICH LIMIT [ROWS]: ROWS (prefill only) comma-separated rows of x, default the tuned ones
-    out, arch_, which_, limit = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
-    rows_ = tuple(int(r) for r in sys.argv[5].split(",")) if len(sys.argv) > 5 else GEMM_TUNED_ROWS
-    cfgs = {"benchmark": lambda: benchmark_configs(arch_, limit), "check": lambda: check_configs(arch_),
+    cli = argparse.ArgumentParser(description="build an export folder (export_candidates runs this)")
+    cli.add_argument("out", type=Path)
+    cli.add_argument("arch")
+    cli.add_argument("which", choices=("benchmark", "check", "records", "explore", "prefill", "lite"))
+    cli.add_argument("limit", type=int, nargs="?", default=0, help="candidates per GEMV shape (0: all)")
+    cli.add_argument("rows", nargs="?", help="prefill: comma-separated rows of x (default: the tuned ones)")
+    cli.add_argument("--shapes", type=parse_shapes, help="benchmark: these N x K GEMVs only, no prefill GEMMs")
+    cli.add_argument("--bits", default="3,4", help="with --shapes: comma-separated bit widths")
+    a = cli.parse_args()
+    out, arch_, which_, limit = a.out, a.arch, a.which, a.limit or None
+    rows_ = tuple(int(r) for r in a.rows.split(",")) if a.rows else GEMM_TUNED_ROWS
+    bench = ((lambda: benchmark_configs(arch_, limit, a.shapes, tuple(int(b) for b in a.bits.split(",")), False))
+             if a.shapes else (lambda: benchmark_configs(arch_, limit)))
+    cfgs = {"benchmark": bench, "check": lambda: check_configs(arch_),
             "records": records_configs,
             "explore": lambda: explore_configs(arch_), "prefill": lambda: prefill_configs(arch_, rows_),
             "lite": lambda: benchmark_configs(arch_, 4)}[which_]()

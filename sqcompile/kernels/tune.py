@@ -5,6 +5,8 @@ results. Where the build host has none, the same in three steps:
     sqcompile tune --arch sm_90 --export DIR          # build host: candidate kernels (nvcc, stub driver)
     (GPU host, runtime bundle) python3 benchmarks/kernels/run.py measure DIR --out RES
     sqcompile tune --arch sm_90 --import RES/results.json   # build host: best knobs -> targets/records/sm_90.json
+``--shapes 960x576,576x576,3072x576,576x1536 --bits 3`` tunes a model's own decode GEMVs instead of Llama-2-7B's
+(those four: SmolLM2-135M's, q/k/v and gate/up fused as the build fuses them).
 """
 from __future__ import annotations
 
@@ -57,9 +59,14 @@ def run(args: argparse.Namespace) -> int:
         path = import_results([json.loads(Path(p).read_text()) for p in args.import_results])
         log.info("tuning records written to %s", path)
         return 0
-    from .export import export_candidates
+    from .export import export_candidates, parse_shapes
+    from ..quant.format import check_bits
+    shapes = parse_shapes(args.shapes) if args.shapes else None
+    bits = tuple(check_bits(int(b)) for b in args.bits.split(","))
+    if bits != (3, 4) and not shapes:
+        raise ValueError("--bits picks the widths of --shapes; the Llama-2-7B set is tuned at 3 and 4 bits")
     if args.export:
-        export_candidates(Path(args.export), args.arch, "benchmark")
+        export_candidates(Path(args.export), args.arch, "benchmark", shapes=shapes, bits=bits)
         return 0
     from .cuda_host import gpu_present
     if not gpu_present():
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .measure import measure_export
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export_candidates(Path(tmp) / "candidates", args.arch, "benchmark")
+        folder = export_candidates(Path(tmp) / "candidates", args.arch, "benchmark", shapes=shapes, bits=bits)
         path = import_results([measure_export(folder)])
     log.info("tuning records written to %s", path)
     return 0
@@ -79,6 +86,10 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="cuda", help="target kind (cuda)")
     p.add_argument("--arch", default="sm_90", help="GPU architecture, e.g. sm_80, sm_86, sm_89, sm_90")
+    p.add_argument("--shapes", metavar="NxK,...", help="tune the decode GEMVs of these shapes (out x in features, "
+                   "fused ones as the build fuses them, e.g. q+k+v rows) instead of the Llama-2-7B set; prefill "
+                   "GEMMs keep the nearest records")
+    p.add_argument("--bits", default="3,4", help="with --shapes: the bit widths to tune (default 3,4)")
     p.add_argument("--export", metavar="DIR", help="only build the candidates into DIR (no GPU needed)")
     p.add_argument("--import", dest="import_results", metavar="RESULTS_JSON", nargs="+",
                    help="turn measured results (one or more runs, pooled per shape) into targets/records/<arch>.json")
