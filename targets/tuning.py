@@ -119,4 +119,3 @@ def lookup(arch: str, kind: str, n: int, k: int, bits: int, sparse: bool,
                  "can cost speed: `sqcompile tune --arch %s --shapes %dx%d` measures its own)", arch, bits,
                  " sparse" if sparse else "", n, k, nearest.n, nearest.k, arch, n, k)
     return knobs_from_dict(kind, nearest.knobs)
-

@@ -84,14 +84,14 @@ def measure_ours(artifact: Path) -> dict:
 
     from sqcompile.runtime import Engine
     from sqcompile.runtime.loader import import_tvm, load_cuda_runtime
+    from sqcompile.runtime.manifest import Manifest
 
     tvm = import_tvm()
     load_cuda_runtime(tvm)
     tvm.runtime.empty((1,), "float16", tvm.cuda(0))  # create the CUDA context before the baseline reading
     mem = GpuMemory()
     # a real model's artifact (``ab.py`` on any two artifacts) may hold less context than MAX_LEN
-    engine = Engine(artifact, max_len=min(MAX_LEN, int(json.loads((artifact / "manifest.json").read_text())
-                                                           ["model"]["max_len"])))
+    engine = Engine(artifact, max_len=min(MAX_LEN, int(Manifest.read(artifact).model["max_len"])))
     cfg = engine.manifest.model["hf_config"]
     rng = np.random.default_rng(0)
     vocab = int(engine.manifest.model["vocab_size"])

@@ -371,7 +371,8 @@ if __name__ == "__main__":
     a = cli.parse_args()
     out, arch_, which_, limit = a.out, a.arch, a.which, a.limit or None
     rows_ = tuple(int(r) for r in a.rows.split(",")) if a.rows else GEMM_TUNED_ROWS
-    bench = ((lambda: benchmark_configs(arch_, limit, a.shapes, tuple(int(b) for b in a.bits.split(",")), False))
+    bench = ((lambda: benchmark_configs(arch_, limit, a.shapes, tuple(int(b) for b in a.bits.split(",")),
+                                          prefill=False))
              if a.shapes else (lambda: benchmark_configs(arch_, limit)))
     cfgs = {"benchmark": bench, "check": lambda: check_configs(arch_),
             "records": records_configs,

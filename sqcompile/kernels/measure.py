@@ -134,7 +134,7 @@ def measure_config(torch, tvm, lib, cfg: dict, seed: int, time_it: bool = True) 
         us = None
         if err <= TOLERANCE and time_it:
             # Every candidate follows the same kernel: at 4096x4096 one timed right after the shared pair-table
-            # kernel ran 6-9% slower than when timed first, whatever its own warm-up (NOTES.md v22).
+            # kernel ran 6-8% slower than when timed first, whatever its own warm-up (NOTES.md v22).
             torch.nn.functional.linear(xh, wf16[0])
             us = time_rotated(torch, lambda i: f(*args[i]), copies)
         res.candidates.append(Timed(cand["name"], cand["knobs"], cand.get("default", False), err, us))

@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks/e2e"))
-CU_FUNC_CACHE_PREFER_NONE, CU_FUNC_CACHE_PREFER_L1 = 0, 2
 CACHE_CONFIGS = {"none": 0, "shared": 1, "l1": 2, "equal": 3}  # CUfunc_cache
 
 
@@ -32,12 +31,9 @@ def set_cache_config(config: int) -> None:
 def kernels(args) -> dict:
     import torch
 
-    from sqcompile.bundle import load_tvm_runtime
     from sqcompile.kernels import measure
-    from sqcompile.kernels.export import ExportKernels
-    tvm = load_tvm_runtime()
-    manifest = json.loads((args.folder / "manifest.json").read_text())
-    lib = ExportKernels(tvm, args.folder, manifest)
+    from sqcompile.kernels.export import load_export
+    tvm, manifest, lib = load_export(args.folder, torch)
     a = torch.randn(4096, 4096, dtype=torch.float16, device="cuda")
     original = torch.nn.functional.linear
     rows = []
@@ -45,7 +41,7 @@ def kernels(args) -> dict:
         cands = [c for c in cfg["candidates"] if c["knobs"]["reg_words"]]
         for trial in range(3):
             for before in ("cublas_gemv", "gemm", "gemm_prefer_l1"):
-                set_cache_config(CU_FUNC_CACHE_PREFER_L1 if before.endswith("prefer_l1") else CU_FUNC_CACHE_PREFER_NONE)
+                set_cache_config(CACHE_CONFIGS["l1" if before.endswith("prefer_l1") else "none"])
                 if before.startswith("gemm"):  # the GEMV that measure_config runs before each candidate, replaced
                     torch.nn.functional.linear = lambda x, w: a @ a
                 try:
@@ -57,7 +53,7 @@ def kernels(args) -> dict:
                                  "knobs": c["knobs"], "us": c["us"]})
                 print(cfg["sparse"], trial, before, [(c["knobs"]["rows_inner"], c["knobs"]["steps"], round(c["us"], 2))
                                                      for c in res["candidates"]], flush=True)
-    set_cache_config(CU_FUNC_CACHE_PREFER_NONE)
+    set_cache_config(CACHE_CONFIGS["none"])
     return {"device": torch.cuda.get_device_name(0), "rows": rows}
 
 

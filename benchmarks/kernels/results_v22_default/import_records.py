@@ -2,7 +2,7 @@
 +0.45%. ``placement_after_h200.json`` timed each candidate six times in one call, in both orders, each right after
 the same cuBLAS kernel (``measure.measure_config`` since v22); every trial is one round for
 ``tune.import_results`` (a candidate's mean over the rounds). The 4x2 records came from v21's tune, which timed the
-record first, where a candidate ran 6-9% faster at this shape than after the shared pair-table kernel.
+record first, where a candidate ran 6-8% faster at this shape than after the shared pair-table kernel.
 
     python benchmarks/kernels/results_v22_default/import_records.py"""
 import json

@@ -24,12 +24,9 @@ args = parser.parse_args()
 
 import torch  # noqa: E402
 
-from sqcompile.bundle import load_tvm_runtime  # noqa: E402
-from sqcompile.kernels.export import ExportKernels  # noqa: E402
+from sqcompile.kernels.export import load_export  # noqa: E402
 
-tvm = load_tvm_runtime()
-manifest = json.loads((args.folder / "manifest.json").read_text())
-lib = ExportKernels(tvm, args.folder, manifest)
+tvm, manifest, lib = load_export(args.folder, torch)
 rows = []
 for i in map(int, args.configs.split(",")):
     cfg = manifest["configs"][i]
